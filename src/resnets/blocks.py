@@ -1,0 +1,188 @@
+"""Residual blocks: basic and bottleneck, post-activation (He et al. 2015) and pre-activation
+(He et al. 2016), each built from a ``ResNetSpec``.
+
+Attribute names follow torchvision (``conv1``, ``bn1``, ..., ``downsample``) so checkpoints move
+freely. Every block exposes ``last_norm`` (what zero-init touches) and ``add`` (the residual add).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import DropPath, Residual, SqueezeExcite, conv1x1, conv3x3, make_shortcut, norm
+from .spec import ResNetSpec
+
+
+def _mid_planes_2plus1d(in_planes: int, planes: int) -> int:
+    """torchvision's middle width for (2+1)-D convs: keeps the parameter count of a 3x3x3 conv."""
+    return (in_planes * planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * planes)
+
+
+class _Block(nn.Module):
+    expansion = 1
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int, dilation: int,
+                 first_dilation: int, drop_path: float) -> None:
+        super().__init__()
+        self.out_planes = planes * self.expansion
+        self.downsample = make_shortcut(spec, in_planes, self.out_planes, stride)
+        self.residual = spec.residual
+        self.add = Residual() if spec.residual else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def zero_init_last(self) -> None:
+        last = self.last_norm
+        if isinstance(last, nn.modules.batchnorm._BatchNorm):
+            nn.init.zeros_(last.weight)
+        else:  # pre-activation blocks end on a convolution
+            for p in last.parameters():
+                nn.init.zeros_(p)
+
+
+class BasicBlock(_Block):
+    """3x3 -> 3x3 with a shortcut, ReLU after the add (post-activation)."""
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+        super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
+        mid = _mid_planes_2plus1d(in_planes, planes)
+        self.conv1 = conv3x3(spec, in_planes, planes, stride, dilation=first_dilation, mid_planes=mid)
+        self.bn1 = norm(spec, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(spec, planes, planes, dilation=dilation, mid_planes=mid)
+        self.bn2 = norm(spec, planes)
+        self.se = SqueezeExcite(planes, spec.se_ratio) if spec.se_ratio > 0 else None
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(self.dropout(out)))
+        if self.se is not None:
+            out = self.se(out)
+        if self.add is not None:
+            out = self.add(self.drop_path(out), self._shortcut(x))
+        return self.relu(out)
+
+
+class Bottleneck(_Block):
+    """1x1 reduce -> 3x3 (grouped for ResNeXt) -> 1x1 expand, ReLU after the add.
+
+    ``spec.stride_on`` puts the downsampling stride on the 3x3 (v1.5, torchvision) or on the
+    first 1x1 (v1, the paper and Caffe models).
+    """
+
+    expansion = 4
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+        super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
+        width = spec.bottleneck_width(planes)
+        stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
+        self.conv1 = conv1x1(spec, in_planes, width, stride_1x1)
+        self.bn1 = norm(spec, width)
+        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=first_dilation,
+                             mid_planes=_mid_planes_2plus1d(width, width))
+        self.bn2 = norm(spec, width)
+        self.conv3 = conv1x1(spec, width, self.out_planes)
+        self.bn3 = norm(spec, self.out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(self.out_planes, spec.se_ratio) if spec.se_ratio > 0 else None
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.dropout(out)))
+        if self.se is not None:
+            out = self.se(out)
+        if self.add is not None:
+            out = self.add(self.drop_path(out), self._shortcut(x))
+        return self.relu(out)
+
+
+class PreActBasicBlock(_Block):
+    """BN-ReLU-3x3, BN-ReLU-3x3, then the add with nothing after it (He et al. 2016; WRN).
+
+    A projection shortcut takes the pre-activated input, as in the authors' code.
+    """
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+        super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
+        self.bn1 = norm(spec, in_planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv1 = conv3x3(spec, in_planes, planes, stride, dilation=first_dilation,
+                             mid_planes=_mid_planes_2plus1d(in_planes, planes))
+        self.bn2 = norm(spec, planes)
+        self.conv2 = conv3x3(spec, planes, planes, dilation=dilation,
+                             mid_planes=_mid_planes_2plus1d(in_planes, planes))
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
+        if self.add is not None:
+            out = self.add(self.drop_path(out), shortcut)
+        return out
+
+
+class PreActBottleneck(_Block):
+    """BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, then the add (He et al. 2016), laid out like timm's ResNetV2."""
+
+    expansion = 4
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+        super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
+        width = spec.bottleneck_width(planes)
+        stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
+        self.bn1 = norm(spec, in_planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv1 = conv1x1(spec, in_planes, width, stride_1x1)
+        self.bn2 = norm(spec, width)
+        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=first_dilation,
+                             mid_planes=_mid_planes_2plus1d(width, width))
+        self.bn3 = norm(spec, width)
+        self.conv3 = conv1x1(spec, width, self.out_planes)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.conv3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.dropout(self.relu(self.bn3(out))))
+        if self.add is not None:
+            out = self.add(self.drop_path(out), shortcut)
+        return out
+
+
+BLOCKS: dict[str, type[_Block]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "preact_basic": PreActBasicBlock,
+    "preact_bottleneck": PreActBottleneck,
+}
+
+
+def block_class(spec: ResNetSpec) -> type[_Block]:
+    return BLOCKS[spec.block]

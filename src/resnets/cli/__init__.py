@@ -1,0 +1,61 @@
+"""The ``resnets`` command. Each subcommand lives in its own module here and is a thin call into
+one package of the library; a module joins the command by being listed in ``SUBCOMMANDS``.
+
+A subcommand module defines ``register(subparsers)``, which adds its parser and sets
+``func=callable(args) -> int | None`` on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+SUBCOMMANDS = [
+    "models",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="resnets",
+        description="The ResNet family on PyTorch: list, train, evaluate, fine-tune, compress, export and "
+                    "explain residual networks. Run `resnets COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnets {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..spec import SpecError
+    from ..weights import CheckpointError
+    from ..zoo import UnknownModelError
+    from ..model import InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, FileNotFoundError) as exc:
+        print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnets {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""ResNet: stem -> stages -> head, built from a ``ResNetSpec``.
+
+The module tree and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``fc``), so a torchvision state dict loads with no renaming. The timm-style API is here too:
+``forward_features``, ``forward_head``, ``reset_classifier``, ``feature_info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .blocks import block_class
+from .layers import conv3x3, norm, pool_layer
+from .spec import ResNetSpec
+
+
+class InputError(ValueError):
+    """An input tensor of the wrong rank or channel count for this model."""
+
+
+def _stem(spec: ResNetSpec) -> dict[str, nn.Module]:
+    """The stem's modules by name; the pre-activation stems carry no norm (the first block's does)."""
+    width, with_norm = spec.stem_width, not spec.is_preact
+    parts: dict[str, nn.Module] = {}
+    if spec.stem == "imagenet":
+        parts["conv1"] = nn.Conv2d(spec.in_chans, width, 7, stride=2, padding=3, bias=False)
+    elif spec.stem == "cifar":
+        parts["conv1"] = nn.Conv2d(spec.in_chans, width, 3, stride=1, padding=1, bias=False)
+    elif spec.stem == "deep":
+        half = width // 2
+        parts["conv1"] = nn.Sequential(
+            nn.Conv2d(spec.in_chans, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, width, 3, stride=1, padding=1, bias=False),
+        )
+    elif spec.conv_type == "3d":
+        parts["conv1"] = nn.Conv3d(spec.in_chans, width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
+    else:  # (2+1)-D stem of torchvision's r2plus1d_18: 45 spatial filters, then a temporal conv
+        parts["conv1"] = nn.Sequential(
+            nn.Conv3d(spec.in_chans, 45, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(45), nn.ReLU(inplace=True),
+            nn.Conv3d(45, width, (3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False),
+        )
+    parts["bn1"] = norm(spec, width) if with_norm else nn.Identity()
+    parts["relu"] = nn.ReLU(inplace=True) if with_norm else nn.Identity()
+    parts["maxpool"] = nn.MaxPool2d(3, stride=2, padding=1) if spec.stem in ("imagenet", "deep") else nn.Identity()
+    return parts
+
+
+def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, Any]]]:
+    """Build every stage and the feature info of each stage output in one pass.
+
+    Strides past ``spec.output_stride`` become dilations (as torchvision's
+    ``replace_stride_with_dilation``). Stochastic-depth rates rise linearly over blocks.
+    """
+    block = block_class(spec)
+    total_blocks = sum(spec.layers)
+    in_planes = spec.stem_width
+    reduction = spec.stem_stride
+    dilation = 1
+    block_index = 0
+    stages: list[nn.Sequential] = []
+    info: list[dict[str, Any]] = []
+    for stage, (n_blocks, planes, stride) in enumerate(zip(spec.layers, spec.stage_widths, spec.stage_strides)):
+        first_dilation = dilation
+        if reduction * stride > spec.effective_output_stride:
+            dilation *= stride
+            stride = 1
+        else:
+            reduction *= stride
+        blocks = []
+        for i in range(n_blocks):
+            rate = spec.drop_path_rate * block_index / max(total_blocks - 1, 1)
+            blocks.append(block(spec, in_planes, planes, stride if i == 0 else 1, dilation=dilation,
+                                first_dilation=first_dilation if i == 0 else dilation, drop_path=rate))
+            in_planes = planes * block.expansion
+            block_index += 1
+        stages.append(nn.Sequential(*blocks))
+        info.append({"num_chs": in_planes, "reduction": reduction, "module": f"layer{stage + 1}"})
+    return stages, info
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network described entirely by ``spec``."""
+
+    def __init__(self, spec: ResNetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        for name, module in _stem(spec).items():
+            self.add_module(name, module)
+        stages, stage_info = build_stages(spec)
+        self.stage_names = [f"layer{i + 1}" for i in range(len(stages))]
+        for name, stage in zip(self.stage_names, stages):
+            self.add_module(name, stage)
+        stem_reduction = spec.stem_stride // 2 if spec.stem in ("imagenet", "deep") else spec.stem_stride
+        self.feature_info: list[dict[str, Any]] = [
+            {"num_chs": spec.stem_width, "reduction": stem_reduction, "module": "stem"}] + stage_info
+        self.num_features = spec.num_features
+        # Pre-activation nets end with the norm + ReLU the last block did not apply.
+        self.final_bn = norm(spec, self.num_features) if spec.is_preact else nn.Identity()
+        self.final_relu = nn.ReLU(inplace=True) if spec.is_preact else nn.Identity()
+        self.avgpool = pool_layer(spec)
+        self.head_drop = nn.Dropout(spec.head_dropout) if spec.head_dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, spec.num_classes) if spec.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self) -> None:
+        """He (fan-out) init for convs, unit norms; optionally zero the last norm of every branch."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.spec.zero_init_last and self.spec.residual:
+            for block in self.blocks():
+                block.zero_init_last()
+
+    def blocks(self) -> list[nn.Module]:
+        return [b for name in self.stage_names for b in getattr(self, name)]
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, name) for name in self.stage_names]
+
+    # --------------------------------------------------------------- forward
+    def check_input(self, x: torch.Tensor) -> None:
+        rank = 4 if self.spec.conv_type == "2d" else 5
+        layout = "(N, C, H, W)" if rank == 4 else "(N, C, T, H, W)"
+        if x.ndim != rank:
+            raise InputError(f"expected a {rank}-D batch {layout}, got shape {tuple(x.shape)}"
+                             + ("; add a batch dimension with x.unsqueeze(0)" if x.ndim == rank - 1 else ""))
+        if x.shape[1] != self.spec.in_chans:
+            raise InputError(f"model takes {self.spec.in_chans} input channels, got {x.shape[1]} "
+                             f"(shape {tuple(x.shape)}); create the model with in_chans={x.shape[1]} "
+                             "or convert the images")
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and stages (and the final norm of pre-activation nets): the unpooled feature map."""
+        self.check_input(x)
+        x = self.maxpool(self.forward_stem(x))
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.final_relu(self.final_bn(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of the chosen ``feature_info`` entries (0 = stem, 1.. = stages), shallow to deep."""
+        self.check_input(x)
+        wanted = set(indices)
+        outputs: list[torch.Tensor] = []
+        x = self.forward_stem(x)
+        if 0 in wanted:
+            outputs.append(x)
+        x = self.maxpool(x)
+        last = max(wanted)
+        for i, name in enumerate(self.stage_names, start=1):
+            if i > last:
+                break
+            x = getattr(self, name)(x)
+            if i == len(self.stage_names):
+                x = self.final_relu(self.final_bn(x))
+            if i in wanted:
+                outputs.append(x)
+        return outputs
+
+    # ------------------------------------------------------------------ head
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (0 removes it); the spec follows."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.spec = self.spec.replace(num_classes=num_classes)
+        device = next(self.parameters()).device
+        self.fc = (nn.Linear(self.num_features, num_classes).to(device) if num_classes > 0 else nn.Identity())
+
+    def extra_repr(self) -> str:
+        return f"spec: {self.spec.describe()}"
+
+
+class ResNetFeatures(ResNet):
+    """A backbone whose forward returns a list of stage outputs (timm's ``features_only``).
+
+    It is a ``ResNet`` without a classifier, so parameter names are the full network's and its
+    weights load directly; ``feature_info`` lists only the chosen levels.
+    """
+
+    def __init__(self, spec: ResNetSpec, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
+        super().__init__(spec.replace(num_classes=0))
+        levels = self.feature_info
+        n = len(levels)
+        indices = tuple(out_indices)
+        bad = [i for i in indices if not -n <= i < n]
+        if not indices or bad:
+            raise ValueError(f"out_indices {indices} out of range: this model has feature levels "
+                             f"0..{n - 1} (0 = stem, {', '.join(f'{i} = layer{i}' for i in range(1, n))})")
+        self.out_indices = tuple(sorted({i % n for i in indices}))
+        self.all_feature_info = levels
+        self.feature_info = [levels[i] for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        return self.forward_intermediates(x, self.out_indices)

@@ -1,0 +1,243 @@
+"""ResNetSpec: the one typed, serializable description of every ResNet variant.
+
+Every model in the zoo is a ``ResNetSpec``; variants differ by field values, never by
+subclasses or strings parsed at run time. A spec validates itself on construction so an
+impossible architecture fails here, with a message that says what to change, and not
+deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BlockKind = Literal["basic", "bottleneck", "preact_basic", "preact_bottleneck"]
+StemKind = Literal["imagenet", "cifar", "deep", "video"]
+ShortcutKind = Literal["A", "B", "C", "D"]
+StrideOn = Literal["3x3", "1x1"]
+ConvType = Literal["2d", "3d", "2plus1d"]
+
+BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
+STEM_KINDS = ("imagenet", "cifar", "deep", "video")
+SHORTCUT_KINDS = ("A", "B", "C", "D")
+STRIDE_ON = ("3x3", "1x1")
+CONV_TYPES = ("2d", "3d", "2plus1d")
+
+
+class SpecError(ValueError):
+    """An impossible or inconsistent architecture description."""
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """A complete, validated description of one residual (or plain) network.
+
+    Field meanings follow the papers: He et al. 2015 (basic/bottleneck blocks, shortcut
+    options A/B/C), He et al. 2016 (pre-activation), Zagoruyko & Komodakis 2016 (wide nets,
+    dropout in blocks), Xie et al. 2017 (ResNeXt groups), He et al. 2019 "Bag of Tricks"
+    (deep stem "C", avg-pool shortcut "D"), Hu et al. 2018 (squeeze-excitation),
+    Huang et al. 2016 (stochastic depth) and Tran et al. 2018 (3-D and (2+1)-D video nets).
+    """
+
+    block: BlockKind = "basic"
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    """Base width ("planes") of each stage; a bottleneck stage outputs 4x this."""
+    stem: StemKind = "imagenet"
+    stem_width: int = 64
+    shortcut: ShortcutKind = "B"
+    stride_on: StrideOn = "3x3"
+    """Where a bottleneck's downsampling stride sits: the 3x3 ("v1.5", torchvision) or
+    the first 1x1 (the paper, "v1")."""
+    strides: tuple[int, ...] | None = None
+    """Stride of each stage's first block; default 1 for the first stage, 2 after."""
+    groups: int = 1
+    width_per_group: int = 64
+    width_multiplier: float = 1.0
+    """Multiplies every stage width (wide residual networks, k)."""
+    dropout: float = 0.0
+    """Dropout between the convolutions of each block (WRN)."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth: survival falls linearly to 1 - rate at the last block."""
+    head_dropout: float = 0.0
+    se_ratio: float = 0.0
+    """Squeeze-excitation reduction (1/16 in SENet); 0 disables it."""
+    zero_init_last: bool = False
+    """Start each residual branch at zero by zeroing its last norm's scale (Goyal et al.)."""
+    residual: bool = True
+    """False gives the 'plain' twin: the same layers with no shortcuts."""
+    conv_type: ConvType = "2d"
+    output_stride: int | None = None
+    """Total downsampling; None keeps the network's own, 8 or 16 replace later strides by dilation."""
+    in_chans: int = 3
+    num_classes: int = 1000
+    paper: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # Normalise sequences coming from JSON/YAML (lists) into tuples so the spec stays hashable.
+        for name in ("layers", "widths", "strides"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise SpecError(message)
+
+        need(self.block in BLOCK_KINDS, f"block={self.block!r} is unknown; choose one of {BLOCK_KINDS}")
+        need(self.stem in STEM_KINDS, f"stem={self.stem!r} is unknown; choose one of {STEM_KINDS}")
+        need(self.shortcut in SHORTCUT_KINDS, f"shortcut={self.shortcut!r} is unknown; choose one of {SHORTCUT_KINDS}")
+        need(self.stride_on in STRIDE_ON, f"stride_on={self.stride_on!r} is unknown; choose one of {STRIDE_ON}")
+        need(self.conv_type in CONV_TYPES, f"conv_type={self.conv_type!r} is unknown; choose one of {CONV_TYPES}")
+        need(len(self.layers) > 0 and all(n >= 1 for n in self.layers),
+             f"layers={self.layers} must list at least one stage, each with at least one block")
+        need(len(self.widths) == len(self.layers),
+             f"widths has {len(self.widths)} entries but layers has {len(self.layers)}: give one width per stage")
+        need(all(w >= 1 for w in self.widths), f"widths={self.widths} must be positive")
+        if self.strides is not None:
+            need(len(self.strides) == len(self.layers),
+                 f"strides has {len(self.strides)} entries but layers has {len(self.layers)}: give one stride per stage")
+            need(all(s in (1, 2) for s in self.strides), f"strides={self.strides}: each stage stride must be 1 or 2")
+        need(self.groups >= 1 and self.width_per_group >= 1, "groups and width_per_group must be at least 1")
+        if self.groups > 1 or self.width_per_group != 64:
+            need(self.is_bottleneck,
+                 f"groups={self.groups}, width_per_group={self.width_per_group} need bottleneck blocks "
+                 f"(ResNeXt / wide bottlenecks); with block={self.block!r} use width_multiplier to widen instead")
+        need(self.width_multiplier > 0, "width_multiplier must be positive")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(0.0 <= self.head_dropout < 1.0, f"head_dropout={self.head_dropout} must be in [0, 1)")
+        need(0.0 <= self.drop_path_rate < 1.0, f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        need(0.0 <= self.se_ratio <= 1.0, f"se_ratio={self.se_ratio} must be in [0, 1]")
+        need(self.in_chans >= 1, f"in_chans={self.in_chans} must be at least 1")
+        need(self.num_classes >= 0, f"num_classes={self.num_classes} must be >= 0 (0 removes the classifier)")
+        if self.output_stride is not None:
+            need(self.output_stride in (1, 2, 4, 8, 16, 32),
+                 f"output_stride={self.output_stride} must be a power of two such as 8, 16 or 32")
+            need(self.stem_stride <= self.output_stride <= self.natural_stride,
+                 f"output_stride={self.output_stride} must lie between the stem's stride {self.stem_stride} "
+                 f"and this network's total stride {self.natural_stride}")
+        if self.conv_type != "2d":
+            need(self.stem == "video", f"conv_type={self.conv_type!r} needs stem='video'")
+            need(self.shortcut in ("B", "C"), "video networks support projection shortcuts B or C only")
+            need(self.output_stride in (None, self.natural_stride),
+                 "video networks do not support dilation (output_stride)")
+        else:
+            need(self.stem != "video", "stem='video' needs conv_type='3d' or '2plus1d'")
+        if self.se_ratio > 0:
+            need(not self.is_preact, "squeeze-excitation is defined here for post-activation blocks only")
+
+    # ------------------------------------------------------------ derived facts
+    @property
+    def is_preact(self) -> bool:
+        return self.block.startswith("preact")
+
+    @property
+    def is_bottleneck(self) -> bool:
+        return self.block.endswith("bottleneck")
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.is_bottleneck else 1
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        if self.strides is not None:
+            return self.strides
+        return (1,) + (2,) * (len(self.layers) - 1)
+
+    @property
+    def stem_stride(self) -> int:
+        return {"imagenet": 4, "deep": 4, "cifar": 1, "video": 2}[self.stem]
+
+    @property
+    def natural_stride(self) -> int:
+        total = self.stem_stride
+        for s in self.stage_strides:
+            total *= s
+        return total
+
+    @property
+    def effective_output_stride(self) -> int:
+        return self.output_stride or self.natural_stride
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        """Base width of each stage after the width multiplier."""
+        return tuple(int(round(w * self.width_multiplier)) for w in self.widths)
+
+    @property
+    def stage_out_channels(self) -> tuple[int, ...]:
+        return tuple(w * self.expansion for w in self.stage_widths)
+
+    @property
+    def stem_out_channels(self) -> int:
+        return self.stem_width
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_out_channels[-1]
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers as the papers count them (convolutions on the main path + classifier)."""
+        per_block = 3 if self.is_bottleneck else 2
+        stem = 3 if self.stem == "deep" else 1
+        return stem + per_block * sum(self.layers) + 1
+
+    def bottleneck_width(self, stage_width: int) -> int:
+        """Inner width of a bottleneck (torchvision's rule, covers ResNeXt and wide nets)."""
+        return int(stage_width * (self.width_per_group / 64.0)) * self.groups
+
+    # --------------------------------------------------------------- serialize
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for k, v in out.items():
+            if isinstance(v, tuple):
+                out[k] = list(v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResNetSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown spec fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ResNetSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"spec is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError("spec JSON must be an object of field names to values")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "ResNetSpec":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            import difflib
+
+            hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise SpecError(f"unknown model option {detail}; valid options are the ResNetSpec fields: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """A short human description, used in error messages about mismatched weights."""
+        kind = self.block.replace("_", "-")
+        net = "residual" if self.residual else "plain"
+        g = f", groups {self.groups}x{self.width_per_group}d" if self.groups > 1 else ""
+        return (f"{net} {kind} net with {'-'.join(map(str, self.layers))} blocks, "
+                f"stage widths {'/'.join(map(str, self.stage_out_channels))}{g}, {self.stem} stem, "
+                f"{self.in_chans} input channels, {self.num_classes} classes")

@@ -1,0 +1,444 @@
+"""Checkpoint IO: safetensors and weights-only ``.pt`` files, torchvision/timm key maps, input and
+head adaptation, atomic writes, and mismatch messages in words.
+
+Loading never executes code: ``.pt`` files go through ``torch.load(weights_only=True)`` and
+safetensors is data only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .model import ResNet
+from .spec import ResNetSpec, SpecError
+
+FORMAT_NAME = "resnets"
+FORMAT_VERSION = 1
+_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.body.")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint, or one that does not fit the model."""
+
+
+# ------------------------------------------------------------------ writing
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Write a file so that a crash leaves either the old file or the new one, never a torn one.
+
+    ``write`` receives a temporary path in the same folder; it is fsynced and renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save a model's weights with its spec: safetensors for ``.safetensors``, else a weights-only ``.pt``.
+
+    ``metadata`` (JSON-serialisable: class names, normalisation, ...) is stored beside the spec.
+    """
+    path = Path(path)
+    spec = getattr(model, "spec", None)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "spec": spec.to_dict() if isinstance(spec, ResNetSpec) else None, **dict(metadata or {})}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        text_meta = {k: json.dumps(v) for k, v in meta.items()}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=text_meta))
+    else:
+        atomic_write(path, lambda tmp: torch.save({"state_dict": state, **meta}, tmp))
+    return path
+
+
+# ------------------------------------------------------------------ reading
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, whatever its format."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: ResNetSpec | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    """The whole loaded object for ``.pt`` files (training checkpoints keep optimizer state here)."""
+
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 8:
+        return "empty"
+    if head[:2] == b"PK":
+        return "torch-zip"
+    if head[0] == 0x80:
+        return "torch-legacy"
+    header_len = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < header_len < 100_000_000:
+        return "safetensors"
+    return "unknown"
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read any checkpoint we understand, with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        for name in ("best.safetensors", "last.pt", "model.safetensors", "best.pt"):
+            if (path / name).exists():
+                return read_checkpoint(path / name)
+        raise CheckpointError(f"{str(path)!r} is a folder with no checkpoint in it (looked for best.safetensors, "
+                              "last.pt, model.safetensors); pass the checkpoint file itself")
+    kind = _file_kind(path)
+    if kind == "empty":
+        raise CheckpointError(f"{str(path)!r} is empty or truncated ({path.stat().st_size} bytes); it is not a checkpoint")
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    if kind in ("torch-zip", "torch-legacy"):
+        return _read_torch(path, kind)
+    raise CheckpointError(f"{str(path)!r} is neither a safetensors file nor a PyTorch checkpoint "
+                          f"(first bytes {path.read_bytes()[:8]!r}); pass a .safetensors or .pt/.pth file")
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw_meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} is a damaged or truncated safetensors file ({exc}); "
+                              "re-download or re-save it") from None
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            meta[k] = v
+    return _checkpoint_from(state, meta, {})
+
+
+def _read_torch(path: Path, kind: str) -> Checkpoint:
+    if kind == "torch-zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"{str(path)!r} is a truncated or damaged PyTorch checkpoint (bad zip archive); "
+                                  "the file was probably cut short while copying or saving") from None
+        if bad is not None:
+            raise CheckpointError(f"{str(path)!r} is damaged: entry {bad!r} fails its checksum")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or unsafe files
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{str(path)!r} contains pickled Python objects, not only tensors, so it could run code when "
+                f"loaded; resnets refuses it. Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) "
+                f"or as safetensors. ({message})") from None
+        raise CheckpointError(f"could not read {str(path)!r} as a PyTorch checkpoint: {message}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "module"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if key.endswith("ema") and "state_dict" in obj:
+                continue  # prefer the raw weights; EMA is read explicitly by the trainer
+            meta = {k: v for k, v in obj.items() if not isinstance(v, (dict, torch.Tensor)) or k in ("spec", "metadata")}
+            return _checkpoint_from(inner, meta, obj)
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _checkpoint_from(obj, {}, obj)
+    raise CheckpointError(f"{str(path)!r} is a dict without a state dict in it (keys: {sorted(obj)[:10]}); "
+                          "expected tensors or a 'state_dict'/'model' entry")
+
+
+def _checkpoint_from(state: dict[str, torch.Tensor], meta: dict[str, Any], raw: dict[str, Any]) -> Checkpoint:
+    spec = None
+    spec_data = meta.get("spec")
+    if isinstance(spec_data, dict):
+        try:
+            spec = ResNetSpec.from_dict(spec_data)
+        except (SpecError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint stores an invalid model spec: {exc}") from None
+    return Checkpoint(state_dict=dict(state), spec=spec, metadata=meta, raw=raw)
+
+
+# -------------------------------------------------------- key translation
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (DDP ``module.``, ``torch.compile``'s ``_orig_mod.``, ...)."""
+    out = dict(state)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if out and all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix):]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def _from_timm_resnetv2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        new = re.sub(r"^stem\.conv\.", "conv1.", new)
+        m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", new)
+        if m:
+            rest = m.group(3)
+            rest = re.sub(r"^norm(\d)\.", r"bn\1.", rest)
+            rest = rest.replace("downsample.conv.", "downsample.0.")
+            new = f"layer{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
+        new = re.sub(r"^norm\.", "final_bn.", new)
+        if new.startswith("head.fc."):
+            new = "fc." + new[len("head.fc."):]
+            if value.ndim == 4:
+                value = value.flatten(1)
+        out[new] = value
+    return out
+
+
+def _from_torchvision_video(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision VideoResNet keys -> ours (stem.* -> conv1/bn1; convN.0 -> convN, convN.1 -> bnN)."""
+    r2plus1d = "stem.3.weight" in state
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        if key.startswith("stem."):
+            idx, rest = key[len("stem."):].split(".", 1)
+            if r2plus1d:
+                new = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "bn1"}[idx] + "." + rest
+            else:
+                new = {"0": "conv1", "1": "bn1"}[idx] + "." + rest
+        else:
+            m = re.match(r"^(layer\d+\.\d+)\.conv(\d)\.(\d)\.(.*)$", key)
+            if m:
+                block, n, part, rest = m.groups()
+                new = f"{block}.conv{n}.{rest}" if part == "0" else f"{block}.bn{n}.{rest}"
+        out[new] = value
+    return out
+
+
+def to_resnets_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Translate a torchvision, timm or resnets state dict into resnets (= torchvision) names."""
+    state = strip_prefixes(state)
+    if any(k.startswith("stages.") for k in state) and any(".blocks." in k for k in state):
+        return _from_timm_resnetv2(state)
+    if "stem.0.weight" in state:
+        return _from_torchvision_video(state)
+    return dict(state)
+
+
+# ------------------------------------------------------- describing nets
+def describe_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Infer the architecture a (resnets-named) state dict belongs to, for mismatch messages."""
+    stages: dict[int, set[int]] = {}
+    for key in state:
+        m = re.match(r"^layer(\d+)\.(\d+)\.", key)
+        if m:
+            stages.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layers = tuple(len(stages[s]) for s in sorted(stages))
+    bottleneck = any(re.match(r"^layer\d+\.\d+\.conv3\.", k) for k in state)
+    preact = "final_bn.weight" in state
+    outs = []
+    for s in sorted(stages):
+        last = max(stages[s])
+        conv = state.get(f"layer{s}.{last}.conv{3 if bottleneck else 2}.weight")
+        if conv is None:
+            conv = state.get(f"layer{s}.{last}.conv{3 if bottleneck else 2}.3.weight")
+        outs.append(int(conv.shape[0]) if conv is not None else None)
+    first = state.get("conv1.weight", state.get("conv1.0.weight"))
+    fc = state.get("fc.weight")
+    return {
+        "block": ("preact_" if preact else "") + ("bottleneck" if bottleneck else "basic"),
+        "layers": layers,
+        "stage_out_channels": tuple(outs),
+        "in_chans": int(first.shape[1]) if first is not None else None,
+        "num_classes": int(fc.shape[0]) if fc is not None else 0,
+        "deep_stem": "conv1.6.weight" in state,
+        "residual": any(".downsample." in k for k in state) or not layers,
+    }
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    kind = arch["block"].replace("_", "-")
+    outs = "/".join(str(c) for c in arch["stage_out_channels"])
+    return (f"a {kind} net with {'-'.join(map(str, arch['layers'])) or 'no'} blocks (stage widths {outs}), "
+            f"{arch['in_chans']} input channels, {arch['num_classes']} classes")
+
+
+def explain_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    """Say in words why a state dict does not fit a model."""
+    src, dst = describe_state_dict(state), describe_state_dict(model.state_dict())
+    reasons = []
+    if src["block"] != dst["block"]:
+        reasons.append(f"checkpoint uses {src['block'].replace('_', '-')} blocks, model uses "
+                       f"{dst['block'].replace('_', '-')} blocks")
+    if src["layers"] != dst["layers"]:
+        reasons.append(f"checkpoint has {'-'.join(map(str, src['layers']))} blocks per stage, model has "
+                       f"{'-'.join(map(str, dst['layers']))}")
+    if src["stage_out_channels"] != dst["stage_out_channels"] and src["layers"] == dst["layers"]:
+        reasons.append(f"stage widths differ: checkpoint {src['stage_out_channels']}, model {dst['stage_out_channels']} "
+                       "(a different width, groups or width multiplier)")
+    if src["deep_stem"] != dst["deep_stem"]:
+        reasons.append("checkpoint has a " + ("deep 3x3 stem" if src["deep_stem"] else "single-conv stem")
+                       + ", model has a " + ("deep 3x3 stem" if dst["deep_stem"] else "single-conv stem"))
+    if src["in_chans"] != dst["in_chans"] and src["in_chans"] is not None:
+        reasons.append(f"checkpoint takes {src['in_chans']} input channels, model {dst['in_chans']} "
+                       "(pass adapt=True / --adapt to convert the first convolution)")
+    if src["num_classes"] != dst["num_classes"]:
+        reasons.append(f"checkpoint has {src['num_classes']} classes, model {dst['num_classes']} "
+                       "(pass adapt=True / --adapt to drop the checkpoint's classifier)")
+    summary = f"checkpoint is {_describe(src)}; model is {_describe(dst)}"
+    return summary + (": " + "; ".join(reasons) if reasons else "")
+
+
+# ------------------------------------------------------------- adaptation
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a first-conv weight to ``in_chans``: sum the RGB filters for 1 channel, repeat and rescale for more."""
+    src = weight.shape[1]
+    if src == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // src)
+    return weight.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :in_chans] * (src / in_chans)
+
+
+def _first_conv_key(state: Mapping[str, torch.Tensor]) -> str | None:
+    for key in ("conv1.weight", "conv1.0.weight"):
+        if key in state:
+            return key
+    return None
+
+
+def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], adapt: bool = False,
+                    strict: bool = True) -> None:
+    """Load torchvision/timm/resnets weights into ``model``; adapt input channels and head if asked.
+
+    Raises ``CheckpointError`` with an architectural explanation when the weights do not fit.
+    """
+    state = to_resnets_keys(state)
+    target = model.state_dict()
+    if adapt:
+        key = _first_conv_key(state)
+        if key is not None and key in target and state[key].shape[1] != target[key].shape[1]:
+            state[key] = adapt_input_conv(state[key], target[key].shape[1])
+        for key in ("fc.weight", "fc.bias"):
+            if key in state and (key not in target or state[key].shape != target[key].shape):
+                del state[key]  # a new head: keep the model's fresh one
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong_shape = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if adapt or not any(k.startswith("fc.") for k in target):
+        unexpected = [k for k in unexpected if not k.startswith("fc.")]  # a backbone takes a classifier's weights
+    if adapt:
+        missing = [k for k in missing if not k.startswith("fc.")]
+    if wrong_shape or (strict and (missing or unexpected)):
+        detail = []
+        if wrong_shape:
+            k = wrong_shape[0]
+            detail.append(f"{len(wrong_shape)} tensors differ in shape (first: {k} is {tuple(state[k].shape)} in the "
+                          f"checkpoint, {tuple(target[k].shape)} in the model)")
+        if missing:
+            detail.append(f"{len(missing)} model tensors are not in the checkpoint (first: {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} checkpoint tensors have no place in the model (first: {unexpected[0]})")
+        raise CheckpointError(explain_mismatch(state, model) + ". " + "; ".join(detail) + ".")
+    state = {k: v for k, v in state.items() if k in target}
+    model.load_state_dict(state, strict=False)  # completeness was checked above, with better messages
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], adapt: bool = False,
+                 strict: bool = True) -> Checkpoint | None:
+    """Load a checkpoint file (or a state dict) into ``model``; returns what the file held."""
+    if isinstance(source, Mapping):
+        load_state_dict(model, source, adapt=adapt, strict=strict)
+        return None
+    ckpt = read_checkpoint(source)
+    try:
+        load_state_dict(model, ckpt.state_dict, adapt=adapt, strict=strict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return ckpt
+
+
+def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[ResNet, Checkpoint]:
+    """Rebuild the exact network a resnets checkpoint was saved from, with its weights."""
+    ckpt = read_checkpoint(path)
+    if ckpt.spec is None:
+        raise CheckpointError(f"{path} holds weights but no model spec (not saved by resnets); "
+                              "build the model with create_model(NAME, weights=PATH) instead")
+    spec = ckpt.spec.replace(**overrides) if overrides else ckpt.spec
+    model = ResNet(spec)
+    try:
+        load_state_dict(model, ckpt.state_dict, adapt=bool(overrides))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return model, ckpt
+
+
+# -------------------------------------------------------- torchvision tags
+def torchvision_state_dict(model_name: str, tag: str) -> dict[str, torch.Tensor]:
+    """Fetch torchvision's published weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...) for a model."""
+    from torchvision.models import get_model_weights
+
+    from .zoo import get_entry
+
+    tv_name = get_entry(model_name).torchvision
+    if tv_name is None:
+        raise CheckpointError(f"torchvision publishes no weights for {model_name!r}; pass a checkpoint path instead")
+    enum = get_model_weights(tv_name)
+    try:
+        weights = enum[tag] if tag != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise CheckpointError(f"torchvision has no weights {tag!r} for {tv_name}; "
+                              f"available: {', '.join(['DEFAULT'] + [w.name for w in enum])}") from None
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+        raise CheckpointError(f"could not download {enum.__name__}.{weights.name} from {weights.url} ({exc}). "
+                              "When offline, download the file elsewhere and pass its path as weights=PATH.") from None
+
+
+def load_pretrained(model: nn.Module, weights: str | os.PathLike, model_name: str | None = None,
+                    adapt: bool = True) -> None:
+    """``create_model``'s ``weights=``: a file path, or a torchvision tag for a registered name."""
+    text = str(weights)
+    if not os.path.exists(text) and re.fullmatch(r"[A-Z0-9_]+", text):
+        if model_name is None:
+            raise CheckpointError(f"weights={text!r} looks like a torchvision weight tag, which needs a model name")
+        load_state_dict(model, torchvision_state_dict(model_name, text), adapt=adapt)
+        return
+    load_weights(model, weights, adapt=adapt)

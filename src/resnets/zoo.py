@@ -1,0 +1,147 @@
+"""The named models: every variant is a ``ResNetSpec`` plus where it comes from, as data.
+
+Adding a variant means adding an entry here, never a subclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+
+from .spec import ResNetSpec
+
+HE2015 = "He et al. 2015, Deep Residual Learning (arXiv:1512.03385)"
+HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
+GOYAL = "Goyal et al. 2017 / torchvision v1.5 (stride on the 3x3)"
+BAG_OF_TRICKS = "He et al. 2019, Bag of Tricks (arXiv:1812.01187)"
+RESNEXT = "Xie et al. 2017, Aggregated Residual Transformations (arXiv:1611.05431)"
+WRN = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv:1605.07146)"
+SENET = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)"
+TRAN = "Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions (arXiv:1711.11248)"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    spec: ResNetSpec
+    input_size: tuple[int, ...]
+    """Native input (C, H, W) or (C, T, H, W), used for MAC counts and examples."""
+    paper: str
+    torchvision: str | None = None
+    """Name of the same architecture in torchvision.models, if any (weights load by name)."""
+    timm: str | None = None
+
+
+IMAGENET_INPUT = (3, 224, 224)
+CIFAR_INPUT = (3, 32, 32)
+VIDEO_INPUT = (3, 16, 112, 112)
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, spec: ResNetSpec, input_size: tuple[int, ...], paper: str,
+             torchvision: str | None = None, timm: str | None = None) -> None:
+    if name in _REGISTRY:
+        raise KeyError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(spec.replace(paper=paper), input_size, paper, torchvision, timm)
+
+
+# ----------------------------------------------------------------- ImageNet
+_IMAGENET_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3)),
+}
+for _depth, (_block, _layers) in _IMAGENET_DEPTHS.items():
+    _spec = ResNetSpec(block=_block, layers=_layers)
+    register(f"resnet{_depth}", _spec, IMAGENET_INPUT, HE2015 if _block == "basic" else GOYAL,
+             torchvision=f"resnet{_depth}", timm=f"resnet{_depth}.tv_in1k")
+    if _block == "bottleneck":
+        register(f"resnet{_depth}_v1", _spec.replace(stride_on="1x1"), IMAGENET_INPUT, HE2015)
+        register(f"resnet{_depth}d", _spec.replace(stem="deep", shortcut="D"), IMAGENET_INPUT, BAG_OF_TRICKS,
+                 timm=f"resnet{_depth}d")
+        register(f"preact_resnet{_depth}", _spec.replace(block="preact_bottleneck"), IMAGENET_INPUT, HE2016,
+                 timm=f"resnetv2_{_depth}")
+    else:
+        register(f"plain{_depth}", _spec.replace(residual=False), IMAGENET_INPUT, HE2015)
+        register(f"resnet{_depth}d", _spec.replace(stem="deep", shortcut="D"), IMAGENET_INPUT, BAG_OF_TRICKS,
+                 timm=f"resnet{_depth}d")
+
+_R50 = ResNetSpec(block="bottleneck", layers=(3, 4, 6, 3))
+_R101 = _R50.replace(layers=(3, 4, 23, 3))
+register("resnext50_32x4d", _R50.replace(groups=32, width_per_group=4), IMAGENET_INPUT, RESNEXT,
+         torchvision="resnext50_32x4d", timm="resnext50_32x4d")
+register("resnext101_32x8d", _R101.replace(groups=32, width_per_group=8), IMAGENET_INPUT, RESNEXT,
+         torchvision="resnext101_32x8d", timm="resnext101_32x8d")
+register("resnext101_64x4d", _R101.replace(groups=64, width_per_group=4), IMAGENET_INPUT, RESNEXT,
+         torchvision="resnext101_64x4d", timm="resnext101_64x4d")
+register("wide_resnet50_2", _R50.replace(width_per_group=128), IMAGENET_INPUT, WRN,
+         torchvision="wide_resnet50_2", timm="wide_resnet50_2")
+register("wide_resnet101_2", _R101.replace(width_per_group=128), IMAGENET_INPUT, WRN,
+         torchvision="wide_resnet101_2", timm="wide_resnet101_2")
+register("se_resnet50", _R50.replace(se_ratio=1 / 16), IMAGENET_INPUT, SENET, timm="seresnet50")
+register("se_resnet101", _R101.replace(se_ratio=1 / 16), IMAGENET_INPUT, SENET, timm="seresnet101")
+
+# -------------------------------------------------------------------- CIFAR
+_CIFAR = ResNetSpec(block="basic", layers=(3, 3, 3), widths=(16, 32, 64), stem="cifar", stem_width=16,
+                    shortcut="A", num_classes=10)
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _n = (_depth - 2) // 6
+    register(f"resnet{_depth}", _CIFAR.replace(layers=(_n,) * 3), CIFAR_INPUT, HE2015)
+    if _depth != 1202:
+        register(f"plain{_depth}", _CIFAR.replace(layers=(_n,) * 3, residual=False), CIFAR_INPUT, HE2015)
+
+_PREACT_CIFAR = _CIFAR.replace(block="preact_basic", shortcut="B")
+register("preact_resnet20", _PREACT_CIFAR, CIFAR_INPUT, HE2016)
+register("preact_resnet56", _PREACT_CIFAR.replace(layers=(9, 9, 9)), CIFAR_INPUT, HE2016)
+register("preact_resnet110", _PREACT_CIFAR.replace(layers=(18, 18, 18)), CIFAR_INPUT, HE2016)
+register("preact_resnet164", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(18, 18, 18)),
+         CIFAR_INPUT, HE2016)
+register("preact_resnet1001", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(111, 111, 111)),
+         CIFAR_INPUT, HE2016)
+
+for _depth, _k in ((16, 4), (16, 8), (28, 10), (40, 4), (22, 8)):
+    _n = (_depth - 4) // 6
+    register(f"wrn_{_depth}_{_k}", _PREACT_CIFAR.replace(layers=(_n,) * 3, width_multiplier=float(_k)),
+             CIFAR_INPUT, WRN)
+
+_RESNEXT_CIFAR = ResNetSpec(block="bottleneck", layers=(3, 3, 3), widths=(64, 128, 256), stem="cifar",
+                            stem_width=64, shortcut="B", groups=8, width_per_group=64, num_classes=10)
+register("resnext29_8x64d", _RESNEXT_CIFAR, CIFAR_INPUT, RESNEXT)
+register("resnext29_16x64d", _RESNEXT_CIFAR.replace(groups=16), CIFAR_INPUT, RESNEXT)
+
+# -------------------------------------------------------------------- video
+_VIDEO = ResNetSpec(block="basic", layers=(2, 2, 2, 2), stem="video", conv_type="3d", num_classes=400)
+register("r3d_18", _VIDEO, VIDEO_INPUT, TRAN, torchvision="r3d_18")
+register("r2plus1d_18", _VIDEO.replace(conv_type="2plus1d"), VIDEO_INPUT, TRAN, torchvision="r2plus1d_18")
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not registered; the message suggests close matches."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes
+        return str(self.args[0])
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=4, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} `resnets models` (or resnets.list_models()) lists all "
+            f"{len(_REGISTRY)} names.") from None
+
+
+def get_spec(name: str) -> ResNetSpec:
+    return get_entry(name).spec
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern (``"resnet*"``, ``"*wrn*"``), sorted naturally."""
+    import re
+
+    def natural(name: str) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural)
