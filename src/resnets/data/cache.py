@@ -1,0 +1,135 @@
+"""Decode small images once into a uint8 tensor file on disk, keyed by the dataset's file list.
+
+The key hashes every file's relative path, size and modification time (plus the target size and a
+format version), so editing, adding or removing a file makes a new key and the stale cache is
+simply not used. Decoded tensors are also kept in memory for the life of the process, so a second
+``load_data`` of the same tree costs nothing. Writes go through ``resnets.weights.atomic_write``:
+an interrupted run never leaves a torn cache file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .folder import FileEntry, chunks, decode_rgb
+
+__all__ = ["cache_root", "decode_entries", "file_list_key", "load_or_decode"]
+
+CACHE_FORMAT = 1
+_MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]] = {}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``cache_dir``, else ``$RESNETS_CACHE``, else ``~/.cache/resnets``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("RESNETS_CACHE"):
+        return Path(os.environ["RESNETS_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "resnets"
+
+
+def file_list_key(root: str | os.PathLike, entries: Sequence[FileEntry], *extra: object) -> str:
+    """Hash of (relative path, size, mtime, label) of every file, plus ``extra`` settings."""
+    digest = hashlib.sha256(f"resnets-tensor-cache-v{CACHE_FORMAT}|{extra!r}\n".encode())
+    root = os.fspath(root)
+    for entry in entries:
+        digest.update(f"{os.path.relpath(entry.path, root)}\t{entry.size}\t{entry.mtime_ns}\t{entry.label}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_chunk(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Decode a chunk of files; failures become an error string instead of an exception."""
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    errors: list[str | None] = []
+    for index, path in enumerate(paths):
+        try:
+            out[index] = decode_rgb(path, size)
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+    return out, errors
+
+
+def decode_entries(entries: Sequence[FileEntry], size: int, *, workers: int | None = None,
+                   desc: str = "decoding") -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """Decode files to (uint8 N x 3 x size x size, int64 labels, skipped [(path, reason)]).
+
+    Large lists are decoded by a pool of processes in chunks, with a tqdm progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    paths = [entry.path for entry in entries]
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if len(paths) >= 2000 else 0
+    chunk_size = 256
+    arrays: list[np.ndarray] = []
+    errors: list[str | None] = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 1000, leave=False) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for array, chunk_errors in pool.map(_decode_chunk, list(chunks(paths, chunk_size)),
+                                                    [size] * ((len(paths) + chunk_size - 1) // chunk_size)):
+                    arrays.append(array)
+                    errors.extend(chunk_errors)
+                    bar.update(len(chunk_errors))
+        else:
+            for chunk in chunks(paths, chunk_size):
+                array, chunk_errors = _decode_chunk(chunk, size)
+                arrays.append(array)
+                errors.extend(chunk_errors)
+                bar.update(len(chunk_errors))
+    images = np.concatenate(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    good = np.array([error is None for error in errors], dtype=bool)
+    skipped = [(path, error) for path, error in zip(paths, errors) if error is not None]
+    labels = torch.tensor([entry.label for entry in entries], dtype=torch.int64)[torch.from_numpy(good)]
+    tensor = torch.from_numpy(np.ascontiguousarray(images[good].transpose(0, 3, 1, 2)))
+    return tensor, labels, skipped
+
+
+def load_or_decode(root: str | os.PathLike, entries: Sequence[FileEntry], size: int, cache_dir: str | os.PathLike | None,
+                   *, workers: int | None = None, use_disk: bool = True,
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """The decoded tensors for ``entries``: from memory, else from the disk cache, else decode and store."""
+    from safetensors.torch import load_file, save_file
+
+    from ..weights import atomic_write
+
+    key = file_list_key(root, entries, size)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_root(cache_dir) / "tensors" / f"{Path(root).name}-{key}.safetensors"
+    result = None
+    if use_disk and path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                skipped = [tuple(item) for item in json.loads(handle.metadata().get("skipped", "[]"))]
+            tensors = load_file(str(path))
+            result = (tensors["images"], tensors["labels"], skipped)
+        except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never fatal
+            result = None
+    if result is None:
+        images, labels, skipped = decode_entries(entries, size, workers=workers, desc=f"decoding {Path(root).name}")
+        result = (images, labels, skipped)
+        if use_disk:
+            metadata = {"key": key, "root": os.fspath(root), "skipped": json.dumps(skipped)}
+            try:
+                atomic_write(path, lambda tmp: save_file({"images": images, "labels": labels}, tmp, metadata))
+            except OSError:
+                pass  # a read-only cache folder costs speed next time, not correctness
+    _MEMORY[key] = result
+    return result
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-process copies (tests use this to force a disk read)."""
+    _MEMORY.clear()

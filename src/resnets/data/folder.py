@@ -1,0 +1,180 @@
+"""ImageFolder trees: scanning, class lists, stratified splits, and robust decoding to RGB.
+
+A tree is ``root/<class>/<image>`` (images may sit in nested sub-folders of a class folder).
+Scanning only reads directory entries and ``stat``; decoding happens later, and any file that
+cannot be decoded (empty, truncated, not an image) is reported once and skipped, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "FileEntry", "decode_rgb", "find_classes", "map_folder_classes", "scan_image_folder",
+    "stratified_split", "warn_skipped",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One image file found by a scan: where it is, what it looked like (for cache keys), its label."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    label: int
+
+
+def find_classes(folder: str | os.PathLike) -> list[str]:
+    """Sorted names of the class sub-folders of ``folder`` (hidden folders ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; expected an ImageFolder tree {folder}/<class>/<image>")
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class folders in {folder}; expected an ImageFolder tree {folder}/<class>/<image>")
+    return classes
+
+
+def map_folder_classes(classes: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
+    """Map the class folders of an evaluation tree to the indices of a checkpoint's class list, by name.
+
+    Folders may cover a subset of ``classes``; a folder whose name is not in ``classes`` is an error
+    (its images would be scored against a label the model never learned).
+    """
+    index_of = {name: index for index, name in enumerate(classes)}
+    if len(index_of) != len(classes):
+        raise DataError(f"the class list has duplicate names: {sorted(set(c for c in classes if list(classes).count(c) > 1))}")
+    found = find_classes(folder)
+    unknown = [name for name in found if name not in index_of]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        known = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
+        raise DataError(
+            f"{folder} has class folders the model was not trained on: {shown}; the model knows "
+            f"{len(classes)} classes ({known}). Rename or remove those folders, or evaluate a model trained on them."
+        )
+    return {name: index_of[name] for name in found}
+
+
+def scan_image_folder(folder: str | os.PathLike,
+                      class_to_index: Mapping[str, int] | None = None) -> tuple[list[FileEntry], list[str]]:
+    """List the image files of ``folder/<class>/...`` in a stable order; return (entries, classes).
+
+    ``class_to_index`` fixes the labels (e.g. from :func:`map_folder_classes`); by default the
+    classes are the sorted folder names. Zero-byte files are kept here and rejected at decode time.
+    """
+    folder = Path(folder)
+    if class_to_index is None:
+        classes = find_classes(folder)
+        class_to_index = {name: index for index, name in enumerate(classes)}
+    else:
+        classes = [name for name, _ in sorted(class_to_index.items(), key=lambda item: item[1])]
+    entries: list[FileEntry] = []
+    for name, label in sorted(class_to_index.items()):
+        class_folder = folder / name
+        if not class_folder.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(class_folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith(".") or not filename.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(dirpath, filename)
+                stat = os.stat(path)
+                entries.append(FileEntry(path, stat.st_size, stat.st_mtime_ns, label))
+    if not entries:
+        raise DataError(
+            f"no images found under {folder} (looked for {', '.join(IMAGE_EXTENSIONS)} files in "
+            f"{folder}/<class>/); point --data at an ImageFolder tree or a cifar-10-batches-py folder"
+        )
+    return entries, classes
+
+
+def decode_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """Decode one image file to an RGB uint8 array (H, W, 3); grayscale, RGBA, CMYK, palette become RGB.
+
+    With ``size``, the image is resized (shorter side) and centre-cropped to ``size`` x ``size``
+    unless it already has that shape. Raises ``OSError``/``ValueError`` for unreadable files.
+    """
+    from PIL import Image, ImageOps
+
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    with Image.open(path) as image:
+        image.load()  # a truncated file fails here, not later in training
+        rgb = image.convert("RGB")
+    if size is not None and rgb.size != (size, size):
+        rgb = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def warn_skipped(bad: Sequence[tuple[str, str]], where: str) -> None:
+    """One summary warning for all unreadable files: the count and the first few paths with reasons."""
+    if not bad:
+        return
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {where}: {shown}{more}", UserWarning, stacklevel=3)
+
+
+def stratified_split(labels: torch.Tensor | Sequence[int], val_split: float | int,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, stratified hold-out: (train indices, val indices), both sorted.
+
+    ``val_split`` is a fraction in [0, 1) or a count of images (>= 1). Each class contributes in
+    proportion to its size (largest-remainder rounding, so the total is exact); a class never
+    loses all its training images.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    total = labels.numel()
+    if isinstance(val_split, bool) or val_split < 0:
+        raise DataError(f"val_split must be a fraction in [0, 1) or a count of images, not {val_split!r}")
+    if val_split >= 1:
+        if int(val_split) != val_split or val_split >= total:
+            raise DataError(f"val_split={val_split} must be a whole number of images below the dataset size {total}")
+        fraction = float(val_split) / total
+        wanted = int(val_split)
+    else:
+        fraction = float(val_split)
+        wanted = int(round(fraction * total))
+    if wanted == 0:
+        return torch.arange(total), torch.empty(0, dtype=torch.int64)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * fraction
+    take = exact.floor().long()
+    remainder = exact - take
+    capacity = counts - 1  # keep at least one training image per class
+    take = torch.minimum(take, capacity)
+    for position in torch.argsort(-remainder, stable=True).tolist():
+        if int(take.sum()) >= wanted:
+            break
+        if take[position] < capacity[position]:
+            take[position] += 1
+    from .seeding import derive_seed
+
+    val_parts = []
+    for class_id, count in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == class_id).flatten()
+        generator = torch.Generator().manual_seed(derive_seed(seed, "val_split", class_id))
+        val_parts.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
+    val = torch.sort(torch.cat(val_parts)).values
+    is_val = torch.zeros(total, dtype=torch.bool)
+    is_val[val] = True
+    return torch.nonzero(~is_val).flatten(), val
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,246 @@
+"""Deterministic, resumable batch loaders over the two dataset kinds.
+
+Order and augmentation are pure functions of (seed, epoch, batch index, rank):
+
+- the epoch's order is ``randperm(n)`` from a generator seeded by (seed, epoch), the same on every rank;
+- with ``world_size > 1`` rank r takes positions r, r + world_size, ... of that order (disjoint,
+  together every sample once). For training (``drop_last=True``) the order is first cut to a
+  multiple of ``world_size`` so all ranks run the same number of steps (at most world_size - 1
+  samples, different ones each epoch, sit out), and a final partial batch is dropped; for
+  evaluation (``drop_last=False``) nothing is dropped and the last ranks may get one sample less;
+- batch b's augmentation draws come from a generator seeded by (seed, "augment", epoch, rank, b).
+
+So ``set_epoch(e)`` then ``skip_batches(k)`` yields exactly the batches k, k+1, ... of epoch e.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import AugmentConfig, augment_batch, cutout
+from .datasets import ImageFileDataset, TensorImageDataset, read_image_file
+from .seeding import derive_seed, generator_for
+
+__all__ = ["InMemoryLoader", "StreamingLoader", "make_loader"]
+
+EVAL_CROP_FRACTION = 0.875  # resize to size / 0.875 (256 for 224), then centre-crop: the ImageNet convention
+
+
+class _EpochLoader:
+    """What both loaders share: the epoch plan (order, sharding, batch count) and normalisation."""
+
+    def __init__(self, dataset, batch_size: int, train: bool, augment: AugmentConfig | None, device, seed: int,
+                 rank: int, world_size: int, drop_last: bool | None, shuffle: bool | None, channels_last: bool,
+                 dtype: torch.dtype, mean, std) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+        if len(dataset) == 0:
+            raise ValueError("cannot make a loader over an empty dataset")
+        if isinstance(augment, dict):
+            augment = AugmentConfig.from_dict(augment)
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.augment = (augment or AugmentConfig()) if train else AugmentConfig()
+        self.device = torch.device(device)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.shuffle = train if shuffle is None else shuffle
+        self.channels_last, self.dtype = channels_last, dtype
+        mean = tuple(mean if mean is not None else dataset.mean)
+        std = tuple(std if std is not None else dataset.std)
+        self.mean, self.std = mean, std
+        std_tensor = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * std_tensor)
+        self._shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) / std_tensor
+        self.epoch = 0
+        self._start = 0
+        if len(self) == 0:
+            raise ValueError(f"{len(dataset)} samples over {world_size} rank(s) make no full batch of {batch_size}; "
+                             f"lower the batch size or pass drop_last=False")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        self.epoch = int(epoch)
+        self._start = 0
+
+    def skip_batches(self, count: int) -> None:
+        """Start the next iteration at batch ``count`` of the current epoch (mid-epoch resume)."""
+        if not 0 <= count <= len(self):
+            raise ValueError(f"cannot skip {count} batches of an epoch of {len(self)}")
+        self._start = int(count)
+
+    def _rank_size(self) -> int:
+        total = len(self.dataset)
+        if self.world_size == 1:
+            return total
+        if self.drop_last:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
+
+    def __len__(self) -> int:
+        size = self._rank_size()
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+    def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's sample indices for ``epoch`` (default: the current one), in visiting order."""
+        epoch = self.epoch if epoch is None else epoch
+        total = len(self.dataset)
+        order = (torch.randperm(total, generator=generator_for(self.seed, "shuffle", epoch)) if self.shuffle
+                 else torch.arange(total))
+        if self.world_size > 1:
+            if self.drop_last:
+                order = order[: (total // self.world_size) * self.world_size]
+            order = order[self.rank::self.world_size]
+        return order
+
+    def _batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        order = self.epoch_indices()
+        start, self._start = self._start, 0
+        for batch in range(start, len(self)):
+            yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size]
+
+    def _finish(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """uint8 (or 0..255 float) batch on device -> normalised ``dtype`` tensor, then cutout, layout."""
+        images = (images.float() * self._scale + self._shift).to(self.dtype)
+        if self.train and self.augment.cutout_size:
+            images = cutout(images, self.augment.cutout_size, generator_for(self.seed, "cutout", self.epoch,
+                                                                            self.rank, batch))
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+class InMemoryLoader(_EpochLoader):
+    """Batches from a ``TensorImageDataset`` held on the training device; augmentation on whole batches."""
+
+    def __init__(self, dataset: TensorImageDataset, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self._images = dataset.images.to(self.device)
+        self._labels = dataset.labels.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch, indices in self._batches():
+            indices = indices.to(self.device)
+            images = self._images[indices]
+            if self.train:
+                images = augment_batch(images, self.augment, generator_for(self.seed, "augment", self.epoch,
+                                                                           self.rank, batch), erase=False)
+            yield self._finish(images, batch), self._labels[indices]
+
+
+class _TransformedFiles(Dataset):
+    """Per-image decode + transforms.v2 geometry, seeded per (epoch, sample); bad files are replaced."""
+
+    def __init__(self, files: ImageFileDataset, train: bool, augment: AugmentConfig, image_size: int) -> None:
+        from torchvision.transforms import v2
+
+        self.files = files
+        if train and augment.random_resized_crop:
+            self.transform = v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
+                                                  antialias=True)
+        else:
+            self.transform = v2.Compose([v2.Resize(round(image_size / EVAL_CROP_FRACTION), antialias=True),
+                                         v2.CenterCrop(image_size)])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+        index, sample_seed = item
+        bad: list[str] = []
+        for attempt in range(len(self.files)):
+            position = (index + attempt) % len(self.files)
+            path = self.files.paths[position]
+            try:
+                image = read_image_file(path)
+                break
+            except Exception as exc:  # noqa: BLE001 - any decode failure: report and use the next file
+                bad.append(f"{path} ({type(exc).__name__}: {str(exc)[:80]})")
+                if attempt >= 32:
+                    raise RuntimeError(f"{len(bad)} unreadable images in a row, starting at {bad[0]}") from exc
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            image = self.transform(image)
+        return image, int(self.files.labels[position]), "\n".join(bad)
+
+
+class _EpochBatchSampler:
+    """Yields the loader's batches as lists of (index, per-sample seed) for ``_TransformedFiles``."""
+
+    def __init__(self, loader: "StreamingLoader") -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.loader._start
+
+    def __iter__(self):
+        loader = self.loader
+        epoch = loader.epoch
+        for _, indices in loader._batches():
+            yield [(int(i), derive_seed(loader.seed, "sample", epoch, int(i))) for i in indices]
+
+
+class StreamingLoader(_EpochLoader):
+    """Batches from an ``ImageFileDataset`` decoded by DataLoader workers; batch augmentation on device.
+
+    Unreadable files met during an epoch are replaced by the next readable file and reported in one
+    warning at the end of the epoch.
+    """
+
+    def __init__(self, dataset: ImageFileDataset, workers: int = 2, image_size: int | None = None, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.image_size = image_size or dataset.image_size
+        self.skipped: list[str] = []
+        self._loader = DataLoader(
+            _TransformedFiles(dataset, self.train, self.augment, self.image_size),
+            batch_sampler=_EpochBatchSampler(self), num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first = self._start
+        bad: list[str] = []
+        try:
+            for batch, (images, labels, problems) in enumerate(self._loader, start=first):
+                bad.extend(line for text in problems if text for line in text.split("\n"))
+                images = images.to(self.device, non_blocking=True)
+                if self.train:
+                    # Geometry beyond the per-image crop (pad-crop/translate, flip) on the whole batch.
+                    batch_config = AugmentConfig(crop_padding=self.augment.crop_padding,
+                                                 pad_mode=self.augment.pad_mode, translate=self.augment.translate,
+                                                 flip=self.augment.flip)
+                    images = augment_batch(images, batch_config, generator_for(self.seed, "augment", self.epoch,
+                                                                               self.rank, batch), erase=False)
+                yield self._finish(images, batch), labels.to(self.device, non_blocking=True)
+        finally:
+            if bad:
+                self.skipped.extend(bad)
+                shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+                warnings.warn(f"replaced {len(bad)} unreadable image(s) during epoch {self.epoch} with the next "
+                              f"readable file: {shown}", UserWarning, stacklevel=2)
+
+
+def make_loader(dataset: TensorImageDataset | ImageFileDataset, batch_size: int = 128, train: bool = True,
+                augment: AugmentConfig | dict | None = None, device: torch.device | str = "cpu", seed: int = 0,
+                rank: int = 0, world_size: int = 1, drop_last: bool | None = None, workers: int = 2,
+                channels_last: bool = False, dtype: torch.dtype = torch.float32, *, shuffle: bool | None = None,
+                mean=None, std=None, image_size: int | None = None) -> InMemoryLoader | StreamingLoader:
+    """A loader yielding (normalised ``dtype`` images on ``device``, int64 labels), resumable exactly.
+
+    ``train`` turns on shuffling, ``augment`` and ``drop_last`` (each overridable). ``mean``/``std``
+    default to the dataset's. In-memory datasets ignore ``workers``.
+    """
+    common = dict(batch_size=batch_size, train=train, augment=augment, device=device, seed=seed, rank=rank,
+                  world_size=world_size, drop_last=drop_last, shuffle=shuffle, channels_last=channels_last,
+                  dtype=dtype, mean=mean, std=std)
+    if isinstance(dataset, TensorImageDataset):
+        return InMemoryLoader(dataset, **common)
+    if isinstance(dataset, ImageFileDataset):
+        return StreamingLoader(dataset, workers=workers, image_size=image_size, **common)
+    raise TypeError(f"make_loader needs a dataset from resnets.data.load_data, got {type(dataset).__name__}")
