@@ -164,7 +164,8 @@ def _split(dataset, val_split: float | int, seed: int):
 
 
 def _cifar_arrays(folder: Path):
-    key = os.path.realpath(folder)
+    key = os.path.realpath(folder) + repr(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                                                 for f in Path(folder).iterdir() if f.is_file()))
     if key not in _CIFAR_MEMORY:
         _CIFAR_MEMORY[key] = read_cifar_folder(folder)
     return _CIFAR_MEMORY[key]

@@ -1,0 +1,143 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnets.data import DataError, load_data, load_eval, make_image_folder, make_split_folder, map_folder_classes
+from resnets.data import cache as cache_module
+from resnets.data.folder import stratified_split
+
+
+def test_train_val_roots(tmp_path):
+    root = make_split_folder(tmp_path / "data", classes=3, train_per_class=5, val_per_class=2, size=16)
+    make_image_folder(root / "test", classes=3, per_class=1, size=16, seed=99)
+    splits = load_data(root, cache_dir=tmp_path / "cache")
+    assert splits.classes == ["class_0", "class_1", "class_2"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 6, 3)
+    assert splits.in_memory and splits.image_size == 16
+    assert splits.train.labels.bincount().tolist() == [5, 5, 5]
+    assert splits.val.mean == splits.train.mean == splits.mean  # val normalised with training statistics
+    # Pixel values survive the decode/cache round trip exactly (PNG is lossless).
+    png = np.array(Image.open(root / "val" / "class_1" / "00000.png"))
+    assert torch.equal(splits.val.images[2], torch.from_numpy(png).permute(2, 0, 1))
+
+
+def test_stratified_split_is_proportional_seeded_and_disjoint():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    train, val = stratified_split(labels, 0.1, seed=3)
+    assert len(val) == 10 and labels[val].bincount().tolist() == [5, 3, 2]
+    assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == 100
+    again_train, again_val = stratified_split(labels, 0.1, seed=3)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+    assert not torch.equal(stratified_split(labels, 0.1, seed=4)[1], val)
+    assert len(stratified_split(labels, 17, seed=0)[1]) == 17  # an exact count works too
+    with pytest.raises(DataError):
+        stratified_split(labels, 100, seed=0)
+
+
+def test_single_folder_is_split(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=10, size=8)
+    splits = load_data(root, val_split=0.2, seed=5, cache_dir=tmp_path / "cache")
+    assert len(splits.train) == 16 and splits.val.labels.bincount().tolist() == [2, 2]
+    assert splits.test is None
+
+
+def test_class_mapping_by_name(tmp_path):
+    root = make_image_folder(tmp_path / "eval", classes=2, per_class=2, size=8, names=["dog", "cat"])
+    assert map_folder_classes(["ant", "cat", "dog"], root) == {"cat": 1, "dog": 2}
+    dataset = load_eval(root, ["ant", "cat", "dog"], normalization=((0.5,) * 3, (0.2,) * 3), cache_dir=tmp_path / "c")
+    assert dataset.classes == ["ant", "cat", "dog"] and sorted(dataset.labels.tolist()) == [1, 1, 2, 2]
+    assert dataset.mean == (0.5, 0.5, 0.5)
+    # Each image carries the label of its folder name: cat images are the synthetic class-1 pattern.
+    cat_image = np.array(Image.open(root / "cat" / "00000.png"))
+    position = [i for i in range(4) if torch.equal(dataset.images[i], torch.from_numpy(cat_image).permute(2, 0, 1))]
+    assert dataset.labels[position[0]] == 1
+    with pytest.raises(DataError, match="not trained on: dog"):
+        map_folder_classes(["ant", "cat"], root)
+
+
+def _write_bad_and_odd_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    good = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "truncated.jpg", quality=90)
+    data = (folder / "truncated.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) * 2 // 3])  # header intact, pixels cut off
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    good.convert("CMYK").save(folder / "cmyk.jpg")
+    good.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    good.convert("L").save(folder / "gray.png")
+    Image.fromarray(np.full((16, 16, 4), 200, np.uint8), "RGBA").save(folder / "rgba.png")
+
+
+def test_bad_files_skipped_with_one_warning_and_modes_converted(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=3, size=16)
+    _write_bad_and_odd_files(root / "class_0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_data(root, val_split=0, cache_dir=tmp_path / "cache")
+    messages = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith("skipped 3 unreadable image file(s)")
+    for name in ("truncated.jpg", "empty.jpg", "notes.jpg"):
+        assert name in messages[0]
+    assert len(splits.train) == 6 + 4  # 6 synthetic + cmyk, palette, gray, rgba
+    assert splits.train.images.shape[1:] == (3, 16, 16)
+    assert (splits.train.labels == 0).sum() == 7
+    # The converted images are all (close to) the RGB grey they were made from.
+    converted = splits.train.images[:7].float()
+    assert ((converted - 200).abs().amax(dim=(1, 2, 3)) <= 3).sum() == 4
+
+
+def test_streaming_path_skips_and_replaces_bad_files(tmp_path):
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=3, size=80, fmt="jpg")
+    _write_bad_and_odd_files(root / "class_1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_data(root, val_split=0, image_size=72, cache_dir=tmp_path / "cache")
+    assert not splits.in_memory and splits.image_size == 72
+    scan_warning = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert len(scan_warning) == 1 and "empty.jpg" in scan_warning[0] and "notes.jpg" in scan_warning[0]
+    assert len(splits.train) == 3 + 3 + 5  # the truncated JPEG passes the header check
+    from resnets.data import make_loader
+
+    loader = make_loader(splits.train, batch_size=4, train=False, workers=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(loader)
+    assert sum(len(labels) for _, labels in batches) == 11
+    assert all(images.shape[1:] == (3, 72, 72) for images, _ in batches)
+    replaced = [str(w.message) for w in caught if "replaced" in str(w.message)]
+    assert len(replaced) == 1 and "truncated.jpg" in replaced[0]
+
+
+def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
+    calls = []
+    real_decode = cache_module.decode_entries
+    monkeypatch.setattr(cache_module, "decode_entries", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    first = load_data(root, val_split=0, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1 and len(list((tmp_path / "cache" / "tensors").glob("*.safetensors"))) == 1
+    cache_module.clear_memory_cache()  # force the disk path
+    second = load_data(root, val_split=0, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1 and torch.equal(first.train.images, second.train.images)
+    load_data(root, val_split=0, cache_dir=tmp_path / "cache")  # memory path
+    assert len(calls) == 1
+    # Rewriting one file (new content, new mtime) invalidates the key: decoded again, new pixels.
+    target = root / "class_1" / "00000.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))
+    third = load_data(root, val_split=0, cache_dir=tmp_path / "cache")
+    assert len(calls) == 2 and int(third.train.images[4].sum()) == 0
+
+
+def test_clear_errors_for_wrong_paths(tmp_path):
+    with pytest.raises(DataError, match="no dataset at"):
+        load_data(tmp_path / "nope")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found"):
+        load_data(tmp_path / "empty")
