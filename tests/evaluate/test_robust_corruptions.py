@@ -1,0 +1,80 @@
+"""Corruptions: deterministic under a seed, shape/dtype/range kept, stronger with severity."""
+
+import pytest
+import torch
+
+from resnets.evaluate.corruptions import (CORRUPTIONS, FAMILIES, CorruptionResult, corrupt, corruption_accuracy,
+                                          parse_corruptions)
+
+REQUIRED = {"gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "brightness",
+            "contrast", "fog", "pixelate", "jpeg_compression"}
+
+
+def _images(n=3, size=32):
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def test_required_families_present():
+    assert REQUIRED <= set(CORRUPTIONS)
+    assert set(parse_corruptions("noise")) == set(FAMILIES["noise"])
+    with pytest.raises(ValueError, match="unknown corruption"):
+        parse_corruptions("snowstorm")
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corruption_contract(name):
+    x = _images()
+    outs = [corrupt(x, name, s, seed=7) for s in range(1, 6)]
+    for out in outs:
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+    again = corrupt(x, name, 3, seed=7)
+    assert torch.equal(again, outs[2]), "same seed must give the same corruption"
+    change = [(o - x).abs().mean().item() for o in outs]
+    assert change[-1] > 1e-3, f"severity 5 must change the image ({change})"
+    assert change[-1] >= change[0], f"severity 5 must change the image more than severity 1 ({change})"
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "impulse_noise", "motion_blur", "fog"])
+def test_random_corruptions_depend_on_seed(name):
+    x = _images()
+    assert not torch.equal(corrupt(x, name, 3, seed=1), corrupt(x, name, 3, seed=2))
+
+
+def test_dtype_and_larger_images_kept():
+    x = _images(2, 64).to(torch.float64)
+    for name in ("defocus_blur", "zoom_blur", "jpeg_compression"):
+        out = corrupt(x, name, 5)
+        assert out.dtype == torch.float64 and out.shape == x.shape
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="severity"):
+        corrupt(_images(), "fog", 6)
+    with pytest.raises(ValueError, match="float"):
+        corrupt((_images() * 255).to(torch.uint8), "fog", 1)
+
+
+def test_corruption_accuracy_and_mce():
+    class MeanBrightness(torch.nn.Module):
+        """Predicts 'bright' vs 'dark' from the mean pixel: noise barely hurts it, contrast does not either."""
+
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([0.5 - m, m - 0.5], 1) * 100
+
+    x = torch.cat([torch.full((4, 3, 16, 16), 0.2), torch.full((4, 3, 16, 16), 0.8)])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    names = ["gaussian_noise", "brightness"]
+    res = corruption_accuracy(MeanBrightness(), [(x, y)], names=names, seed=3)
+    again = corruption_accuracy(MeanBrightness(), [(x, y)], names=names, seed=3)
+    assert res.accuracy == again.accuracy
+    assert res.clean_accuracy == 1.0 and res.accuracy["gaussian_noise"] == [1.0] * 5
+    baseline = CorruptionResult(clean_accuracy=1.0, accuracy={n: [0.5] * 5 for n in names}, samples=8, seed=0)
+    d = res.to_dict(baseline)
+    expected_mean = sum(1 - a for n in names for a in res.accuracy[n]) / 10
+    assert d["mean_error"] == pytest.approx(expected_mean)
+    assert d["mce"] == pytest.approx(sum(sum(1 - a for a in res.accuracy[n]) / 2.5 for n in names) / 2)
+    assert CorruptionResult.from_dict(d).accuracy == res.accuracy
