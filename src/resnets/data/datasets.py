@@ -53,15 +53,10 @@ class TensorImageDataset(Dataset):
 
 
 def read_image_file(path: str) -> torch.Tensor:
-    """Decode a file to a 3 x H x W uint8 RGB tensor: torchvision's decoder, Pillow for anything else."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """Decode a file to a 3 x H x W uint8 RGB tensor (Pillow: every common format and colour mode)."""
+    from .folder import decode_rgb
 
-    try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        from .folder import decode_rgb
-
-        return torch.from_numpy(decode_rgb(path)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_rgb(path)).permute(2, 0, 1).contiguous()
 
 
 class ImageFileDataset(Dataset):

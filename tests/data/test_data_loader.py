@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from resnets.data import (AugmentConfig, ImageFileDataset, TensorImageDataset, load_data, make_image_folder,
+                          make_loader, make_tensor_dataset)
+
+AUGMENT = AugmentConfig(crop_padding=2, flip=True, cutout_size=4)
+
+
+def _dataset(count_per_class=10, classes=3, size=8):
+    images, labels = make_tensor_dataset(classes=classes, per_class=count_per_class, size=size)
+    return TensorImageDataset(images, labels, [f"c{i}" for i in range(classes)], (0.3, 0.3, 0.3), (0.2, 0.2, 0.2))
+
+
+def _epoch(loader, epoch=0):
+    loader.set_epoch(epoch)
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(p, q) for (x, p), (y, q) in zip(a, b))
+
+
+def test_batches_are_normalised_and_shaped():
+    dataset = _dataset()
+    loader = make_loader(dataset, batch_size=8, train=False, dtype=torch.bfloat16, channels_last=True)
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.bfloat16 and images.shape == (8, 3, 8, 8) and labels.dtype == torch.int64
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    expected = (dataset.images[:8].float() / 255 - 0.3) / 0.2
+    assert torch.allclose(images.float(), expected, atol=0.05)
+    assert len(loader) == 4 and sum(len(l) for _, l in loader) == 30  # eval keeps the last partial batch
+
+
+def test_epoch_is_reproducible_and_set_epoch_changes_it():
+    dataset = _dataset()
+    first = _epoch(make_loader(dataset, batch_size=8, augment=AUGMENT, seed=3))
+    again = _epoch(make_loader(dataset, batch_size=8, augment=AUGMENT, seed=3))
+    assert _same(first, again) and len(first) == 3  # drop_last for training
+    loader = make_loader(dataset, batch_size=8, augment=AUGMENT, seed=3)
+    second_epoch = _epoch(loader, 1)
+    assert not torch.equal(first[0][1], second_epoch[0][1])
+    assert _same(_epoch(loader, 0), first)  # going back to epoch 0 reproduces it
+    assert not _same(_epoch(make_loader(dataset, batch_size=8, augment=AUGMENT, seed=4)), first)
+
+
+def test_skip_batches_equals_iterating():
+    dataset = _dataset()
+    loader = make_loader(dataset, batch_size=4, augment=AUGMENT, seed=1)
+    full = _epoch(loader, 2)
+    loader.set_epoch(2)
+    loader.skip_batches(3)
+    resumed = [(x.clone(), y.clone()) for x, y in loader]
+    assert _same(resumed, full[3:])
+    assert _same(_epoch(loader, 2), full)  # the skip applies to one iteration only
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sharding_covers_each_sample_once(drop_last):
+    images = torch.arange(23, dtype=torch.uint8).view(23, 1, 1, 1).expand(23, 3, 2, 2).contiguous()
+    dataset = TensorImageDataset(images, torch.arange(23), ["x"], (0.0,) * 3, (1 / 255,) * 3)
+    seen = []
+    for rank in range(2):
+        loader = make_loader(dataset, batch_size=5, train=True, drop_last=drop_last, seed=7, rank=rank, world_size=2)
+        loader.set_epoch(4)
+        seen.append(torch.cat([labels for _, labels in loader]))
+        for images_batch, labels in loader:  # images follow their labels through the shuffle
+            assert torch.equal(images_batch[:, 0, 0, 0].round().long(), labels)
+    assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
+    union = sorted(seen[0].tolist() + seen[1].tolist())
+    if drop_last:
+        assert len(seen[0]) == len(seen[1]) == 10  # equal steps per rank: 11 per rank -> 2 batches of 5
+    else:
+        assert union == list(range(23))
+
+
+def test_streaming_loader_is_deterministic_across_workers(tmp_path):
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=5, size=72, fmt="jpg")
+    splits = load_data(root, val_split=0, image_size=64, cache_dir=tmp_path / "cache")
+    assert isinstance(splits.train, ImageFileDataset)
+    augment = AugmentConfig(random_resized_crop=True, flip=True, cutout_size=8)
+    single = make_loader(splits.train, batch_size=4, augment=augment, seed=2, workers=0)
+    pooled = make_loader(splits.train, batch_size=4, augment=augment, seed=2, workers=2)
+    first = _epoch(single, 1)
+    assert _same(first, _epoch(pooled, 1)) and len(first) == 2
+    assert first[0][0].shape == (4, 3, 64, 64)
+    assert not _same(first, _epoch(single, 2))
+    single.set_epoch(1)
+    single.skip_batches(1)
+    assert _same([(x, y) for x, y in single], first[1:])
+    evaluation = make_loader(splits.train, batch_size=4, train=False, workers=0)
+    assert _same(_epoch(evaluation), _epoch(evaluation, 5))  # evaluation ignores the epoch
+    assert sum(len(y) for _, y in evaluation) == 10
+
+
+def test_loader_errors():
+    dataset = _dataset()
+    with pytest.raises(ValueError, match="rank"):
+        make_loader(dataset, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="no full batch"):
+        make_loader(dataset, batch_size=64, train=True)
+    with pytest.raises(ValueError, match="cannot skip"):
+        make_loader(dataset, batch_size=8).skip_batches(10)
+    with pytest.raises(TypeError, match="load_data"):
+        make_loader(list(range(10)))
