@@ -48,13 +48,14 @@ class BasicBlock(_Block):
     """3x3 -> 3x3 with a shortcut, ReLU after the add (post-activation)."""
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+                 first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
         mid = _mid_planes_2plus1d(in_planes, planes)
-        self.conv1 = conv3x3(spec, in_planes, planes, stride, dilation=first_dilation, mid_planes=mid)
-        self.bn1 = norm(spec, planes)
+        inner = width or planes  # a pruned block keeps its output (residual) width
+        self.conv1 = conv3x3(spec, in_planes, inner, stride, dilation=first_dilation, mid_planes=mid)
+        self.bn1 = norm(spec, inner)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(spec, planes, planes, dilation=dilation, mid_planes=mid)
+        self.conv2 = conv3x3(spec, inner, planes, dilation=dilation, mid_planes=mid)
         self.bn2 = norm(spec, planes)
         self.se = SqueezeExcite(planes, spec.se_ratio) if spec.se_ratio > 0 else None
 
@@ -82,9 +83,9 @@ class Bottleneck(_Block):
     expansion = 4
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+                 first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
-        width = spec.bottleneck_width(planes)
+        width = width or spec.bottleneck_width(planes)
         stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
         self.conv1 = conv1x1(spec, in_planes, width, stride_1x1)
         self.bn1 = norm(spec, width)
@@ -118,14 +119,15 @@ class PreActBasicBlock(_Block):
     """
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+                 first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
+        inner = width or planes
         self.bn1 = norm(spec, in_planes)
         self.relu = nn.ReLU(inplace=False)
-        self.conv1 = conv3x3(spec, in_planes, planes, stride, dilation=first_dilation,
+        self.conv1 = conv3x3(spec, in_planes, inner, stride, dilation=first_dilation,
                              mid_planes=_mid_planes_2plus1d(in_planes, planes))
-        self.bn2 = norm(spec, planes)
-        self.conv2 = conv3x3(spec, planes, planes, dilation=dilation,
+        self.bn2 = norm(spec, inner)
+        self.conv2 = conv3x3(spec, inner, planes, dilation=dilation,
                              mid_planes=_mid_planes_2plus1d(in_planes, planes))
 
     @property
@@ -148,9 +150,9 @@ class PreActBottleneck(_Block):
     expansion = 4
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int = 1, drop_path: float = 0.0) -> None:
+                 first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
-        width = spec.bottleneck_width(planes)
+        width = width or spec.bottleneck_width(planes)
         stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
         self.bn1 = norm(spec, in_planes)
         self.relu = nn.ReLU(inplace=False)

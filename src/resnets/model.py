@@ -75,8 +75,10 @@ def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, 
         blocks = []
         for i in range(n_blocks):
             rate = spec.drop_path_rate * block_index / max(total_blocks - 1, 1)
+            width = spec.block_widths[block_index] if spec.block_widths is not None else None
             blocks.append(block(spec, in_planes, planes, stride if i == 0 else 1, dilation=dilation,
-                                first_dilation=first_dilation if i == 0 else dilation, drop_path=rate))
+                                first_dilation=first_dilation if i == 0 else dilation, drop_path=rate,
+                                width=width))
             in_planes = planes * block.expansion
             block_index += 1
         stages.append(nn.Sequential(*blocks))

@@ -73,11 +73,14 @@ class ResNetSpec:
     """Total downsampling; None keeps the network's own, 8 or 16 replace later strides by dilation."""
     in_chans: int = 3
     num_classes: int = 1000
+    block_widths: tuple[int, ...] | None = None
+    """Inner width of each block, in order (pruned nets): a basic block's conv1 output, a
+    bottleneck's conv1/conv2 width. None uses the width the stage implies."""
     paper: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Normalise sequences coming from JSON/YAML (lists) into tuples so the spec stays hashable.
-        for name in ("layers", "widths", "strides"):
+        for name in ("layers", "widths", "strides", "block_widths"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(int(v) for v in value))
@@ -128,6 +131,13 @@ class ResNetSpec:
                  "video networks do not support dilation (output_stride)")
         else:
             need(self.stem != "video", "stem='video' needs conv_type='3d' or '2plus1d'")
+        if self.block_widths is not None:
+            need(len(self.block_widths) == sum(self.layers),
+                 f"block_widths has {len(self.block_widths)} entries but the net has {sum(self.layers)} blocks: "
+                 "give one inner width per block")
+            need(all(w >= 1 and w % self.groups == 0 for w in self.block_widths),
+                 f"block_widths={self.block_widths} must be positive multiples of groups={self.groups}")
+            need(self.conv_type == "2d", "block_widths is supported for 2-D networks only")
         if self.se_ratio > 0:
             need(not self.is_preact, "squeeze-excitation is defined here for post-activation blocks only")
 

@@ -278,6 +278,12 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         if conv is None:
             conv = state.get(f"layer{s}.{last}.conv{3 if bottleneck else 2}.3.weight")
         outs.append(int(conv.shape[0]) if conv is not None else None)
+    inner, groups = [], []
+    for s in sorted(stages):
+        conv2 = state.get(f"layer{s}.0.conv2.weight")
+        if bottleneck and conv2 is not None and conv2.ndim >= 4:
+            inner.append(int(conv2.shape[0]))
+            groups.append(int(conv2.shape[0] // conv2.shape[1]))
     first = state.get("conv1.weight", state.get("conv1.0.weight"))
     fc = state.get("fc.weight")
     return {
@@ -286,6 +292,8 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "stage_out_channels": tuple(outs),
         "in_chans": int(first.shape[1]) if first is not None else None,
         "num_classes": int(fc.shape[0]) if fc is not None else 0,
+        "inner_widths": tuple(inner),
+        "groups": groups[0] if groups else 1,
         "deep_stem": "conv1.6.weight" in state,
         "residual": any(".downsample." in k for k in state) or not layers,
     }
@@ -311,6 +319,10 @@ def explain_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> str
     if src["stage_out_channels"] != dst["stage_out_channels"] and src["layers"] == dst["layers"]:
         reasons.append(f"stage widths differ: checkpoint {src['stage_out_channels']}, model {dst['stage_out_channels']} "
                        "(a different width, groups or width multiplier)")
+    if src["inner_widths"] != dst["inner_widths"] and src["layers"] == dst["layers"]:
+        reasons.append(f"bottleneck inner widths differ: checkpoint {src['inner_widths']} with {src['groups']} "
+                       f"group(s), model {dst['inner_widths']} with {dst['groups']} group(s) "
+                       "(ResNet vs ResNeXt or wide variant)")
     if src["deep_stem"] != dst["deep_stem"]:
         reasons.append("checkpoint has a " + ("deep 3x3 stem" if src["deep_stem"] else "single-conv stem")
                        + ", model has a " + ("deep 3x3 stem" if dst["deep_stem"] else "single-conv stem"))
@@ -350,6 +362,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], adapt: 
     Raises ``CheckpointError`` with an architectural explanation when the weights do not fit.
     """
     state = to_resnets_keys(state)
+    original = dict(state)
     target = model.state_dict()
     if adapt:
         key = _first_conv_key(state)
@@ -375,7 +388,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], adapt: 
             detail.append(f"{len(missing)} model tensors are not in the checkpoint (first: {missing[0]})")
         if unexpected:
             detail.append(f"{len(unexpected)} checkpoint tensors have no place in the model (first: {unexpected[0]})")
-        raise CheckpointError(explain_mismatch(state, model) + ". " + "; ".join(detail) + ".")
+        raise CheckpointError(explain_mismatch(original, model) + ". " + "; ".join(detail) + ".")
     state = {k: v for k, v in state.items() if k in target}
     model.load_state_dict(state, strict=False)  # completeness was checked above, with better messages
 

@@ -1,0 +1,195 @@
+"""Inference-time rewrites: BatchNorm folded into the preceding convolution, channels-last memory,
+bf16 autocast and ``torch.compile``, and ``optimize_for_inference`` which measures the candidates
+on this machine and keeps the fastest one whose outputs still agree with the original model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+Precision = Literal["fp32", "bf16"]
+
+
+def _fold_in(parent: nn.Module, pairs: Sequence[tuple[str, str]]) -> int:
+    folded = 0
+    for conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+            setattr(parent, bn_name, nn.Identity())
+            folded += 1
+    return folded
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into that convolution's weights.
+
+    Exact up to float rounding, for eval mode only (running statistics become constants). Covers
+    the stem, post-activation blocks (``convN`` -> ``bnN``) and any ``nn.Sequential`` holding
+    conv -> bn (projection shortcuts, the deep stem). Pre-activation norms precede their
+    convolution and are left as they are (zero padding makes that fold inexact).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    for module in list(model.modules()):
+        _fold_in(module, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+                 if not _is_preact_block(module) else [])
+        if isinstance(module, nn.Sequential):
+            names = [name for name, _ in module.named_children()]
+            _fold_in(module, list(zip(names[:-1], names[1:])))
+    return model
+
+
+def _is_preact_block(module: nn.Module) -> bool:
+    from ..blocks import PreActBasicBlock, PreActBottleneck
+
+    return isinstance(module, (PreActBasicBlock, PreActBottleneck))
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def bf16_supported() -> bool:
+    """True when this CPU runs bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class InferenceModel(nn.Module):
+    """A model wrapped with the input layout and autocast it runs fastest in; outputs are fp32."""
+
+    def __init__(self, model: nn.Module, channels_last: bool, precision: Precision,
+                 description: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.channels_last = channels_last
+        self.precision = precision
+        self.description = description
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self.model(x).float()
+        return self.model(x)
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
+def make_inference_model(model: nn.Module, precision: Precision = "fp32", channels_last: bool = True,
+                         fold: bool = True, compile: bool = False) -> InferenceModel:
+    """One fixed combination of the rewrites (``optimize_for_inference`` chooses among them)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r} is not supported here; use 'fp32' or 'bf16' "
+                         "(int8 goes through resnets.deploy.quantize_int8)")
+    net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net)
+    parts = [precision, "channels_last" if channels_last else "NCHW"] + (["folded BN"] if fold else []) + \
+        (["torch.compile"] if compile else [])
+    return InferenceModel(net, channels_last, precision, ", ".join(parts)).eval()
+
+
+@dataclass
+class Candidate:
+    description: str
+    median_ms: float
+    max_abs_diff: float
+    top1_agreement: float
+    safe: bool
+
+
+@dataclass
+class OptimizationReport:
+    chosen: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"chosen: {self.chosen}"]
+        for c in self.candidates:
+            lines.append(f"  {c.description:<45} {c.median_ms:8.2f} ms  max|diff| {c.max_abs_diff:.2e}  "
+                         f"top-1 agree {c.top1_agreement:.0%}{'' if c.safe else '  (rejected: outputs differ)'}")
+        return "\n".join(lines)
+
+
+def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
+    times = []
+    with torch.inference_mode():
+        fn(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1000
+
+
+def optimize_for_inference(model: nn.Module, precision: str = "auto", example_input: torch.Tensor | None = None,
+                           compile: bool | str = False, repeats: int = 5,
+                           fp32_tolerance: float = 1e-3, min_top1_agreement: float = 0.9,
+                           return_report: bool = False):
+    """The fastest safe combination of BN folding, channels-last, bf16 and ``torch.compile`` here.
+
+    Each candidate is timed on ``example_input`` and checked against the original model on the
+    same input: fp32 candidates must agree to ``fp32_tolerance`` (relative to the output scale),
+    bf16 ones must keep the top-1 class of at least ``min_top1_agreement`` of the batch.
+    ``precision``: ``"fp32"`` (exact), ``"bf16"`` (only if the CPU has native bf16, else it warns
+    and stays fp32), or ``"auto"`` (bf16 where native). ``compile``: False, True, or ``"auto"``
+    (also time compiled candidates; compiling costs tens of seconds per candidate).
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}: choose 'auto', 'fp32' or 'bf16' (int8: quantize_int8)")
+    model = model.eval()
+    if example_input is None:
+        spec = getattr(model, "spec", None)
+        size = (3, 32, 32) if spec is not None and spec.stem == "cifar" else (3, 224, 224)
+        if spec is not None:
+            size = (spec.in_chans,) + size[1:]
+        example_input = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+    device_bf16 = bf16_supported() if example_input.device.type == "cpu" else True
+    precisions: list[Precision] = ["fp32"]
+    if precision in ("bf16", "auto"):
+        if device_bf16:
+            precisions = ["bf16"] if precision == "bf16" else ["fp32", "bf16"]
+        elif precision == "bf16":
+            warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX); emulated bf16 is slower, staying in fp32")
+    compiles = [False, True] if compile == "auto" else [bool(compile)]
+    with torch.inference_mode():
+        reference = model(example_input).float()
+    scale = reference.abs().max().item() or 1.0
+    candidates: list[Candidate] = []
+    best: tuple[float, InferenceModel] | None = None
+    for prec in precisions:
+        for channels_last in (False, True):
+            for use_compile in compiles:
+                net = make_inference_model(model, prec, channels_last, fold=True, compile=use_compile)
+                with torch.inference_mode():
+                    out = net(example_input).float()
+                diff = (out - reference).abs().max().item()
+                agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
+                safe = diff <= fp32_tolerance * scale if prec == "fp32" else agree >= min_top1_agreement
+                ms = _median_ms(net, example_input, repeats)
+                candidates.append(Candidate(net.description, ms, diff, agree, safe))
+                if safe and (best is None or ms < best[0]):
+                    best = (ms, net)
+    if best is None:
+        raise RuntimeError("no optimized variant reproduced the model's outputs:\n"
+                           + str(OptimizationReport("none", candidates)))
+    report = OptimizationReport(best[1].description, candidates)
+    return (best[1], report) if return_report else best[1]

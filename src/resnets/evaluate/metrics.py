@@ -1,0 +1,161 @@
+"""Classification metrics over a loader: top-1, top-5, per-class accuracy, confusion matrix, loss.
+
+Sums are kept as tensors (counts, loss sum, confusion matrix) so several processes can add theirs
+with one reduction before the ratios are taken (``EvalSums.reduce``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tta import tta_logits
+
+__all__ = ["EvalResult", "EvalSums", "autocast_context", "evaluate", "save_confusion_png"]
+
+
+def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for ``precision`` on ``device``, or nothing for fp32."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("fp16 autocast is for CUDA; use precision=bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EvalSums:
+    """Additive evaluation state: confusion matrix (true x predicted), top-5 hits, loss sum."""
+
+    confusion: torch.Tensor
+    top5_correct: torch.Tensor
+    loss_sum: torch.Tensor
+
+    @classmethod
+    def zeros(cls, num_classes: int, device: torch.device | str = "cpu") -> "EvalSums":
+        return cls(torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device),
+                   torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.float64, device=device))
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float()
+        classes = self.confusion.shape[0]
+        predicted = logits.argmax(1)
+        self.confusion += torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+        k = min(5, logits.shape[1])
+        self.top5_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+
+    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> "EvalSums":
+        """Sum over processes with ``reduce_sum`` (e.g. ``ProcessContext.reduce_sum``)."""
+        return EvalSums(reduce_sum(self.confusion), reduce_sum(self.top5_correct), reduce_sum(self.loss_sum))
+
+    def result(self, classes: Sequence[str] | None = None, tta: str = "none") -> "EvalResult":
+        confusion = self.confusion.cpu()
+        total = int(confusion.sum())
+        correct = int(confusion.diag().sum())
+        per_class_total = confusion.sum(1)
+        per_class = (confusion.diag().double() / per_class_total.clamp_min(1).double()).tolist()
+        names = list(classes) if classes is not None else [str(i) for i in range(confusion.shape[0])]
+        return EvalResult(
+            top1=correct / max(total, 1), top5=int(self.top5_correct) / max(total, 1),
+            loss=float(self.loss_sum) / max(total, 1), count=total, classes=names,
+            per_class_accuracy={name: (acc if int(n) else None) for name, acc, n in
+                                zip(names, per_class, per_class_total.tolist())},
+            confusion=confusion.tolist(), tta=tta)
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    count: int
+    classes: list[str]
+    per_class_accuracy: dict[str, float | None]
+    """Accuracy of each class (None for a class with no images)."""
+    confusion: list[list[int]]
+    """Rows: true class; columns: predicted class."""
+    tta: str = "none"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        from ..weights import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    def summary(self) -> str:
+        return (f"top-1 {self.top1 * 100:.2f}%  top-5 {self.top5 * 100:.2f}%  loss {self.loss:.4f}  "
+                f"({self.count} images, tta={self.tta})")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: Iterable, num_classes: int,
+             classes: Sequence[str] | None = None, tta: str = "none", device: torch.device | str = "cpu",
+             precision: str = "fp32", reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
+    """Evaluate ``model`` on a loader of (normalised images, labels); puts a module in eval mode."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    sums = EvalSums.zeros(num_classes, device)
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast_context(device, precision):
+                logits = tta_logits(model, images, tta)
+            sums.add(logits, labels)
+    finally:
+        if was_training:
+            model.train()
+    if reduce_sum is not None:
+        sums = sums.reduce(reduce_sum)
+    return sums.result(classes, tta)
+
+
+def save_confusion_png(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Plot the row-normalised confusion matrix (counts in the cells for up to 20 classes) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..weights import atomic_write
+
+    matrix = torch.tensor(result.confusion, dtype=torch.float64)
+    normalised = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
+    count = len(result.classes)
+    side = min(4 + 0.45 * count, 30)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    image = ax.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if count <= 50:
+        ax.set_xticks(range(count), result.classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(count), result.classes, fontsize=8)
+    if count <= 20:
+        for i in range(count):
+            for j in range(count):
+                value = int(matrix[i, j])
+                if value:
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                            color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or f"confusion matrix: top-1 {result.top1 * 100:.2f}% ({result.count} images, tta={result.tta})")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,321 @@
+"""The degradation experiment (He et al. 2015, Fig. 1 and 6): plain and residual twins, one recipe.
+
+Deeper plain networks reach *higher* training error than shallower ones, which overfitting cannot
+explain; with shortcuts, depth helps. ``run_degradation`` trains ``plain{d}`` and ``resnet{d}``
+for each depth with the same data, seed, schedule and budget, logs training and validation error
+along the way and writes the paper-style figure plus a JSON of the final numbers.
+
+The training loop here (``train_classifier``) is deliberately small: SGD with Nesterov momentum,
+linear warm-up then linear decay, batch augmentation from ``resnets.data``, bf16 autocast and
+channels-last on CPU, optional adversarial training (PGD-AT / fast FGSM-RS) and an optional
+per-step callback (e.g. ``GradientFlowCallback``). It trains in pixel space: the network is wrapped
+in ``Normalized`` so attacks and corruptions see images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluate.robustness import ADV_TRAINING, Normalized, adversarial_examples
+
+
+@dataclass
+class Budget:
+    """How much training each network gets (identical for every twin)."""
+
+    epochs: float = 3.0
+    train_subset: int | None = 10000
+    """Train on a seeded, class-balanced subset of this many images (None: all)."""
+    val_subset: int | None = 2000
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.1
+    """Fraction of steps spent warming the learning rate up linearly from lr/10."""
+    log_points: int = 8
+    """How many times per run to measure validation error (and close a training-error window)."""
+    bf16: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    adversarial: str | None = None
+    """None, ``"pgd"`` (PGD-AT) or ``"fgsm_rs"`` (fast FGSM with random start)."""
+    adv_eps: float = 8 / 255
+    adv_steps: int = 7
+    adv_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"budget needs epochs > 0, batch_size >= 1, lr > 0 (got {self.epochs}, "
+                             f"{self.batch_size}, {self.lr})")
+        if self.adversarial is not None and self.adversarial not in ADV_TRAINING:
+            raise ValueError(f"adversarial={self.adversarial!r}; choose one of {', '.join(ADV_TRAINING)} or None")
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Budget":
+        """``"epochs=3,train_subset=10000,bf16=1"``-style overrides of the defaults."""
+        budget = cls()
+        if not text:
+            return budget
+        values: dict[str, Any] = {}
+        fields = {f: type(getattr(budget, f)) for f in asdict(budget)}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "=" not in part:
+                raise ValueError(f"budget item {part!r} must be KEY=VALUE (keys: {', '.join(fields)})")
+            key, value = (s.strip() for s in part.split("=", 1))
+            if key not in fields:
+                raise ValueError(f"unknown budget key {key!r}; known keys: {', '.join(fields)}")
+            if value.lower() in ("none", "all"):
+                values[key] = None
+            elif key in ("bf16", "channels_last"):
+                values[key] = value.lower() in ("1", "true", "yes", "on")
+            elif key == "adversarial":
+                values[key] = value
+            elif key in ("epochs", "lr", "momentum", "weight_decay", "warmup", "adv_eps", "adv_alpha"):
+                values[key] = float(eval_fraction(value))
+            else:
+                values[key] = int(value)
+        return cls(**{**asdict(budget), **values})
+
+
+def eval_fraction(text: str) -> float:
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _balanced_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
+    """Indices of a seeded subset with (almost) the same number of images per class."""
+    if count is None or count >= labels.numel():
+        return torch.arange(labels.numel())
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    per_class = max(1, count // len(classes))
+    picks = []
+    for c in classes:
+        idx = (labels == c).nonzero().flatten()
+        picks.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def lr_at(step: int, total: int, budget: Budget) -> float:
+    warm = max(1, int(total * budget.warmup))
+    if step < warm:
+        return budget.lr * (0.1 + 0.9 * step / warm)
+    return budget.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, loader: Any, bf16: bool = True, channels_last: bool = False) -> float:
+    model.eval()
+    wrong, seen = 0, 0
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+            logits = model(x)
+        wrong += (logits.argmax(1) != y).sum().item()
+        seen += y.numel()
+    return wrong / max(1, seen)
+
+
+def train_classifier(model: nn.Module, train_loader: Any, val_loader: Any | None, budget: Budget,
+                     callback: Callable[[nn.Module, int, float], Any] | None = None,
+                     log: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` (taking pixels in [0, 1]) with ``budget``; return the logged history.
+
+    Each history row: ``step``, ``epoch``, ``lr``, ``train_loss`` and ``train_error`` (running, over
+    the augmented batches since the previous row, as He et al. plot), ``val_error``, ``seconds``.
+    """
+    steps_per_epoch = len(train_loader)
+    total = max(1, int(round(budget.epochs * steps_per_epoch)))
+    log_every = max(1, total // max(1, budget.log_points))
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": budget.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=budget.lr, momentum=budget.momentum, nesterov=True)
+    if budget.channels_last:
+        model.to(memory_format=torch.channels_last)
+    history: list[dict[str, Any]] = []
+    window_loss, window_wrong, window_seen = 0.0, 0, 0
+    start = time.perf_counter()
+    step, epoch = 0, 0
+    while step < total:
+        train_loader.set_epoch(epoch)
+        for x, y in train_loader:
+            if step >= total:
+                break
+            if budget.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(step, total, budget)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            use_bf16 = budget.bf16 and x.device.type == "cpu"
+            if budget.adversarial:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    x = adversarial_examples(model, x, y, budget.adversarial, budget.adv_eps,
+                                             steps=budget.adv_steps, alpha=budget.adv_alpha)
+            model.train()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate "
+                                         f"(budget lr={budget.lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if callback is not None:
+                callback(model, step, loss.item())
+            optimizer.step()
+            window_loss += loss.item() * y.numel()
+            window_wrong += (logits.argmax(1) != y).sum().item()
+            window_seen += y.numel()
+            step += 1
+            if step % log_every == 0 or step == total:
+                row = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
+                       "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
+                       "val_error": (error_rate(model, val_loader, budget.bf16, budget.channels_last)
+                                     if val_loader is not None else None),
+                       "seconds": time.perf_counter() - start}
+                history.append(row)
+                if log is not None:
+                    log(row)
+                window_loss, window_wrong, window_seen = 0.0, 0, 0
+        epoch += 1
+    model.eval()
+    return history
+
+
+@dataclass
+class DegradationResult:
+    budget: dict[str, Any]
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """model name -> history rows."""
+    params: dict[str, int] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def final(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, rows in self.runs.items():
+            tail = rows[-1]
+            out[name] = {"train_error": tail["train_error"], "val_error": tail["val_error"],
+                         "seconds": tail["seconds"], "params": self.params.get(name)}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "data": self.data, "final": self.final(), "runs": self.runs}
+
+
+def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: float | int = 5000,
+                      cache_dir: str | os.PathLike | None = None):
+    """Train/validation loaders yielding pixels in [0, 1] (normalisation goes inside the model)."""
+    from ..data import AugmentConfig, load_data, make_loader
+
+    splits = load_data(source, val_split=val_split, seed=budget.seed, cache_dir=cache_dir)
+    train, val = splits.train, splits.val
+    if not getattr(train, "in_memory", False):
+        raise ValueError(f"{source} is not held in memory; the degradation experiment needs a small in-memory "
+                         "dataset such as cifar10")
+    train = train.subset(_balanced_subset(train.labels, budget.train_subset, budget.seed))
+    val = val.subset(_balanced_subset(val.labels, budget.val_subset, budget.seed + 1))
+    augment = AugmentConfig.preset("he2015") if splits.image_size <= 64 else AugmentConfig.preset("imagenet")
+    pixel = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    train_loader = make_loader(train, budget.batch_size, train=True, augment=augment, seed=budget.seed, **pixel)
+    val_loader = make_loader(val, 500, train=False, **pixel)
+    return splits, train_loader, val_loader
+
+
+def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Budget, out_dir: str | os.PathLike,
+                    cache_dir: str | os.PathLike | None = None,
+                    log: Callable[[str], None] | None = print) -> DegradationResult:
+    """Train plain and residual twins at each depth; write ``degradation.json`` and ``degradation.png``."""
+    from ..factory import create_model
+    from ..zoo import list_models
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in depths:
+        for prefix in ("plain", "resnet"):
+            if f"{prefix}{d}" not in list_models():
+                raise ValueError(f"no model {prefix}{d}; CIFAR depths are 6n+2 (20, 32, 44, 56, 110)")
+    splits, train_loader, val_loader = load_pixel_splits(source, budget, cache_dir=cache_dir)
+    result = DegradationResult(budget=asdict(budget), data={"source": str(source), "train": len(train_loader.dataset),
+                                                             "val": len(val_loader.dataset),
+                                                             "image_size": splits.image_size})
+    for d in depths:
+        for prefix in ("plain", "resnet"):
+            name = f"{prefix}{d}"
+            torch.manual_seed(budget.seed)
+            net = create_model(name, num_classes=len(splits.classes))
+            model = Normalized(net, splits.mean, splits.std)
+            result.params[name] = sum(p.numel() for p in net.parameters())
+
+            def echo(row: dict[str, Any], name: str = name) -> None:
+                if log is not None:
+                    log(f"{name} step {row['step']} epoch {row['epoch']:.2f} loss {row['train_loss']:.3f} "
+                        f"train err {row['train_error'] * 100:.1f}% val err {row['val_error'] * 100:.1f}% "
+                        f"({row['seconds']:.0f}s)")
+
+            result.runs[name] = train_classifier(model, train_loader, val_loader, budget, log=echo)
+            _write(result, out)
+    return result
+
+
+def _write(result: DegradationResult, out: Path) -> None:
+    from ..weights import atomic_write
+
+    text = json.dumps(result.to_dict(), indent=2)
+    atomic_write(out / "degradation.json", lambda tmp: Path(tmp).write_text(text))
+    plot_degradation(result.to_dict(), out / "degradation.png")
+
+
+def plot_degradation(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """He et al. Fig. 6 layout: plain nets left, ResNets right; thin = training, bold = validation error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..weights import atomic_write
+
+    runs = data["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colours = {}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for name, rows in runs.items():
+        family = 0 if name.startswith("plain") else 1
+        depth = "".join(ch for ch in name if ch.isdigit())
+        colour = colours.setdefault(depth, palette[len(colours) % len(palette)])
+        epochs = [r["epoch"] for r in rows]
+        axes[family].plot(epochs, [100 * r["train_error"] for r in rows], color=colour, lw=1, ls="--",
+                          label=f"{name} train")
+        axes[family].plot(epochs, [100 * r["val_error"] for r in rows], color=colour, lw=2.2, label=f"{name} val")
+    budget = data.get("budget", {})
+    for ax, title in zip(axes, ("plain", "ResNet")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    sub = data.get("data", {})
+    fig.suptitle(f"Degradation on {Path(str(sub.get('source', ''))).name or 'data'}: {sub.get('train', '?')} train / "
+                 f"{sub.get('val', '?')} val images, {budget.get('epochs')} epochs, batch {budget.get('batch_size')}, "
+                 f"lr {budget.get('lr')}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path

@@ -1,0 +1,341 @@
+"""Training configuration: recipes are YAML data, resolved once into a typed ``TrainConfig``.
+
+A recipe file (``src/resnets/recipes/NAME.yaml``, or any path) maps ``TrainConfig`` field names to
+values. Command-line flags and ``--set key=value`` pairs override it; the result is validated here,
+at the boundary, and saved as ``config.yaml`` in the run folder so a run can be read and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "load_recipe", "parse_set",
+           "recipe_path", "resolve_config"]
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TTA_MODES = ("none", "flip", "flip-translate", "10crop")
+UNITS = ("steps", "epochs")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field docs are the recipe keys' documentation."""
+
+    # --- what the recipe is
+    recipe: str = ""
+    description: str = ""
+    expected: str = ""
+    """The accuracy this recipe is expected to reach, in words (stated by every shipped recipe)."""
+    # --- model and data
+    model: str = "resnet20"
+    model_options: dict = field(default_factory=dict)
+    """ResNetSpec field overrides (``drop_path_rate``, ``zero_init_last``, ...)."""
+    data: str = "cifar10"
+    val_split: float = 0.1
+    """Fraction (or count, if > 1) held out for validation when the data has no validation tree."""
+    image_size: int | None = None
+    normalization: str = "auto"
+    augment: dict = field(default_factory=dict)
+    """``resnets.data.AugmentConfig`` fields (crop_padding, translate, flip, cutout_size, random_resized_crop...)."""
+    workers: int = 2
+    # --- length
+    batch_size: int = 128
+    epochs: float | None = None
+    steps: int | None = None
+    """Total optimizer steps; overrides ``epochs`` when both are given (the paper counts iterations)."""
+    time_budget: float | None = None
+    """Wall-clock minutes: measure a few steps, then fit the schedule so the run ends in time."""
+    # --- optimizer
+    lr: float = 0.1
+    lr_reference_batch: int | None = None
+    """When set, ``lr`` is per this batch size and scales linearly (Goyal et al.: 0.1 per 256)."""
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = False
+    """Exempt normalisation weights and all biases from weight decay."""
+    bias_lr_scale: float = 1.0
+    """Learning-rate multiplier for norm and bias parameters (airbench uses a larger one)."""
+    grad_clip: float | None = None
+    # --- schedule (all resolved to optimizer steps)
+    schedule: str = "step"
+    milestones: list = field(default_factory=list)
+    milestone_unit: str = "steps"
+    gamma: float = 0.1
+    warmup: float = 0.0
+    warmup_unit: str = "steps"
+    warmup_start: float = 0.0
+    """Learning-rate factor at step 0 of the linear warm-up."""
+    peak_at: float = 0.25
+    """one-cycle: fraction of training at which the rate peaks (after any warm-up it replaces)."""
+    final_lr: float = 0.0
+    """cosine/one-cycle: learning-rate factor reached at the last step."""
+    error_warmup_lr: float | None = None
+    """He et al. 2015 (ResNet-110): train at this rate until the training error drops below ``error_warmup_until``."""
+    error_warmup_until: float = 0.8
+    error_warmup_models: list = field(default_factory=list)
+    """Models the error warm-up applies to (empty: all)."""
+    # --- loss
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    # --- weights averaging
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights (0 = off); evaluation and best weights use the average."""
+    ema_every: int = 1
+    ema_warmup_steps: int = 0
+    """Copy the weights (no averaging) until this step, so the average starts from trained weights."""
+    # --- speed
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    # --- evaluation, checkpoints, logging
+    eval_every: int = 1
+    eval_batch_size: int = 500
+    tta: str = "none"
+    """Test-time augmentation of the final evaluation: none, flip, flip-translate, 10crop."""
+    checkpoint_every_steps: int = 0
+    """Also write last.pt every N steps inside an epoch (long epochs); 0: at epoch ends only."""
+    log_every: int = 20
+    seed: int = 0
+    tensorboard: bool = True
+    progress: bool = True
+
+    # ------------------------------------------------------------------ checks
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ConfigError(message)
+
+        need(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1")
+        need(self.epochs is not None or self.steps is not None or self.time_budget is not None,
+             "set the run length: epochs=N, steps=N or time_budget=MINUTES")
+        need(self.epochs is None or self.epochs > 0, f"epochs={self.epochs} must be positive")
+        need(self.steps is None or self.steps >= 1, f"steps={self.steps} must be at least 1")
+        need(self.time_budget is None or self.time_budget > 0, f"time_budget={self.time_budget} must be positive minutes")
+        need(self.lr > 0, f"lr={self.lr} must be positive")
+        need(0 <= self.momentum < 1, f"momentum={self.momentum} must be in [0, 1)")
+        need(not self.nesterov or self.momentum > 0, "nesterov=true needs momentum > 0")
+        need(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        need(self.schedule in SCHEDULES, f"schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
+        need(self.milestone_unit in UNITS, f"milestone_unit={self.milestone_unit!r}: choose one of {UNITS}")
+        need(self.warmup_unit in UNITS, f"warmup_unit={self.warmup_unit!r}: choose one of {UNITS}")
+        need(all(isinstance(m, (int, float)) and m > 0 for m in self.milestones),
+             f"milestones={self.milestones} must be positive numbers ({self.milestone_unit})")
+        need(list(self.milestones) == sorted(self.milestones), f"milestones={self.milestones} must be increasing")
+        need(0 < self.gamma <= 1, f"gamma={self.gamma} must be in (0, 1]")
+        need(self.warmup >= 0, f"warmup={self.warmup} must be >= 0")
+        need(0 <= self.warmup_start <= 1, f"warmup_start={self.warmup_start} is a factor in [0, 1]")
+        need(0 < self.peak_at < 1, f"peak_at={self.peak_at} must be a fraction in (0, 1)")
+        need(0 <= self.final_lr <= 1, f"final_lr={self.final_lr} is a factor of lr in [0, 1]")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        need(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be >= 0")
+        need(0 <= self.mix_prob <= 1, f"mix_prob={self.mix_prob} must be in [0, 1]")
+        need(0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1) (0 turns EMA off)")
+        need(self.ema_every >= 1, f"ema_every={self.ema_every} must be at least 1")
+        need(self.precision in PRECISIONS, f"precision={self.precision!r} is unknown; choose one of {PRECISIONS}")
+        need(self.tta in TTA_MODES, f"tta={self.tta!r} is unknown; choose one of {TTA_MODES}")
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive (or null)")
+        need(self.eval_every >= 1, f"eval_every={self.eval_every} must be at least 1")
+        need(self.log_every >= 1, f"log_every={self.log_every} must be at least 1")
+        need(self.val_split >= 0, f"val_split={self.val_split} must be >= 0")
+        need(self.error_warmup_lr is None or self.error_warmup_lr > 0, "error_warmup_lr must be positive (or null)")
+        need(0 < self.error_warmup_until <= 1, "error_warmup_until is a training error in (0, 1]")
+        try:
+            from ..data import AugmentConfig
+
+            AugmentConfig.from_dict(self.augment)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    # -------------------------------------------------------------- derived
+    @property
+    def base_lr(self) -> float:
+        """``lr`` scaled to the actual batch size when the recipe states a reference batch."""
+        if self.lr_reference_batch:
+            return self.lr * self.batch_size / self.lr_reference_batch
+        return self.lr
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        if self.epochs is None:
+            raise ConfigError("the run length is unresolved: set epochs or steps (time_budget resolves it at start)")
+        return max(1, int(math.ceil(self.epochs * steps_per_epoch)))
+
+    def to_steps(self, value: float, unit: str, steps_per_epoch: int) -> int:
+        return int(round(value * steps_per_epoch)) if unit == "epochs" else int(round(value))
+
+    # ----------------------------------------------------------- serialise
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        values = dict(values)
+        _check_keys(values, source)
+        hints = typing.get_type_hints(cls)
+        coerced = {key: _coerce(key, value, hints[key], source) for key, value in values.items()}
+        return cls(**coerced)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+_FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _check_keys(values: Mapping[str, Any], source: str) -> None:
+    unknown = [key for key in values if key not in _FIELD_NAMES]
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, _FIELD_NAMES, n=1)
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown training option {', '.join(parts)} in {source}; valid keys: "
+                          f"{', '.join(_FIELD_NAMES)}")
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check a YAML value against the field type (int accepted for float; '1e-4' strings parsed)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} in {source} cannot be null")
+    origin = typing.get_origin(base) or base
+    try:
+        if origin is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise TypeError
+        if origin is int:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if origin is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if origin is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return list(value)
+        if origin is dict:
+            if not isinstance(value, Mapping):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} in {source} is not a valid {getattr(base, '__name__', base)}") from None
+    return value
+
+
+# ------------------------------------------------------------------ recipes
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if not path.is_file():
+            raise ConfigError(f"recipe file {text!r} does not exist")
+        return path
+    candidate = RECIPE_DIR / f"{text}.yaml"
+    if not candidate.is_file():
+        close = difflib.get_close_matches(text, list_recipes(), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown recipe {text!r}.{hint} Shipped recipes: {', '.join(list_recipes())}; "
+                          "or pass a path to a .yaml file")
+    return candidate
+
+
+def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A recipe's raw values (not yet validated), with ``recipe`` set to its name."""
+    path = recipe_path(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a mapping of option: value")
+    _check_keys(values, f"recipe {path.name}")
+    values.setdefault("recipe", path.stem)
+    return values
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=0.2", "augment.flip=false"]`` -> ``{"lr": 0.2, "augment": {"flip": False}}`` (values are YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like key=value (for example --set lr=0.05)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        if "." in key:
+            head, sub = key.split(".", 1)
+            if head not in ("augment", "model_options"):
+                _check_keys({head: None}, "--set")
+                raise ConfigError(f"--set {key}: only augment.* and model_options.* take dotted keys")
+            out.setdefault(head, {})[sub] = value
+        else:
+            _check_keys({key: None}, "--set")
+            out[key] = value
+    return out
+
+
+def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge overrides into recipe values; ``augment``/``model_options`` mappings merge key by key."""
+    merged = dict(values)
+    for key, value in overrides.items():
+        if key in ("augment", "model_options") and isinstance(value, Mapping):
+            merged[key] = {**dict(merged.get(key) or {}), **dict(value)}
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config(recipe: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Recipe (name or path) + overrides -> a validated ``TrainConfig``."""
+    values = load_recipe(recipe) if recipe else {}
+    values = apply_overrides(values, dict(overrides or {}))
+    return TrainConfig.from_dict(values, source=f"recipe {recipe}" if recipe else "config")

@@ -1,0 +1,157 @@
+"""Optimizer pieces: parameter groups (no decay on norm/bias), SGD, learning-rate schedules as pure
+functions of the step, and a weight EMA.
+
+Schedules are functions ``step -> factor`` rather than ``torch.optim.lr_scheduler`` objects so their
+state is a single integer (the step), which checkpoints as data and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+__all__ = ["LRSchedule", "ModelEMA", "build_optimizer", "param_groups", "set_learning_rate"]
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True,
+                 bias_lr_scale: float = 1.0) -> list[dict]:
+    """Split trainable parameters into ``decay`` (conv/linear weights) and ``no_decay`` (norm weights,
+    every bias). Each group carries ``name`` and ``lr_scale`` (multiplied into the scheduled rate)."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay", "lr_scale": 1.0}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0 if no_decay_norm_bias else weight_decay,
+                       "name": "no_decay", "lr_scale": bias_lr_scale})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov optional) over ``groups``; groups keep their own weight decay and
+    ``lr_scale``. Plain parameter iterables become one group with the config's weight decay."""
+    groups = list(groups)
+    if groups and isinstance(groups[0], torch.Tensor):
+        groups = [{"params": groups, "name": "all"}]
+    if not groups or not any(len(list(g["params"])) for g in groups):
+        raise ValueError("nothing to train: no parameter requires gradients")
+    prepared = []
+    for index, group in enumerate(groups):
+        group = dict(group)
+        group.setdefault("weight_decay", config.weight_decay)
+        group.setdefault("lr_scale", 1.0)
+        group.setdefault("name", f"group{index}")
+        group["lr"] = config.base_lr * group["lr_scale"]
+        prepared.append(group)
+    return torch.optim.SGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning-rate factor at each step: warm-up, then step / cosine / one-cycle / constant.
+
+    - ``step``: multiply by ``gamma`` at each milestone (steps), as the paper's 32k/48k iterations.
+    - ``cosine``: half-cosine from 1 to ``final`` over the steps after warm-up.
+    - ``onecycle``: triangular, linear up from ``start`` to 1 at the end of warm-up (or at ``peak_at``
+      of training when there is no warm-up), then linear down to ``final`` at the last step.
+    - ``constant``: 1 after warm-up.
+    """
+
+    kind: str
+    total_steps: int
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    start: float = 0.0
+    final: float = 0.0
+    peak_at: float = 0.25
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, steps_per_epoch: int, total_steps: int) -> "LRSchedule":
+        milestones = tuple(config.to_steps(m, config.milestone_unit, steps_per_epoch) for m in config.milestones)
+        warmup = config.to_steps(config.warmup, config.warmup_unit, steps_per_epoch)
+        return cls(config.schedule, total_steps, milestones, config.gamma, warmup, config.warmup_start,
+                   config.final_lr, config.peak_at)
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "onecycle":
+            peak = self.warmup_steps or max(1, int(round(self.peak_at * self.total_steps)))
+            if step < peak:
+                return self.start + (1.0 - self.start) * step / peak
+            remaining = max(1, self.total_steps - peak)
+            return max(self.final, 1.0 + (self.final - 1.0) * (step - peak) / remaining)
+        if step < self.warmup_steps:
+            return self.start + (1.0 - self.start) * step / self.warmup_steps
+        if self.kind == "step":
+            return self.gamma ** sum(step >= m for m in self.milestones)
+        if self.kind == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    def scaled_to(self, total_steps: int) -> "LRSchedule":
+        """The same schedule stretched to another length (time budgets): milestones and warm-up scale."""
+        ratio = total_steps / self.total_steps
+        return LRSchedule(self.kind, total_steps, tuple(max(1, round(m * ratio)) for m in self.milestones),
+                          self.gamma, int(round(self.warmup_steps * ratio)), self.start, self.final, self.peak_at)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    """Set every group's rate to ``base_lr * factor * group['lr_scale']``; returns the base group's rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+    return base_lr * factor
+
+
+class ModelEMA:
+    """Exponential moving average of a model's floating-point state (parameters and BN statistics).
+
+    Integer buffers (``num_batches_tracked``) are copied. Before ``warmup_steps`` the average is a
+    copy of the weights, so it does not start from the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup_steps: int = 0) -> None:
+        self.decay, self.warmup_steps = decay, warmup_steps
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        copy = step < self.warmup_steps
+        for key, value in model.state_dict().items():
+            average = self.state[key]
+            if copy or not value.is_floating_point():
+                average.copy_(value)
+            else:
+                average.lerp_(value.detach().to(average.dtype), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.state) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
+        for key, value in state.items():
+            self.state[key].copy_(value)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict(self.state)
+        return model

@@ -1,0 +1,628 @@
+"""The training loop: one ``Trainer`` for every recipe, resumable exactly, ready for more processes.
+
+    from resnets.train import resolve_config, train
+    result = train(resolve_config("cifar-fast", {"data": "path/to/images"}), out_dir="runs/fast")
+
+Extension points (so adversarial training, distillation, fine-tuning and logging plug in without
+editing the loop):
+
+- ``loss_fn(trainer, images, targets) -> (loss, logits)`` replaces the forward + loss
+  (``targets`` are int labels, or soft targets N x C when mixup/cutmix/label smoothing is on);
+- ``param_groups`` (list of optimizer group dicts, or ``callable(model) -> list``) replaces the
+  default decay / no-decay split; a group's ``lr_scale`` multiplies the scheduled rate;
+- ``callbacks``: objects with any of the ``Callback`` methods, called per batch, after backward,
+  per step and per epoch;
+- ``process``: a ``ProcessContext`` (rank, world size, metric reduction, stop agreement).
+
+A run folder holds ``config.yaml``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (the
+whole training state, every epoch), ``best.safetensors`` (weights + spec + classes +
+normalisation, by validation accuracy), ``summary.json`` and, when TensorBoard is installed,
+``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluate.metrics import EvalResult, EvalSums, autocast_context, evaluate
+from ..weights import CheckpointError, atomic_write, save_weights
+from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
+from .config import ConfigError, TrainConfig
+from .mixing import mix_batch, smooth_targets, soft_cross_entropy
+from .optim import LRSchedule, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
+from .process import ProcessContext
+
+__all__ = ["Callback", "NonFiniteLossError", "RunResult", "Trainer", "resume", "train"]
+
+LossFn = Callable[["Trainer", torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class Callback:
+    """Hooks into the loop; override the ones you need. ``trainer`` gives access to everything."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+
+    def on_batch(self, trainer: "Trainer", images: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return replaced (images, labels) (e.g. adversarial examples), or None to keep them."""
+
+    def on_after_backward(self, trainer: "Trainer") -> None:
+        """Gradients are populated (unscaled only for fp32/bf16): gradient-flow logging goes here."""
+
+    def on_step_end(self, trainer: "Trainer", step: int, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", result: "RunResult") -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also written as ``summary.json``)."""
+
+    run_dir: Path | None
+    config: TrainConfig
+    best_val_top1: float | None
+    best_epoch: int | None
+    final: EvalResult | None
+    """Final evaluation of the final weights (EMA if on) with the recipe's test-time augmentation."""
+    epochs: int
+    steps: int
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+    model: nn.Module | None = None
+
+    @property
+    def final_val_top1(self) -> float | None:
+        return self.final.top1 if self.final is not None else None
+
+    def summary(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir) if self.run_dir else None, "recipe": self.config.recipe,
+            "model": self.config.model, "epochs": self.epochs, "steps": self.steps,
+            "train_minutes": self.train_seconds / 60, "best_val_top1": self.best_val_top1, "best_epoch": self.best_epoch,
+            "final_val_top1": self.final_val_top1, "final_val_top5": self.final.top5 if self.final else None,
+            "final_val_loss": self.final.loss if self.final else None, "final_tta": self.config.tta,
+            "expected": self.config.expected,
+        }
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains one model under one ``TrainConfig``; see the module docstring for the extension points."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike | None = None, *, splits: Any = None,
+                 model: nn.Module | None = None, loss_fn: LossFn | None = None,
+                 param_groups: Sequence[dict] | Callable[[nn.Module], Sequence[dict]] | None = None,
+                 callbacks: Iterable[Callback] = (), process: ProcessContext | None = None) -> None:
+        self.config = config
+        self.process = process or ProcessContext()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.loss_fn = loss_fn
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is available; use --device cpu")
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
+        _seed_everything(config.seed)
+
+        self.splits = splits if splits is not None else self._load_data()
+        self.classes = list(self.splits.classes)
+        self.num_classes = len(self.classes)
+        self.model = model if model is not None else self._build_model()
+        self.model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward_model = self.process.wrap_model(self.model)
+        if config.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+        groups = param_groups(self.model) if callable(param_groups) else param_groups
+        if groups is None:
+            groups = default_param_groups(self.model, config.weight_decay, config.no_decay_norm_bias,
+                                          config.bias_lr_scale)
+        self.optimizer = build_optimizer(groups, config)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup_steps) if config.ema_decay > 0 else None
+        self.eval_model = copy.deepcopy(self.model) if self.ema is not None else self.model
+
+        self.train_loader = self._make_loader(self.splits.train, config.batch_size, train=True)
+        self.val_loader = (self._make_loader(self.splits.val, config.eval_batch_size, train=False)
+                           if self.splits.val is not None and len(self.splits.val) else None)
+        self.steps_per_epoch = len(self.train_loader)
+
+        # progress state (all of it goes into last.pt)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_val_top1: float | None = None
+        self.best_epoch: int | None = None
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.error_warmup_active = bool(config.error_warmup_lr) and (
+            not config.error_warmup_models or config.model in config.error_warmup_models)
+        self._reset_epoch_sums()
+        self.total_steps = config.total_steps(self.steps_per_epoch) if config.time_budget is None or config.steps else 0
+        self.schedule = (LRSchedule.from_config(config, self.steps_per_epoch, self.total_steps)
+                         if self.total_steps else None)
+        self._writer = None
+        self._resumed = False
+
+    # ------------------------------------------------------------ set-up
+    def _load_data(self):
+        from ..data import DataError, load_data
+
+        c = self.config
+        try:
+            return load_data(c.data, val_split=c.val_split, seed=c.seed, image_size=c.image_size,
+                             normalization=c.normalization)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _build_model(self) -> nn.Module:
+        from ..factory import create_model
+
+        return create_model(self.config.model, num_classes=self.num_classes, **self.config.model_options)
+
+    def _make_loader(self, dataset, batch_size: int, train: bool):
+        from ..data import make_loader
+
+        c = self.config
+        return make_loader(dataset, batch_size=batch_size, train=train, augment=c.augment if train else None,
+                           device=self.device, seed=c.seed, rank=self.process.rank, world_size=self.process.world_size,
+                           drop_last=train, workers=c.workers, channels_last=c.channels_last,
+                           mean=self.splits.mean, std=self.splits.std)
+
+    def _reset_epoch_sums(self) -> None:
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, seen
+        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.error_window = torch.zeros(2, dtype=torch.float64, device=self.device)  # wrong, seen since last check
+
+    @property
+    def is_main(self) -> bool:
+        return self.process.is_main
+
+    def log(self, message: str) -> None:
+        if self.is_main and self.config.progress is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    # ------------------------------------------------------------ metadata
+    @property
+    def spec(self):
+        return getattr(self.model, "spec", None)
+
+    def weights_metadata(self) -> dict[str, Any]:
+        """What ``best.safetensors`` stores beside the weights (for eval/predict/fine-tuning)."""
+        return {"classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
+                "image_size": int(self.splits.image_size), "model_name": self.config.model,
+                "recipe": self.config.recipe, "config": self.config.to_dict()}
+
+    # ------------------------------------------------------------ the step
+    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.loss_fn is not None:
+            return self.loss_fn(self, images, targets)
+        logits = self.forward_model(images)
+        if targets.ndim == 2:
+            return soft_cross_entropy(logits, targets), logits
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing), logits
+
+    def current_lr_factor(self) -> float:
+        if self.error_warmup_active:
+            return self.config.error_warmup_lr / self.config.base_lr
+        return self.schedule(self.step)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        for callback in self.callbacks:
+            replaced = callback.on_batch(self, images, labels)
+            if replaced is not None:
+                images, labels = replaced
+        targets: torch.Tensor = labels
+        if c.mixup_alpha > 0 or c.cutmix_alpha > 0:
+            images, targets = mix_batch(images, labels, self.num_classes, mixup_alpha=c.mixup_alpha,
+                                        cutmix_alpha=c.cutmix_alpha, probability=c.mix_prob,
+                                        smoothing=c.label_smoothing,
+                                        seed_parts=(c.seed, self.epoch, self.batch_in_epoch, self.process.rank))
+        self.lr = set_learning_rate(self.optimizer, c.base_lr, self.current_lr_factor())
+        with autocast_context(self.device, c.precision):
+            loss, logits = self.compute_loss(images, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for callback in self.callbacks:
+            callback.on_after_backward(self)
+        if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None and (self.step + 1) % c.ema_every == 0:
+            self.ema.update(self.model, self.step)
+        with torch.no_grad():
+            loss_value = loss.detach().float()
+            wrong = (logits.detach().argmax(1) != labels).sum()
+            count = labels.shape[0]
+            self._bad_loss |= ~torch.isfinite(loss_value)
+            self.epoch_sums += torch.stack([loss_value.double() * count, (count - wrong).double(),
+                                            torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+            self.error_window += torch.stack([wrong.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                           device=self.device)])
+        return loss_value
+
+    # ------------------------------------------------------------ stop decisions
+    def check_finite(self) -> None:
+        """Stop every process when any saw a non-finite loss; the last checkpoint is left as it was."""
+        if self.process.any_true(bool(self._bad_loss)):
+            where = f" (last good checkpoint: {self.out_dir / 'last.pt'})" if self.out_dir and (
+                self.out_dir / "last.pt").exists() else " (no checkpoint had been written yet)"
+            raise NonFiniteLossError(
+                f"training stopped: the loss became non-finite (NaN or inf) by step {self.step} of epoch "
+                f"{self.epoch}{where}. Lower the learning rate (lr={self.config.lr}), set grad_clip, or use "
+                f"precision=fp32/bf16 instead of fp16; `resnets train --resume` continues from the checkpoint.")
+
+    def update_error_warmup(self) -> None:
+        """He et al.'s ResNet-110 warm-up ends once the training error since the last check is below the bar."""
+        if not self.error_warmup_active:
+            return
+        window = self.process.reduce_sum(self.error_window.clone())
+        wrong, seen = float(window[0]), float(window[1])
+        self.error_window.zero_()
+        if seen and wrong / seen < self.config.error_warmup_until:
+            self.error_warmup_active = False
+            self.log(f"step {self.step}: training error {wrong / seen:.1%} < {self.config.error_warmup_until:.0%}, "
+                     f"warm-up at lr {self.config.error_warmup_lr} ends; lr {self.config.base_lr} from now on")
+
+    # ------------------------------------------------------------ time budget
+    def fit_time_budget(self) -> None:
+        """Measure a few steps (then undo them), and set the run length so it ends within the budget."""
+        c = self.config
+        spe = self.steps_per_epoch
+        nominal = c.total_steps(spe) if (c.epochs is not None or c.steps is not None) else None
+        budget = c.time_budget * 60.0
+        model_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        ema_state = {k: v.clone() for k, v in self.ema.state.items()} if self.ema else None
+        rng = capture_rng_state()
+        warm, timed = 2, max(4, min(12, spe))
+        self.schedule = LRSchedule("constant", 1)
+        saved_active = self.error_warmup_active
+        self.error_warmup_active = False
+        batches = iter(self.train_loader)
+        self.train_loader.set_epoch(0)
+        samples = []
+        for index in range(warm + timed):
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                batches = iter(self.train_loader)
+                images, labels = next(batches)
+            start = time.perf_counter()
+            loss = self.train_step(images, labels)
+            float(loss)
+            samples.append(time.perf_counter() - start)
+        step_seconds = float(np.median(samples[warm:]))
+        eval_seconds = 0.0
+        if self.val_loader is not None:
+            images, _ = next(iter(self.val_loader))
+            self.eval_model.eval()
+            with torch.no_grad(), autocast_context(self.device, c.precision):
+                start = time.perf_counter()
+                self.eval_model(images)
+                batch_seconds = time.perf_counter() - start
+            self.eval_model.train()
+            eval_seconds = batch_seconds * len(self.val_loader)
+        # undo the probe
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        if self.ema:
+            self.ema.load_state_dict(ema_state)
+        restore_rng_state(rng)
+        self.error_warmup_active = saved_active
+        self._reset_epoch_sums()
+        views = {"none": 1, "flip": 2, "flip-translate": 6, "10crop": 10}[c.tta]
+        final_eval = eval_seconds * views
+        per_epoch = spe * step_seconds + eval_seconds / c.eval_every
+        available = budget * 0.97 - final_eval - self.elapsed
+        total = max(1, int(available / per_epoch * spe)) if available > 0 else 1
+        nominal_schedule = LRSchedule.from_config(c, spe, nominal or total)
+        fitted = nominal_schedule.scaled_to(total) if nominal else nominal_schedule
+        self.config = c.replace(steps=total, epochs=None, milestones=list(fitted.milestones), milestone_unit="steps",
+                                warmup=fitted.warmup_steps, warmup_unit="steps", time_budget=c.time_budget)
+        self.total_steps = total
+        self.schedule = LRSchedule.from_config(self.config, spe, total)
+        self.budget_fit = {"step_seconds": step_seconds, "eval_seconds": eval_seconds, "nominal_steps": nominal,
+                           "fitted_steps": total, "fitted_epochs": total / spe}
+        self.log(f"time budget {c.time_budget:g} min: {step_seconds * 1000:.0f} ms/step, eval {eval_seconds:.1f} s "
+                 f"-> {total} steps ({total / spe:.1f} epochs)" + (f", recipe's {nominal} scaled" if nominal else ""))
+
+    # ------------------------------------------------------------ checkpoints
+    def training_state(self) -> dict[str, Any]:
+        """The whole resumable state as tensors and primitive containers."""
+        state = {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "total_steps": self.total_steps, "best_val_top1": self.best_val_top1,
+                         "best_epoch": self.best_epoch, "elapsed": self.elapsed,
+                         "error_warmup_active": self.error_warmup_active},
+            "epoch_sums": self.epoch_sums.detach().cpu(),
+            "error_window": self.error_window.detach().cpu(),
+            "spec": self.spec.to_dict() if self.spec is not None else None,
+            "classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
+            "image_size": int(self.splits.image_size), "model_name": self.config.model,
+            "config": self.config.to_dict(),
+        }
+        if self.ema is not None:
+            state["state_dict_ema"] = {k: v.detach().cpu() for k, v in self.ema.state.items()}
+        return state
+
+    def save_last(self) -> None:
+        if self.is_main and self.out_dir is not None:
+            save_training_checkpoint(self.out_dir / "last.pt", self.training_state())
+
+    def load_training_state(self, body: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(body["state_dict"])
+            self.optimizer.load_state_dict(body["optimizer"])
+            self.scaler.load_state_dict(body["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(body["state_dict_ema"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint does not match this run's model/optimizer: {exc}") from None
+        if list(body["classes"]) != self.classes:
+            raise CheckpointError(f"the checkpoint's classes {body['classes'][:5]}... differ from the data's "
+                                  f"{self.classes[:5]}...; resume with the same --data")
+        p = body["progress"]
+        self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
+        self.total_steps = int(p["total_steps"])
+        self.schedule = LRSchedule.from_config(self.config, self.steps_per_epoch, self.total_steps)
+        self.best_val_top1, self.best_epoch, self.elapsed = p["best_val_top1"], p["best_epoch"], float(p["elapsed"])
+        self.error_warmup_active = bool(p["error_warmup_active"])
+        self.epoch_sums = body["epoch_sums"].to(self.device)
+        self.error_window = body["error_window"].to(self.device)
+        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        restore_rng_state(body["rng"])
+        self._resumed = True
+
+    def _eval_weights_model(self) -> nn.Module:
+        if self.ema is not None:
+            self.ema.copy_to(self.eval_model)
+        return self.eval_model
+
+    # ------------------------------------------------------------ files
+    def _prepare_run_dir(self) -> None:
+        if not (self.is_main and self.out_dir is not None):
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        text = self.config.to_yaml()
+        atomic_write(self.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+        metrics = self.out_dir / "metrics.jsonl"
+        if self._resumed and metrics.exists():
+            kept = []
+            for line in metrics.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the kill
+                if record.get("step", 0) <= self.step and record.get("epoch", 0) < self.epoch + (
+                        1 if self.batch_in_epoch == 0 else 0):
+                    kept.append(line)
+            self.history = [json.loads(line) for line in kept]
+            atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+        elif not self._resumed:
+            atomic_write(metrics, lambda tmp: Path(tmp).write_text(""))
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:
+                self._writer = None
+
+    def _write_record(self, record: dict) -> None:
+        self.history.append(record)
+        if not (self.is_main and self.out_dir is not None):
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self._writer.add_scalar(key, value, record["step"])
+            self._writer.flush()
+
+    # ------------------------------------------------------------ the run
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def fit(self) -> RunResult:
+        c = self.config
+        if not self._resumed and c.time_budget is not None and not c.steps:
+            self.fit_time_budget()
+        self._prepare_run_dir()
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        if not self._resumed:
+            self.log(f"training {c.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params) on "
+                     f"{len(self.splits.train)} images ({self.num_classes} classes), validating on "
+                     f"{len(self.splits.val) if self.splits.val is not None else 0}: {self.total_steps} steps = "
+                     f"{self.total_steps / self.steps_per_epoch:.1f} epochs of {self.steps_per_epoch}, "
+                     f"{c.precision}{', channels_last' if c.channels_last else ''} on {self.device}")
+        else:
+            self.log(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}) of "
+                     f"{self.total_steps}")
+        progress = self._progress_bar()
+        check_every = 1 if self.device.type == "cpu" else c.log_every
+        run_start = time.perf_counter() - self.elapsed
+        try:
+            while self.step < self.total_steps:
+                self.train_loader.set_epoch(self.epoch)
+                if self.batch_in_epoch:
+                    self.train_loader.skip_batches(self.batch_in_epoch)
+                for callback in self.callbacks:
+                    callback.on_epoch_start(self, self.epoch)
+                epoch_start = time.perf_counter()
+                images_seen = 0
+                self.model.train()
+                for images, labels in self.train_loader:
+                    loss = self.train_step(images, labels)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    images_seen += labels.shape[0]
+                    for callback in self.callbacks:
+                        callback.on_step_end(self, self.step, loss)
+                    if self.step % check_every == 0:
+                        self.check_finite()
+                    if self.step % c.log_every == 0:
+                        self.update_error_warmup()
+                        self._update_progress(progress, images_seen, epoch_start)
+                    if c.checkpoint_every_steps and self.step % c.checkpoint_every_steps == 0 \
+                            and self.step < self.total_steps:
+                        self.elapsed = time.perf_counter() - run_start
+                        self.check_finite()
+                        self.save_last()
+                    if self.step >= self.total_steps:
+                        break
+                self.check_finite()
+                self.elapsed = time.perf_counter() - run_start
+                record = self._end_epoch(images_seen, time.perf_counter() - epoch_start)
+                self.elapsed = time.perf_counter() - run_start
+                self.save_last()
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record)
+                self._update_progress(progress, images_seen, epoch_start, record)
+        finally:
+            if progress is not None:
+                progress.close()
+        result = self._finish(time.perf_counter() - run_start)
+        for callback in self.callbacks:
+            callback.on_train_end(self, result)
+        return result
+
+    def _end_epoch(self, images_seen: int, seconds: float) -> dict:
+        sums = self.process.reduce_sum(self.epoch_sums.clone())
+        loss_sum, correct, seen = (float(v) for v in sums)
+        record: dict[str, Any] = {
+            "epoch": self.epoch, "step": self.step, "lr": self.lr,
+            "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+            "images_per_s": images_seen * self.process.world_size / max(seconds, 1e-9), "epoch_seconds": seconds,
+        }
+        last_epoch = self.step >= self.total_steps
+        if self.val_loader is not None and ((self.epoch + 1) % self.config.eval_every == 0 or last_epoch):
+            result = self.evaluate()
+            record.update(val_top1=result.top1, val_top5=result.top5, val_loss=result.loss)
+            if self.best_val_top1 is None or result.top1 > self.best_val_top1:
+                self.best_val_top1, self.best_epoch = result.top1, self.epoch
+                if self.is_main and self.out_dir is not None:
+                    save_weights(self._eval_weights_model(), self.out_dir / "best.safetensors",
+                                 {**self.weights_metadata(), "epoch": self.epoch, "step": self.step,
+                                  "val_top1": result.top1})
+        record["elapsed_minutes"] = self.elapsed / 60
+        self._write_record(record)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._reset_epoch_sums()
+        return record
+
+    def evaluate(self, loader: Iterable | None = None, tta: str = "none") -> EvalResult:
+        """Evaluate the current evaluation weights (EMA when on) on ``loader`` (default: validation)."""
+        loader = loader if loader is not None else self.val_loader
+        if loader is None:
+            raise ConfigError("no validation data to evaluate on (val_split=0 and no validation tree)")
+        model = self._eval_weights_model()
+        return evaluate(model, loader, self.num_classes, self.classes, tta=tta, device=self.device,
+                        precision=self.config.precision, reduce_sum=self.process.reduce_sum)
+
+    def _finish(self, seconds: float) -> RunResult:
+        final = None
+        if self.val_loader is not None:
+            final = self.evaluate(tta=self.config.tta)
+        result = RunResult(self.out_dir, self.config, self.best_val_top1, self.best_epoch, final, self.epoch,
+                           self.step, seconds, list(self.history), self._eval_weights_model())
+        if self.is_main and self.out_dir is not None:
+            summary = result.summary()
+            if final is not None:
+                summary["final_per_class_top1"] = final.per_class_accuracy
+            text = json.dumps(summary, indent=2)
+            atomic_write(self.out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
+            if self._writer is not None:
+                self._writer.close()
+        if final is not None:
+            best = f"best {self.best_val_top1 * 100:.2f}% (epoch {self.best_epoch}), " if self.best_val_top1 else ""
+            self.log(f"done: {self.step} steps, {self.epoch} epochs in {seconds / 60:.2f} min; validation {best}"
+                     f"final {final.top1 * 100:.2f}% top-1 (tta={self.config.tta}, {final.count} images)"
+                     + (f"; expected: {self.config.expected}" if self.config.expected else ""))
+        return result
+
+    # ------------------------------------------------------------ progress bar
+    def _progress_bar(self):
+        if not (self.config.progress and self.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0, desc=f"epoch {self.epoch}")
+
+    def _update_progress(self, bar, images_seen: int, epoch_start: float, record: dict | None = None) -> None:
+        if bar is None:
+            return
+        bar.update(self.step - bar.n)
+        if record is not None:
+            shown = {"loss": f"{record['train_loss']:.3f}", "acc": f"{record['train_top1']:.3f}"}
+            if "val_top1" in record:
+                shown["val"] = f"{record['val_top1']:.4f}"
+        else:
+            sums = self.epoch_sums
+            seen = max(float(sums[2]), 1.0)
+            shown = {"loss": f"{float(sums[0]) / seen:.3f}", "acc": f"{float(sums[1]) / seen:.3f}"}
+        shown["img/s"] = f"{images_seen / max(time.perf_counter() - epoch_start, 1e-9):.0f}"
+        shown["lr"] = f"{self.lr:.4g}"
+        bar.set_description(f"epoch {self.epoch}")
+        bar.set_postfix(shown, refresh=False)
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, **kwargs: Any) -> RunResult:
+    """Train under ``config`` (see ``Trainer`` for ``splits``, ``model``, ``loss_fn``, ``callbacks``...)."""
+    return Trainer(config, out_dir, **kwargs).fit()
+
+
+def resume(run_dir: str | os.PathLike, **kwargs: Any) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run's (CPU)."""
+    run_dir = Path(run_dir)
+    body = load_training_checkpoint(run_dir / "last.pt")
+    config = TrainConfig.from_dict(body["config"], source=f"{run_dir / 'last.pt'}")
+    trainer = Trainer(config, run_dir, **kwargs)
+    trainer.load_training_state(body)
+    return trainer.fit()

@@ -1,0 +1,158 @@
+"""Feature-pyramid backbones on resnets models, and torchvision's Faster R-CNN / Mask R-CNN on them.
+
+No detector code lives here: ``fpn_backbone`` wraps one of our ``ResNetFeatures`` with
+torchvision's ``FeaturePyramidNetwork`` (the same ``body``/``fpn`` module names as torchvision's
+``BackboneWithFPN``, so torchvision's detection checkpoints load by name), and the builders hand
+it to ``torchvision.models.detection.FasterRCNN`` / ``MaskRCNN``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
+
+from ..factory import create_model
+from ..model import ResNet, ResNetFeatures
+from ..spec import ResNetSpec
+from ..weights import load_state_dict
+from .policy import PolicyError, set_bn_policy, to_frozen_batchnorm
+
+NORMS = ("frozen", "eval", "train")
+
+
+class ResNetFPN(nn.Module):
+    """``body`` (a ``ResNetFeatures``) -> ``fpn``; returns an ordered dict of ``out_channels`` maps.
+
+    Keys are ``"0"``, ``"1"``, ... for the chosen stages (finest first) plus ``"pool"`` from the
+    extra max-pool level, as torchvision's detectors expect.
+    """
+
+    def __init__(self, body: ResNetFeatures, out_channels: int = 256,
+                 extra_blocks: ExtraFPNBlock | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork([info["num_chs"] for info in body.feature_info], out_channels,
+                                         extra_blocks=extra_blocks if extra_blocks is not None else LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    @property
+    def strides(self) -> list[int]:
+        return [info["reduction"] for info in self.body.feature_info]
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        features = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+
+def _features_model(name_or_model: str | ResNetSpec | nn.Module, returned_layers: Sequence[int],
+                    weights: str | os.PathLike | None, **overrides: Any) -> ResNetFeatures:
+    if isinstance(name_or_model, nn.Module):
+        if not isinstance(name_or_model, ResNet):
+            raise PolicyError(f"fpn_backbone takes a model name, a ResNetSpec or a resnets ResNet, not "
+                              f"{type(name_or_model).__name__}")
+        spec = name_or_model.spec.replace(**overrides) if overrides else name_or_model.spec
+        body = ResNetFeatures(spec, returned_layers)
+        load_state_dict(body, name_or_model.state_dict())
+        return body
+    return create_model(name_or_model, features_only=True, out_indices=tuple(returned_layers), weights=weights,
+                        **overrides)
+
+
+def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", trainable_layers: int = 3,
+                 norm: str = "frozen", returned_layers: Sequence[int] | None = None, out_channels: int = 256,
+                 weights: str | os.PathLike | None = None, extra_blocks: ExtraFPNBlock | None = None,
+                 **overrides: Any) -> ResNetFPN:
+    """A feature-pyramid backbone on any 2-D resnets model (by name, spec, or a built/pretrained model).
+
+    ``trainable_layers`` counts from the top as torchvision does (0: none, 1: the last stage, ...,
+    N+1: every stage and the stem). ``norm``: ``"frozen"`` swaps every BatchNorm for
+    ``FrozenBatchNorm2d`` (the detection default), ``"eval"`` keeps running statistics fixed but
+    trains the affine parts of trainable layers, ``"train"`` is plain BatchNorm. Norms in
+    non-trainable layers are always frozen. ``returned_layers`` are stage numbers (1 = layer1);
+    default all stages. ``weights`` is a checkpoint path or torchvision tag for the classifier.
+    """
+    if norm not in NORMS:
+        raise PolicyError(f"norm={norm!r} is unknown; choose one of {', '.join(NORMS)}")
+    spec = name_or_model.spec if isinstance(name_or_model, ResNet) else None
+    if spec is None and not isinstance(name_or_model, nn.Module):
+        from ..factory import resolve_spec
+
+        spec = resolve_spec(name_or_model, **overrides)
+    if spec is not None and spec.conv_type != "2d":
+        raise PolicyError(f"a feature pyramid needs a 2-D image network; this one is a {spec.conv_type} video network")
+    n_stages = len(spec.layers) if spec is not None else 4
+    returned = tuple(returned_layers) if returned_layers is not None else tuple(range(1, n_stages + 1))
+    bad = [i for i in returned if not 1 <= i <= n_stages]
+    if not returned or bad:
+        raise PolicyError(f"returned_layers {returned} out of range: this model has stages 1..{n_stages} "
+                          f"(layer1..layer{n_stages}); the stem (0) is not a pyramid level")
+    if not 0 <= trainable_layers <= n_stages + 1:
+        raise PolicyError(f"trainable_layers={trainable_layers} must be between 0 and {n_stages + 1} "
+                          f"({n_stages} stages plus the stem)")
+    body = _features_model(name_or_model, returned, weights, **overrides)
+    stage_names = list(body.stage_names)
+    train_parts = (list(reversed(stage_names)) + ["conv1"])[:trainable_layers]
+    if trainable_layers == n_stages + 1:
+        train_parts.append("bn1")
+    if norm == "frozen":
+        to_frozen_batchnorm(body)
+    for name, module in body.named_children():
+        trainable = name in train_parts or (name == "final_bn" and stage_names[-1] in train_parts)
+        module.requires_grad_(trainable)
+        if norm != "frozen":
+            set_bn_policy([module], norm if trainable else "frozen")
+    return ResNetFPN(body, out_channels, extra_blocks)
+
+
+def _anchor_generator(n_levels: int, anchor_sizes: Sequence[int] | None) -> AnchorGenerator:
+    sizes = tuple(anchor_sizes) if anchor_sizes is not None else tuple(32 * 2 ** i for i in range(n_levels))
+    if len(sizes) != n_levels:
+        raise PolicyError(f"anchor_sizes has {len(sizes)} entries but the pyramid has {n_levels} levels "
+                          "(one per returned layer plus the pooled level)")
+    return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * n_levels)
+
+
+def _detector_parts(backbone: str | ResNetSpec | nn.Module, returned_layers: Sequence[int] | None,
+                    anchor_sizes: Sequence[int] | None, backbone_kwargs: dict[str, Any]) -> tuple[ResNetFPN, dict]:
+    fpn = backbone if isinstance(backbone, ResNetFPN) else fpn_backbone(backbone, returned_layers=returned_layers,
+                                                                          **backbone_kwargs)
+    names = [str(i) for i in range(len(fpn.body.feature_info))]
+    parts = {"rpn_anchor_generator": _anchor_generator(len(names) + 1, anchor_sizes),
+             "box_roi_pool": MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)}
+    return fpn, parts
+
+
+def faster_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: int = 91,
+                weights_backbone: str | os.PathLike | None = None, trainable_layers: int = 3, norm: str = "frozen",
+                returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
+                **detector_kwargs: Any) -> FasterRCNN:
+    """torchvision's ``FasterRCNN`` on a resnets FPN backbone.
+
+    ``num_classes`` counts the background. ``backbone`` is a model name, spec, resnets model or a
+    ready ``ResNetFPN``. Other keywords go to ``FasterRCNN`` (``min_size``, ``max_size``,
+    ``box_detections_per_img``, ...). With ``backbone="resnet50"`` the state dict has torchvision's
+    ``fasterrcnn_resnet50_fpn`` names and shapes, so its checkpoints load directly.
+    """
+    fpn, parts = _detector_parts(backbone, returned_layers, anchor_sizes,
+                                 {"trainable_layers": trainable_layers, "norm": norm, "weights": weights_backbone})
+    return FasterRCNN(fpn, num_classes=num_classes, **{**parts, **detector_kwargs})
+
+
+def mask_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: int = 91,
+              weights_backbone: str | os.PathLike | None = None, trainable_layers: int = 3, norm: str = "frozen",
+              returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
+              **detector_kwargs: Any) -> MaskRCNN:
+    """torchvision's ``MaskRCNN`` on a resnets FPN backbone (arguments as ``faster_rcnn``)."""
+    fpn, parts = _detector_parts(backbone, returned_layers, anchor_sizes,
+                                 {"trainable_layers": trainable_layers, "norm": norm, "weights": weights_backbone})
+    names = parts["box_roi_pool"].featmap_names
+    parts["mask_roi_pool"] = MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2)
+    return MaskRCNN(fpn, num_classes=num_classes, **{**parts, **detector_kwargs})

@@ -1,0 +1,127 @@
+"""Checkpoint IO: formats, safety, adaptation, and mismatch messages in words."""
+
+import os
+import pickle
+
+import pytest
+import torch
+import torchvision
+
+import resnets
+from resnets import CheckpointError
+from resnets.weights import adapt_input_conv, atomic_write, read_checkpoint
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_save_and_load_round_trip_keeps_spec_and_metadata(tmp_path, suffix):
+    model = resnets.create_model("resnet20", num_classes=4).eval()
+    path = resnets.save_weights(model, tmp_path / f"m{suffix}", metadata={"classes": ["a", "b", "c", "d"]})
+    ckpt = read_checkpoint(path)
+    assert ckpt.spec == model.spec and ckpt.metadata["classes"] == ["a", "b", "c", "d"]
+    rebuilt, _ = resnets.model_from_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=0, atol=0)
+    other = resnets.create_model("resnet20", num_classes=4, weights=path).eval()
+    torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+
+
+def test_plain_torchvision_file_loads_by_name(tmp_path):
+    peer = torchvision.models.resnet18()
+    torch.save(peer.state_dict(), tmp_path / "tv.pth")
+    ours = resnets.create_model("resnet18", weights=tmp_path / "tv.pth").eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(ours(x), peer.eval()(x))
+
+
+def test_checkpoint_of_another_architecture_is_explained(tmp_path):
+    path = resnets.save_weights(resnets.create_model("resnet50"), tmp_path / "r50.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        resnets.create_model("resnet18", weights=path)
+    message = str(info.value)
+    assert "bottleneck" in message and "3-4-6-3" in message and "2-2-2-2" in message
+    assert "missing" not in message.lower() or "model tensors" in message
+
+
+def test_class_count_mismatch_needs_adapt(tmp_path):
+    path = resnets.save_weights(resnets.create_model("resnet20", num_classes=10), tmp_path / "c10.safetensors")
+    model = resnets.create_model("resnet20", num_classes=5)
+    with pytest.raises(CheckpointError, match="10 classes, model 5"):
+        resnets.load_weights(model, path)
+    resnets.load_weights(model, path, adapt=True)  # head dropped, body loaded
+    assert model.fc.out_features == 5
+
+
+def test_in_chans_adaptation_sums_or_repeats_filters(tmp_path):
+    src = resnets.create_model("resnet18")
+    path = resnets.save_weights(src, tmp_path / "rgb.safetensors")
+    gray = resnets.create_model("resnet18", in_chans=1, weights=path)
+    torch.testing.assert_close(gray.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    assert adapt_input_conv(src.conv1.weight, 5).shape[1] == 5
+    six = adapt_input_conv(src.conv1.weight, 6)
+    # repeated RGB filters, rescaled: a constant image gives the same first-layer response
+    torch.testing.assert_close(six.sum(1), src.conv1.weight.sum(1))
+    with pytest.raises(CheckpointError, match="input channels"):
+        resnets.load_weights(resnets.create_model("resnet18", in_chans=1), path)
+
+
+def test_truncated_and_foreign_files_are_rejected_clearly(tmp_path):
+    good = resnets.save_weights(resnets.create_model("resnet20"), tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        read_checkpoint(cut)
+    pt = resnets.save_weights(resnets.create_model("resnet20"), tmp_path / "m.pt")
+    cut_pt = tmp_path / "cut.pt"
+    cut_pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        read_checkpoint(cut_pt)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, I am not a checkpoint")
+    with pytest.raises(CheckpointError, match="neither a safetensors file nor a PyTorch checkpoint"):
+        read_checkpoint(text)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty or truncated"):
+        read_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/resnets_pwned",))
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        read_checkpoint(path)
+    assert not os.path.exists("/tmp/resnets_pwned")
+    raw = tmp_path / "evil_raw.pt"
+    raw.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(raw)
+    assert not os.path.exists("/tmp/resnets_pwned")
+
+
+def test_atomic_write_leaves_old_file_when_the_writer_crashes(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+
+    def crash(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_unknown_torchvision_tag_lists_available():
+    with pytest.raises(CheckpointError, match="IMAGENET1K_V1"):
+        resnets.create_model("resnet50", weights="IMAGENET9K_V7")
+    with pytest.raises(CheckpointError, match="no weights"):
+        resnets.create_model("resnet20", weights="DEFAULT")

@@ -1,0 +1,177 @@
+"""Fine-tuning policies: freezing freezes, BatchNorm policies survive .train(), head replacement
+keeps everything else bit-identical, learning-rate groups, progressive unfreezing, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnets import create_model
+from resnets.transfer import (FinetuneConfig, PolicyError, ProgressiveUnfreezer, apply_finetune_policy,
+                              lr_multipliers, part_names, parts_to_freeze, to_frozen_batchnorm)
+from resnets.transfer.policy import part_of
+
+
+def tiny(name="resnet20", **kw):
+    return create_model(name, **kw)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def sgd_step(model, groups, x, y, steps=2):
+    opt = torch.optim.SGD(groups, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def batch(n=8, size=16, classes=5):
+    return torch.randn(n, 3, size, size), torch.randint(0, classes, (n,))
+
+
+def test_parts_and_freeze_ranges():
+    model = tiny()
+    assert part_names(model) == ["stem", "layer1", "layer2", "layer3", "head"]
+    assert parts_to_freeze(model, "none") == []
+    assert parts_to_freeze(model, "layer2") == ["stem", "layer1", "layer2"]
+    assert parts_to_freeze(model, "all-but-head") == ["stem", "layer1", "layer2", "layer3"]
+    preact = tiny("preact_resnet20")
+    assert part_of("final_bn.weight", preact) == "layer3"
+
+
+@pytest.mark.parametrize("freeze,bn", [("layer1", "train"), ("layer2", "eval"), ("all-but-head", "frozen")])
+def test_frozen_parts_do_not_change_after_optimizer_steps(freeze, bn):
+    model = tiny()
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=5, freeze=freeze, bn=bn, lr=0.5,
+                                                         weight_decay=0.1))
+    frozen = set(parts_to_freeze(model, freeze))
+    before = snapshot(model)
+    sgd_step(model, groups, *batch())
+    after = model.state_dict()
+    changed = {part_of(k, model) for k in after if not torch.equal(before[k], after[k])}
+    assert not changed & frozen, f"frozen parts changed: {changed & frozen}"
+    assert "head" in changed  # and the rest did train
+    if freeze != "all-but-head":
+        assert "layer3" in changed
+
+
+def test_bn_eval_keeps_running_stats_but_trains_affine_even_after_train():
+    model = tiny()
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=5, bn="eval", lr=0.5))
+    model.train()  # the policy must survive this
+    before = snapshot(model)
+    sgd_step(model, groups, *batch())
+    after = model.state_dict()
+    stats = [k for k in after if "running_" in k or "num_batches" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    affine = [k for k in after if k.endswith("bn1.weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in affine)
+
+
+def test_bn_frozen_keeps_stats_and_affine():
+    model = tiny()
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=5, bn="frozen", lr=0.5))
+    model.train()
+    before = snapshot(model)
+    sgd_step(model, groups, *batch())
+    after = model.state_dict()
+    bn_keys = [k for k in after if ".bn" in k or k.startswith("bn1")]
+    assert bn_keys and all(torch.equal(before[k], after[k]) for k in bn_keys)
+    assert not torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+
+
+def test_bn_train_policy_updates_running_stats():
+    model = tiny()
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=5, bn="train", lr=0.1))
+    before = snapshot(model)
+    sgd_step(model, groups, *batch(), steps=1)
+    assert not torch.equal(before["layer2.0.bn1.running_mean"], model.state_dict()["layer2.0.bn1.running_mean"])
+
+
+def test_frozen_batchnorm_swap_matches_eval_outputs():
+    model = tiny().eval()
+    x, _ = batch()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    expected = model(x)
+    to_frozen_batchnorm(model).train()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_head_replacement_keeps_the_rest_bit_identical():
+    model = tiny()
+    before = snapshot(model)
+    apply_finetune_policy(model, FinetuneConfig(num_classes=7))
+    after = model.state_dict()
+    assert model.fc.out_features == 7 and model.spec.num_classes == 7
+    assert set(before) == set(after)
+    for k in before:
+        if not k.startswith("fc."):
+            assert torch.equal(before[k], after[k]), k
+
+
+def test_learning_rate_multipliers_and_layer_decay():
+    model = tiny()
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=5, lr=0.1, head_lr_mult=10,
+                                                         stage_lr_mults={"stem": 0.0, "layer1": 0.1}))
+    lrs = {g["part"]: g["lr"] for g in groups}
+    assert "stem" not in lrs  # multiplier 0 means frozen
+    assert lrs["layer1"] == pytest.approx(0.01) and lrs["layer2"] == pytest.approx(0.1)
+    assert lrs["head"] == pytest.approx(1.0)
+    assert not model.conv1.weight.requires_grad
+    decay = lr_multipliers(tiny(), FinetuneConfig(layer_decay=0.5))
+    assert decay == {"layer3": 0.5, "layer2": 0.25, "layer1": 0.125, "stem": 0.0625, "head": 1.0}
+    no_decay = [g for g in groups if g["name"].endswith("no_decay")]
+    assert no_decay and all(g["weight_decay"] == 0 for g in no_decay)
+    assert all(p.ndim <= 1 for g in no_decay for p in g["params"])
+
+
+def test_progressive_unfreezing_unlocks_from_the_top():
+    model = tiny()
+    config = FinetuneConfig(num_classes=5, freeze="stem", lr=0.5)
+    unfreezer = ProgressiveUnfreezer(model, config, epochs_per_part=2)
+    assert unfreezer.schedule == ["layer3", "layer2", "layer1"]
+    x, y = batch()
+    opt = torch.optim.SGD(unfreezer.param_groups, momentum=0.9)
+
+    def train_epoch():
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    seen = {}
+    for epoch in range(7):
+        unfreezer.step(epoch)
+        before = snapshot(model)
+        train_epoch()
+        after = model.state_dict()
+        seen[epoch] = {part_of(k, model) for k in after if not torch.equal(before[k], after[k])}
+    assert seen[0] == {"head"} and seen[1] == {"head"}
+    assert seen[2] == {"head", "layer3"}
+    assert seen[4] == {"head", "layer3", "layer2"}
+    assert seen[6] == {"head", "layer3", "layer2", "layer1"}  # never the stem: freeze="stem"
+
+
+def test_errors_in_words():
+    model = tiny()
+    with pytest.raises(PolicyError, match="no such stage.*stem, layer1, layer2, layer3"):
+        apply_finetune_policy(model, FinetuneConfig(freeze="layer4"))
+    with pytest.raises(PolicyError, match="BatchNorm policy"):
+        apply_finetune_policy(model, FinetuneConfig(bn="sometimes"))
+    with pytest.raises(PolicyError, match="does not have"):
+        apply_finetune_policy(model, FinetuneConfig(stage_lr_mults={"layer4": 0.1}))
+    with pytest.raises(PolicyError, match="either layer_decay or stage_lr_mults"):
+        apply_finetune_policy(model, FinetuneConfig(layer_decay=0.7, stage_lr_mults={"stem": 0.1}))
+    headless = create_model("resnet20", num_classes=0)
+    with pytest.raises(PolicyError, match="needs a classifier head"):
+        apply_finetune_policy(headless, FinetuneConfig(freeze="all-but-head"))
