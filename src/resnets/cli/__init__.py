@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..weights import CheckpointError
     from ..zoo import UnknownModelError
     from ..model import InputError
+    from ..data.errors import DataError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, FileNotFoundError) as exc:
+    except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, DataError, FileNotFoundError) as exc:
         print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
