@@ -141,3 +141,10 @@ def test_clear_errors_for_wrong_paths(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found"):
         load_data(tmp_path / "empty")
+
+
+def test_fixed_class_list_with_missing_folders(tmp_path):
+    root = make_split_folder(tmp_path / "d", classes=2, train_per_class=3, val_per_class=1, size=8)
+    splits = load_data(root, classes=["zebra", "class_1", "class_0"], cache_dir=tmp_path / "cache")
+    assert splits.classes == splits.train.classes == splits.val.classes == ["zebra", "class_1", "class_0"]
+    assert sorted(splits.train.labels.tolist()) == [1, 1, 1, 2, 2, 2]

@@ -229,7 +229,6 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
     if classes is not None:
         train_root = path / "train" if (path / "train").is_dir() else path
         class_to_index = map_folder_classes(classes, train_root)
-        class_to_index = {name_: index for name_, index in class_to_index.items()}
     if (path / "train").is_dir():
         train, found_classes, skipped, key, small = _folder_dataset(path / "train", class_to_index, image_size,
                                                                     cache_dir, workers)
@@ -254,6 +253,8 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
     mean, std = _stats(normalization, name, train, cache_dir, key)
     for dataset in (train, val, test):
         _with_stats(dataset, mean, std)
+        if dataset is not None:
+            dataset.classes = list(classes_out)  # the full list, even when some folders are absent
     return DataSplits(train, val, classes_out, mean, std, train.image_size, small, test, label, list(skipped))
 
 
