@@ -100,11 +100,12 @@ def _file_kind(path: Path) -> str:
         return "empty"
     if head[:2] == b"PK":
         return "torch-zip"
-    if head[0] == 0x80:
-        return "torch-legacy"
+    # safetensors before the pickle check: a header length whose low byte is 0x80 looks like a pickle.
     header_len = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and 0 < header_len < 100_000_000:
         return "safetensors"
+    if head[0] == 0x80:
+        return "torch-legacy"
     return "unknown"
 
 
