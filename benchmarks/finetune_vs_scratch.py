@@ -108,11 +108,11 @@ def pretrain(args) -> Path:
     model = create_model("resnet20", num_classes=10)
     groups = apply_finetune_policy(model, FinetuneConfig(lr=0.2, weight_decay=5e-4))
     out = Path(args.runs) / "cifar10_source"
-    loop = LoopConfig(epochs=args.pretrain_epochs, warmup_epochs=0.5, amp=True, channels_last=True,
+    loop = LoopConfig(epochs=args.pretrain_epochs, warmup_epochs=0.2, amp=True, channels_last=True,
                       label_smoothing=0.1)
     run_finetune(model, groups, batches(xt, yt, 256, True), loop, val_batches=batches(xv, yv, 1000, False),
                  augment=crop_flip, out_dir=out,
-                 metadata={"class_names": classes, "mean": CIFAR_MEAN, "std": CIFAR_STD, "data": "cifar10 45k/5k"})
+                 metadata={"classes": classes, "mean": CIFAR_MEAN, "std": CIFAR_STD, "data": "cifar10 45k/5k"})
     return out / "best.safetensors"
 
 

@@ -122,6 +122,8 @@ def run_finetune(model: nn.Module, param_groups: list[dict[str, Any]], train_bat
     best = -1.0
     for epoch in range(loop.epochs):
         unfrozen = unfreezer.step(epoch) if unfreezer is not None else []
+        if hasattr(train_batches, "set_epoch"):  # resnets.data loaders: a new order each epoch
+            train_batches.set_epoch(epoch)
         model.train()
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0

@@ -1,0 +1,170 @@
+"""`resnets finetune --from SRC --data DIR --out RUN`: fine-tune (or linear-probe) a pretrained ResNet."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _stage_lrs(text: str | None) -> dict[str, float]:
+    from . import UserError
+
+    if not text:
+        return {}
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--stage-lr {text!r}: write PART=MULT pairs separated by commas, e.g. "
+                            "'stem=0.1,layer1=0.1,layer2=0.3'") from None
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune or linear-probe a pretrained ResNet on an image folder",
+        description="Start from a resnets checkpoint, a torchvision/timm state dict (with --model) or a torchvision "
+                    "weight tag (e.g. IMAGENET1K_V1, with --model); replace the head for the data's classes; freeze "
+                    "up to a stage; choose the BatchNorm policy and per-part learning rates; train and write RUN/ "
+                    "(config.yaml, metrics.jsonl, best.safetensors, last.safetensors).")
+    p.add_argument("--from", dest="source", required=True, metavar="CKPT_OR_WEIGHTS",
+                   help="checkpoint file or run folder, torchvision/timm state dict file, or torchvision weight tag")
+    p.add_argument("--model", help="architecture of a state dict without a spec (e.g. resnet50)")
+    p.add_argument("--data", required=True, help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--val-split", type=float, default=0.1, help="held-out fraction when the data has no val/ tree")
+    p.add_argument("--image-size", type=int, help="resize images to this side (default: the data's own, or 224)")
+    p.add_argument("--freeze", default="none", help="freeze up to and including: none, stem, layer1..layerN, "
+                                                    "all-but-head (default none)")
+    p.add_argument("--bn", default="train", choices=["train", "eval", "frozen"],
+                   help="BatchNorm in trainable parts: train; eval (running stats fixed); frozen (affine too)")
+    p.add_argument("--lr", type=float, default=0.01, help="base learning rate (default 0.01)")
+    p.add_argument("--head-lr-mult", type=float, default=1.0, help="head learning rate = lr x this (default 1)")
+    p.add_argument("--stage-lr", help="per-part multipliers, e.g. 'stem=0.1,layer1=0.1,layer2=0.3'")
+    p.add_argument("--layer-decay", type=float, help="layer-wise decay: part k below the head gets lr x decay^k")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", default="auto", help="resnets.data augment preset: auto (cifar for small images, "
+                                                     "imagenet for large), none, cifar, he2015, airbench, imagenet")
+    p.add_argument("--unfreeze-every", type=int, metavar="EPOCHS",
+                   help="progressive unfreezing: train the head first, then unfreeze one more part from the top "
+                        "every EPOCHS epochs (down to --freeze)")
+    p.add_argument("--linear-probe", action="store_true",
+                   help="compute features once (cached in RUN/features) and fit a linear classifier; no training")
+    p.add_argument("--probe-weight-decay", type=float, default=1e-4)
+    p.add_argument("--keep-head", action="store_true", help="keep the source's classifier (classes must match)")
+    p.add_argument("--adapt-in-chans", action="store_true", help="convert the first convolution to the data's channels")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import random
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from ..data import AugmentConfig, DataError, load_data, make_loader
+    from ..transfer import (FinetuneConfig, LoopConfig, PolicyError, ProgressiveUnfreezer, apply_finetune_policy,
+                            check_head, linear_probe, load_source, run_finetune, trainable_summary)
+    from ..transfer.loop import evaluate, write_json
+    from ..weights import save_weights
+    from . import UserError
+
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is available; use --device cpu")
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    model, info = load_source(args.source, model_name=args.model, in_chans=3, adapt_in_chans=args.adapt_in_chans)
+    meta = info.metadata
+    if isinstance(meta.get("mean"), (list, tuple)) and isinstance(meta.get("std"), (list, tuple)):
+        normalization = (tuple(meta["mean"]), tuple(meta["std"]))
+    elif meta.get("format") != "resnets":
+        normalization = "imagenet"  # torchvision and timm weights expect ImageNet statistics
+    else:
+        normalization = "auto"
+    image_size = args.image_size or meta.get("image_size")
+    try:
+        splits = load_data(args.data, val_split=args.val_split, seed=args.seed, image_size=image_size,
+                           normalization=normalization)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    check_head(info, len(splits.classes), replace_head=not args.keep_head, class_names=splits.classes)
+
+    try:
+        config = FinetuneConfig(num_classes=None if args.keep_head else len(splits.classes), freeze=args.freeze,
+                                bn=args.bn, lr=args.lr, head_lr_mult=args.head_lr_mult,
+                                stage_lr_mults=_stage_lrs(args.stage_lr), layer_decay=args.layer_decay,
+                                weight_decay=args.weight_decay)
+        unfreezer = None
+        if args.unfreeze_every:
+            unfreezer = ProgressiveUnfreezer(model, config, epochs_per_part=args.unfreeze_every)
+            groups = unfreezer.param_groups
+        elif not args.linear_probe:
+            groups = apply_finetune_policy(model, config)
+    except PolicyError as exc:
+        raise UserError(str(exc)) from None
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {"classes": list(splits.classes), "mean": list(splits.mean), "std": list(splits.std),
+                "image_size": int(splits.image_size), "source": info.origin, "source_classes": info.num_classes,
+                "finetune": {k: v for k, v in vars(args).items() if k != "func"}}
+    run_config = {"command": "finetune", **metadata["finetune"], "source_spec": info.spec.to_dict(),
+                  "data": splits.describe()}
+    (out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+    augment = (AugmentConfig.preset("cifar" if splits.in_memory else "imagenet") if args.augment == "auto"
+               else AugmentConfig.preset(args.augment))
+    device = torch.device(args.device)
+    train_loader = make_loader(splits.train, batch_size=args.batch_size, train=True, augment=augment, device=device,
+                               seed=args.seed, channels_last=args.channels_last,
+                               drop_last=len(splits.train) >= 2 * args.batch_size)
+    val_loader = (make_loader(splits.val, batch_size=max(args.batch_size, 256), train=False, device=device)
+                  if splits.val is not None and len(splits.val) else None)
+
+    if args.linear_probe:
+        eval_loader = make_loader(splits.train, batch_size=256, train=False, device=device)
+        result = linear_probe(model, eval_loader, len(splits.classes), val_batches=val_loader,
+                              cache_dir=out / "features", data_key=f"{args.data}|{splits.image_size}|{args.seed}",
+                              weight_decay=args.probe_weight_decay, device=device, amp=args.amp)
+        row = {"mode": "linear_probe", "train_acc": result.train_accuracy, "val_acc": result.val_accuracy,
+               "train_size": result.num_train, "feature_dim": result.feature_dim, "cache_hit": result.cache_hit}
+        if val_loader is not None:  # the installed head, checked end to end from images
+            row["val_acc_from_images"] = evaluate(model, val_loader, args.device, args.amp)["acc"]
+        (out / "metrics.jsonl").write_text(__import__("json").dumps(row) + "\n")
+        save_weights(model, out / "best.safetensors", {**metadata, "val_acc": result.val_accuracy})
+        write_json(out / "summary.json", row)
+        print(f"linear probe: train acc {result.train_accuracy:.4f}"
+              + (f", val acc {result.val_accuracy:.4f}" if result.val_accuracy is not None else "")
+              + f" -> {out / 'best.safetensors'}")
+        return 0
+
+    for part, row in trainable_summary(model).items():
+        print(f"  {part:<8} {row['trainable']:>10,d}/{row['params']:<10,d} trainable  bn={row['bn']}")
+    loop = LoopConfig(epochs=args.epochs, optimizer=args.optimizer, warmup_epochs=args.warmup_epochs,
+                      label_smoothing=args.label_smoothing, device=args.device, amp=args.amp,
+                      channels_last=args.channels_last)
+    try:
+        history = run_finetune(model, groups, train_loader, loop, val_batches=val_loader, unfreezer=unfreezer,
+                               out_dir=out, metadata=metadata)
+    except (FloatingPointError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    summary = {"best_val_acc": history.best_val_accuracy, "final_val_acc": history.final_val_accuracy,
+               "epochs": args.epochs, "source": info.origin}
+    write_json(out / "summary.json", summary)
+    print(f"done: best val acc {summary['best_val_acc']}" if summary["best_val_acc"] is not None else "done")
+    return 0

@@ -1,0 +1,150 @@
+"""Pretrained sources (ours, torchvision-format state dicts), the linear probe, the fine-tune loop
+and the `resnets finetune` command, with their errors in words."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from resnets import CheckpointError, create_model, save_weights
+from resnets.cli import main
+from resnets.data import make_image_folder, make_tensor_dataset
+from resnets.transfer import (FinetuneConfig, LoopConfig, apply_finetune_policy, check_head, linear_probe,
+                              load_source, run_finetune)
+from resnets.weights import read_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+
+
+def batches_of(images, labels, size=16):
+    x = (images.float() / 255 - 0.5) / 0.25
+    return [(x[i:i + size], labels[i:i + size]) for i in range(0, len(x), size)]
+
+
+def test_finetune_from_a_torchvision_format_state_dict(tmp_path):
+    tv = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "resnet18-tv.pth"
+    torch.save(tv.state_dict(), path)  # exactly what torchvision's hub files hold
+    model, info = load_source(path, model_name="resnet18")
+    assert info.num_classes == 1000
+    x = torch.randn(2, 3, 64, 64)
+    tv.eval(), model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))  # the same network, number for number
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=4, freeze="layer2", bn="eval", lr=0.05))
+    assert model.fc.out_features == 4
+    assert torch.equal(model.layer3[0].conv1.weight, tv.layer3[0].conv1.weight)
+    model.train()
+    loss = F.cross_entropy(model(x), torch.tensor([0, 3]))
+    opt = torch.optim.SGD(groups, momentum=0.9)
+    loss.backward()
+    opt.step()
+    assert torch.equal(model.layer2[0].conv1.weight, tv.layer2[0].conv1.weight)
+    assert not torch.equal(model.layer3[0].conv1.weight, tv.layer3[0].conv1.weight)
+    assert torch.equal(model.layer3[0].bn1.running_mean, tv.layer3[0].bn1.running_mean)
+
+
+def test_source_errors_in_words(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit resnet34.*3-4-6-3"):
+        load_source(path, model_name="resnet34")
+    with pytest.raises(CheckpointError, match="name its architecture"):
+        load_source(path)
+    with pytest.raises(CheckpointError, match="3 input channels but the data has 1.*adapt_in_chans"):
+        load_source(path, model_name="resnet18", in_chans=1)
+    adapted, _ = load_source(path, model_name="resnet18", in_chans=1, adapt_in_chans=True)
+    assert adapted.conv1.weight.shape[1] == 1 and adapted.spec.in_chans == 1
+    ours = tmp_path / "ours.safetensors"
+    save_weights(create_model("resnet20"), ours, {"classes": [f"c{i}" for i in range(10)]})
+    with pytest.raises(CheckpointError, match="not resnet56"):
+        load_source(ours, model_name="resnet56")
+    _, info = load_source(ours)
+    with pytest.raises(CheckpointError, match="10-class head but the data has 5 classes"):
+        check_head(info, 5, replace_head=False)
+    with pytest.raises(CheckpointError, match="mislabel"):
+        check_head(info, 10, replace_head=False, class_names=[f"d{i}" for i in range(10)])
+    check_head(info, 5, replace_head=True)
+
+
+def test_linear_probe_caches_features_and_yields_a_normal_checkpoint(tmp_path):
+    images, labels = make_tensor_dataset(classes=3, per_class=12, size=16)
+    data = batches_of(images, labels)
+    model = create_model("resnet20", num_classes=10)
+    result = linear_probe(model, data, 3, val_batches=data, cache_dir=tmp_path / "features", data_key="synthetic")
+    assert not result.cache_hit and result.feature_dim == 64 and result.num_train == 36
+    assert result.train_accuracy > 0.9  # synthetic classes are separable from random-feature stats
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in data])
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.val_accuracy)
+    again = linear_probe(model, data, 3, cache_dir=tmp_path / "features", data_key="synthetic")
+    assert again.cache_hit  # the new head does not change the features' key
+    other = linear_probe(model, data, 3, cache_dir=tmp_path / "features", data_key="other data")
+    assert not other.cache_hit  # a cache for other data is never reused
+    path = save_weights(model, tmp_path / "probe.safetensors")
+    ckpt = read_checkpoint(path)
+    assert ckpt.spec.num_classes == 3 and "fc.weight" in ckpt.state_dict
+
+
+def test_finetune_loop_learns_and_writes_a_run(tmp_path):
+    images, labels = make_tensor_dataset(classes=3, per_class=16, size=16)
+    data = batches_of(images, labels)
+    model = create_model("resnet20", num_classes=10)
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=3, lr=0.05, head_lr_mult=2.0))
+    hist = run_finetune(model, groups, data, LoopConfig(epochs=4, warmup_epochs=0.5), val_batches=data,
+                        out_dir=tmp_path / "run", metadata={"classes": ["a", "b", "c"]}, log=None)
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+    assert hist.epochs[0]["lr"]["head"] == pytest.approx(2 * hist.epochs[0]["lr"]["layer1"])
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    reloaded, info = load_source(tmp_path / "run/best.safetensors")
+    assert info.num_classes == 3 and info.class_names == ["a", "b", "c"]
+
+
+def test_finetune_command_end_to_end(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=12, size=16)
+    source = tmp_path / "source.safetensors"
+    save_weights(create_model("resnet20", num_classes=10), source,
+                 {"classes": [f"c{i}" for i in range(10)], "mean": [0.5] * 3, "std": [0.25] * 3})
+    run = tmp_path / "run"
+    code = main(["finetune", "--from", str(source), "--data", str(data), "--out", str(run), "--epochs", "2",
+                 "--batch-size", "8", "--freeze", "layer1", "--bn", "eval", "--stage-lr", "layer2=0.1",
+                 "--unfreeze-every", "1", "--val-split", "0.25"])
+    assert code == 0
+    assert {"config.yaml", "metrics.jsonl", "best.safetensors", "last.safetensors", "summary.json"} <= {
+        p.name for p in run.iterdir()}
+    best = read_checkpoint(run / "best.safetensors")
+    assert best.spec.num_classes == 3 and best.metadata["classes"] == ["class_0", "class_1", "class_2"]
+    source_sd = read_checkpoint(source).state_dict
+    assert torch.equal(best.state_dict["layer1.0.conv1.weight"], source_sd["layer1.0.conv1.weight"])  # frozen
+    probe = tmp_path / "probe"
+    assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(probe), "--linear-probe",
+                 "--val-split", "0.25"]) == 0
+    summary = json.loads((probe / "summary.json").read_text())
+    assert summary["val_acc"] == pytest.approx(summary["val_acc_from_images"])
+    capsys.readouterr()
+    assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--freeze", "layer4"]) == 2
+    assert "no such stage" in capsys.readouterr().err
+    assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "y"),
+                 "--keep-head"]) == 2
+    assert "10-class head but the data has 3 classes" in capsys.readouterr().err
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle_keeps_its_spec(tmp_path):
+    # Regression: a header length with low byte 0x80 (a pickle's first byte) was read as a .pt file
+    # and lost its spec, so a fine-tuned run's best.safetensors could not be reloaded.
+    model = create_model("resnet20", num_classes=3)
+    for pad in range(300):
+        path = save_weights(model, tmp_path / f"m{pad}.safetensors", {"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    assert read_checkpoint(path).spec.num_classes == 3
