@@ -14,6 +14,7 @@ from typing import Sequence
 
 SUBCOMMANDS = [
     "models",
+    "finetune",
 ]
 
 
