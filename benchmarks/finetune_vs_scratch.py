@@ -3,7 +3,7 @@
 budget, plus a linear probe. Reads the shared data; never run by the tests.
 
     flock /tmp/resnets-heavy.lock .venv/bin/python benchmarks/finetune_vs_scratch.py \
-        --pretrain-epochs 6 --epochs 30 --seeds 0 1 2
+        --pretrain-epochs 1 --epochs 15 --seeds 0 1 2
 
 Phase 1 trains the source network on CIFAR-10 (45k/5k split) unless ``--source`` names a
 checkpoint; phase 2 runs each method once per seed and writes
@@ -160,8 +160,8 @@ def run_method(method: str, seed: int, source: Path, data, args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, help="a CIFAR-10 resnet20 checkpoint (default: train one first)")
-    p.add_argument("--pretrain-epochs", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--pretrain-epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--val-per-class", type=int, default=100)
     p.add_argument("--size", type=int, default=32)
