@@ -71,26 +71,12 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: str = "cpu", amp: bool = False,
-             channels_last: bool = False) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over ``batches`` in eval mode."""
-    was_training = model.training
-    model.eval()
-    dev = torch.device(device)
-    correct = total = 0
-    loss_sum = 0.0
-    for x, y in batches:
-        x, y = x.to(dev, non_blocking=True), torch.as_tensor(y).to(dev)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += y.numel()
-    model.train(was_training)
-    return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+def evaluate(model: nn.Module, batches: Iterable, device: str = "cpu", amp: bool = False) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy over ``batches`` (``resnets.evaluate``'s metrics), in eval mode."""
+    from ..evaluate.metrics import evaluate as evaluate_logits
+
+    result = evaluate_logits(model, batches, model.spec.num_classes, device=device, precision="bf16" if amp else "fp32")
+    return {"acc": result.top1, "loss": result.loss, "n": result.count}
 
 
 def run_finetune(model: nn.Module, param_groups: list[dict[str, Any]], train_batches: Iterable,
@@ -153,7 +139,7 @@ def run_finetune(model: nn.Module, param_groups: list[dict[str, Any]], train_bat
                                "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
                                "unfrozen": unfrozen, "seconds": time.perf_counter() - start}
         if val_batches is not None:
-            metrics = evaluate(model, val_batches, loop.device, loop.amp, loop.channels_last)
+            metrics = evaluate(model, val_batches, loop.device, loop.amp)
             row.update(val_acc=metrics["acc"], val_loss=metrics["loss"])
         history.epochs.append(row)
         if log is not None:
