@@ -49,6 +49,16 @@ def test_finetune_from_a_torchvision_format_state_dict(tmp_path):
     assert torch.equal(model.layer3[0].bn1.running_mean, tv.layer3[0].bn1.running_mean)
 
 
+def test_finetune_from_a_timm_state_dict_in_memory():
+    import timm  # a dev dependency
+    theirs = timm.create_model("resnet18", pretrained=False, num_classes=7).eval()
+    model, info = load_source(theirs.state_dict(), model_name="resnet18")
+    assert info.num_classes == 7 and info.origin == "state dict"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), theirs(x))
+
+
 def test_source_errors_in_words(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
