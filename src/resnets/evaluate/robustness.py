@@ -270,3 +270,83 @@ def parse_epsilons(text: str) -> list[float]:
     if not out:
         raise ValueError(f"no epsilon in {text!r}; give a comma-separated list such as 0,2/255,4/255,8/255")
     return out
+
+
+# ------------------------------------------------------------- checkpoints
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalization_of(metadata: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """(mean, std, found) from checkpoint metadata (``mean``/``std``, possibly under ``data``);
+    ImageNet statistics when the checkpoint does not say, with ``found=False`` so callers can warn."""
+    for where in (metadata, metadata.get("data") if isinstance(metadata.get("data"), dict) else None):
+        if where and where.get("mean") is not None and where.get("std") is not None:
+            return tuple(map(float, where["mean"])), tuple(map(float, where["std"])), True
+    return IMAGENET_MEAN, IMAGENET_STD, False
+
+
+def pixel_model_from_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Normalized, Any]:
+    """Load a resnets checkpoint as a model taking [0, 1] pixels (its normalisation inside), in eval mode."""
+    import warnings
+
+    from ..weights import model_from_checkpoint
+
+    net, ckpt = model_from_checkpoint(path)
+    mean, std, found = normalization_of(ckpt.metadata)
+    if not found:
+        warnings.warn(f"{path} does not record its input normalisation (metadata 'mean'/'std'); assuming ImageNet "
+                      "statistics", stacklevel=2)
+    return Normalized(net, mean, std).to(device).eval(), ckpt
+
+
+# ------------------------------------------------------------------ trainer
+class TrainerCallback:
+    """No-op versions of every ``resnets.train.Callback`` hook (duck-typed: ``evaluate`` must not
+    import ``train``, which imports ``evaluate``). Subclasses override what they need."""
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None: ...
+
+    def on_batch(self, trainer: Any, images: torch.Tensor, labels: torch.Tensor) -> tuple | None:
+        return None
+
+    def on_after_backward(self, trainer: Any) -> None: ...
+
+    def on_step_end(self, trainer: Any, step: int, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None: ...
+
+    def on_train_end(self, trainer: Any, result: Any) -> None: ...
+
+
+class AdversarialTraining(TrainerCallback):
+    """Adversarial training as a ``Trainer`` callback: each batch is replaced by its adversarial twin.
+
+    The trainer's loader yields normalised images; they are mapped back to pixels with the run's
+    mean/std, attacked in pixel space (so ``eps`` is in units of [0, 1], e.g. 8/255), and
+    normalised again. ``method="pgd"`` is PGD-AT (Madry et al. 2018; ``steps`` steps of
+    ``alpha``, default 2.5 eps / steps); ``"fgsm_rs"`` is fast FGSM with a random start
+    (Wong et al. 2020; ``alpha`` default 1.25 eps).
+    """
+
+    def __init__(self, method: str = "pgd", eps: float = 8 / 255, steps: int = 7, alpha: float | None = None) -> None:
+        if method not in ADV_TRAINING:
+            raise ValueError(f"unknown adversarial training method {method!r}; choose one of {', '.join(ADV_TRAINING)}")
+        if not 0 < eps <= 1:
+            raise ValueError(f"eps={eps} must be in (0, 1] (pixel units; 8/255 is the usual CIFAR value)")
+        self.method, self.eps, self.steps, self.alpha = method, eps, steps, alpha
+
+    def on_batch(self, trainer: Any, images: torch.Tensor, labels: torch.Tensor) -> tuple:
+        mean = torch.tensor(trainer.splits.mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(trainer.splits.std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+        pixels = (images.float() * std + mean).clamp(0, 1)
+        pixel_model = Normalized(trainer.model, tuple(trainer.splits.mean), tuple(trainer.splits.std)).to(images.device)
+        from .metrics import autocast_context
+
+        with autocast_context(trainer.device, trainer.config.precision):
+            adv = adversarial_examples(pixel_model, pixels, labels, self.method, self.eps, self.steps, self.alpha)
+        adv = ((adv - mean) / std).to(images.dtype)
+        if images.is_contiguous(memory_format=torch.channels_last):
+            adv = adv.contiguous(memory_format=torch.channels_last)
+        return adv, labels

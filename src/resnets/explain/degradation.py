@@ -123,7 +123,7 @@ def error_rate(model: nn.Module, loader: Any, bf16: bool = True, channels_last: 
     for x, y in loader:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         wrong += (logits.argmax(1) != y).sum().item()
         seen += y.numel()
@@ -163,13 +163,13 @@ def train_classifier(model: nn.Module, train_loader: Any, val_loader: Any | None
             lr = lr_at(step, total, budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            use_bf16 = budget.bf16 and x.device.type == "cpu"
+            use_bf16, device_type = budget.bf16, x.device.type
             if budget.adversarial:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
                     x = adversarial_examples(model, x, y, budget.adversarial, budget.adv_eps,
                                              steps=budget.adv_steps, alpha=budget.adv_alpha)
             model.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
@@ -220,7 +220,7 @@ class DegradationResult:
 
 
 def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: float | int = 5000,
-                      cache_dir: str | os.PathLike | None = None):
+                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Train/validation loaders yielding pixels in [0, 1] (normalisation goes inside the model)."""
     from ..data import AugmentConfig, load_data, make_loader
 
@@ -233,13 +233,14 @@ def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: floa
     val = val.subset(_balanced_subset(val.labels, budget.val_subset, budget.seed + 1))
     augment = AugmentConfig.preset("he2015") if splits.image_size <= 64 else AugmentConfig.preset("imagenet")
     pixel = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    train_loader = make_loader(train, budget.batch_size, train=True, augment=augment, seed=budget.seed, **pixel)
-    val_loader = make_loader(val, 500, train=False, **pixel)
+    train_loader = make_loader(train, budget.batch_size, train=True, augment=augment, seed=budget.seed,
+                               device=device, **pixel)
+    val_loader = make_loader(val, 500, train=False, device=device, **pixel)
     return splits, train_loader, val_loader
 
 
 def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Budget, out_dir: str | os.PathLike,
-                    cache_dir: str | os.PathLike | None = None,
+                    cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                     log: Callable[[str], None] | None = print) -> DegradationResult:
     """Train plain and residual twins at each depth; write ``degradation.json`` and ``degradation.png``."""
     from ..factory import create_model
@@ -251,16 +252,26 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
         for prefix in ("plain", "resnet"):
             if f"{prefix}{d}" not in list_models():
                 raise ValueError(f"no model {prefix}{d}; CIFAR depths are 6n+2 (20, 32, 44, 56, 110)")
-    splits, train_loader, val_loader = load_pixel_splits(source, budget, cache_dir=cache_dir)
+    splits, train_loader, val_loader = load_pixel_splits(source, budget, cache_dir=cache_dir, device=device)
     result = DegradationResult(budget=asdict(budget), data={"source": str(source), "train": len(train_loader.dataset),
                                                              "val": len(val_loader.dataset),
                                                              "image_size": splits.image_size})
+    previous = out / "degradation.json"
+    if previous.exists():  # keep twins already trained with this exact budget (resume, or add depths)
+        old = json.loads(previous.read_text())
+        if old.get("budget") == result.budget and old.get("data") == result.data:
+            result.runs.update(old.get("runs", {}))
+            result.params.update({k: v["params"] for k, v in old.get("final", {}).items() if v.get("params")})
     for d in depths:
         for prefix in ("plain", "resnet"):
             name = f"{prefix}{d}"
+            if name in result.runs:
+                if log is not None:
+                    log(f"{name}: already trained with this budget in {previous}, kept")
+                continue
             torch.manual_seed(budget.seed)
             net = create_model(name, num_classes=len(splits.classes))
-            model = Normalized(net, splits.mean, splits.std)
+            model = Normalized(net, splits.mean, splits.std).to(device)
             result.params[name] = sum(p.numel() for p in net.parameters())
 
             def echo(row: dict[str, Any], name: str = name) -> None:
@@ -308,7 +319,8 @@ def plot_degradation(data: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     sub = data.get("data", {})
     fig.suptitle(f"Degradation on {Path(str(sub.get('source', ''))).name or 'data'}: {sub.get('train', '?')} train / "

@@ -191,6 +191,39 @@ class GradientFlowCallback:
         return record
 
 
+class GradientFlowLogger:
+    """``GradientFlowCallback`` as a ``resnets.train.Trainer`` callback: writes
+    ``RUN_DIR/gradflow.jsonl`` (or ``path``) every ``every`` steps, from the gradients of the
+    trainer's own backward pass."""
+
+    def __init__(self, every: int = 100, path: str | os.PathLike | None = None) -> None:
+        self.every, self.path = every, path
+        self.callback: GradientFlowCallback | None = None
+
+    def on_train_start(self, trainer: Any) -> None:
+        path = self.path
+        if path is None and getattr(trainer, "out_dir", None) is not None:
+            path = Path(trainer.out_dir) / "gradflow.jsonl"
+        self.callback = GradientFlowCallback(path, self.every).attach(trainer.model)
+
+    def on_after_backward(self, trainer: Any) -> None:
+        if self.callback is not None:
+            self.callback(trainer.model, trainer.step)
+
+    def on_train_end(self, trainer: Any, result: Any) -> None:
+        if self.callback is not None:
+            self.callback.detach()
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None: ...
+
+    def on_batch(self, trainer: Any, images: torch.Tensor, labels: torch.Tensor) -> None:
+        return None
+
+    def on_step_end(self, trainer: Any, step: int, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None: ...
+
+
 def read_gradflow(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
