@@ -54,9 +54,11 @@ class TensorImageDataset(Dataset):
 
 def read_image_file(path: str) -> torch.Tensor:
     """Decode a file to a 3 x H x W uint8 RGB tensor (Pillow: every common format and colour mode)."""
-    from .folder import decode_rgb
+    import numpy as np
 
-    return torch.from_numpy(decode_rgb(path)).permute(2, 0, 1).contiguous()
+    from .folder import open_rgb
+
+    return torch.from_numpy(np.array(open_rgb(path), dtype=np.uint8)).permute(2, 0, 1)
 
 
 class ImageFileDataset(Dataset):

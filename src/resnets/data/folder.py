@@ -19,7 +19,7 @@ import torch
 from .errors import DataError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "FileEntry", "decode_rgb", "find_classes", "map_folder_classes", "scan_image_folder",
+    "IMAGE_EXTENSIONS", "FileEntry", "decode_rgb", "open_rgb", "find_classes", "map_folder_classes", "scan_image_folder",
     "stratified_split", "warn_skipped",
 ]
 
@@ -102,19 +102,33 @@ def scan_image_folder(folder: str | os.PathLike,
     return entries, classes
 
 
-def decode_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """Decode one image file to an RGB uint8 array (H, W, 3); grayscale, RGBA, CMYK, palette become RGB.
+def open_rgb(path: str | os.PathLike, draft_size: int | None = None):
+    """Open and fully decode an image file as an RGB ``PIL.Image``; grayscale, RGBA, CMYK, palette become RGB.
 
-    With ``size``, the image is resized (shorter side) and centre-cropped to ``size`` x ``size``
-    unless it already has that shape. Raises ``OSError``/``ValueError`` for unreadable files.
+    ``draft_size`` lets the JPEG decoder downscale by a power of two while keeping both sides at
+    least that large (much faster for big photos that will be shrunk anyway). Raises
+    ``OSError``/``ValueError`` for empty, truncated or non-image files.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
     with Image.open(path) as image:
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
         image.load()  # a truncated file fails here, not later in training
-        rgb = image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """Decode one image file to an RGB uint8 array (H, W, 3); see :func:`open_rgb`.
+
+    With ``size``, the image is resized (shorter side) and centre-cropped to ``size`` x ``size``
+    unless it already has that shape.
+    """
+    from PIL import Image, ImageOps
+
+    rgb = open_rgb(path)
     if size is not None and rgb.size != (size, size):
         rgb = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)

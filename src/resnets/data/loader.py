@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig, augment_batch, cutout
-from .datasets import ImageFileDataset, TensorImageDataset, read_image_file
+from .datasets import ImageFileDataset, TensorImageDataset
 from .seeding import derive_seed, generator_for
 
 __all__ = ["InMemoryLoader", "StreamingLoader", "make_loader"]
@@ -135,30 +135,39 @@ class InMemoryLoader(_EpochLoader):
 
 
 class _TransformedFiles(Dataset):
-    """Per-image decode + transforms.v2 geometry, seeded per (epoch, sample); bad files are replaced."""
+    """Per-image decode + transforms.v2 geometry on the PIL image, seeded per (epoch, sample).
+
+    A file that fails to decode is replaced by the next readable one, and its path is returned so
+    the loader can report it.
+    """
 
     def __init__(self, files: ImageFileDataset, train: bool, augment: AugmentConfig, image_size: int) -> None:
         from torchvision.transforms import v2
 
         self.files = files
+        self.draft_size = None
         if train and augment.random_resized_crop:
-            self.transform = v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
-                                                  antialias=True)
+            geometry = v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
+                                            antialias=True)
         else:
-            self.transform = v2.Compose([v2.Resize(round(image_size / EVAL_CROP_FRACTION), antialias=True),
-                                         v2.CenterCrop(image_size)])
+            resize_to = round(image_size / EVAL_CROP_FRACTION)
+            geometry = v2.Compose([v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)])
+            self.draft_size = resize_to  # shrinking anyway: let the JPEG decoder skip detail we drop
+        self.transform = v2.Compose([geometry, v2.PILToTensor()])
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+        from .folder import open_rgb
+
         index, sample_seed = item
         bad: list[str] = []
         for attempt in range(len(self.files)):
             position = (index + attempt) % len(self.files)
             path = self.files.paths[position]
             try:
-                image = read_image_file(path)
+                image = open_rgb(path, self.draft_size)
                 break
             except Exception as exc:  # noqa: BLE001 - any decode failure: report and use the next file
                 bad.append(f"{path} ({type(exc).__name__}: {str(exc)[:80]})")
@@ -166,8 +175,8 @@ class _TransformedFiles(Dataset):
                     raise RuntimeError(f"{len(bad)} unreadable images in a row, starting at {bad[0]}") from exc
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            image = self.transform(image)
-        return image, int(self.files.labels[position]), "\n".join(bad)
+            tensor = self.transform(image)
+        return tensor, int(self.files.labels[position]), "\n".join(bad)
 
 
 class _EpochBatchSampler:

@@ -26,7 +26,7 @@ def resolve_known_stats(name: str) -> Stats:
                          f"or a (mean, std) pair of 3-tuples") from None
 
 
-def compute_mean_std(images: torch.Tensor | Sequence[torch.Tensor], *, sample: int = 5000, seed: int = 0) -> Stats:
+def compute_mean_std(images: torch.Tensor | Sequence[torch.Tensor], *, sample: int = 2000, seed: int = 0) -> Stats:
     """Mean and std per channel (0..1 scale) of uint8 images (N x 3 x H x W, or a list of 3 x H x W).
 
     At most ``sample`` images (a seeded random subset) are used: the statistics settle long before.
