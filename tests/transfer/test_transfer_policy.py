@@ -175,3 +175,27 @@ def test_errors_in_words():
     headless = create_model("resnet20", num_classes=0)
     with pytest.raises(PolicyError, match="needs a classifier head"):
         apply_finetune_policy(headless, FinetuneConfig(freeze="all-but-head"))
+
+
+def test_unfreeze_callback_drives_the_schedule_and_restores_it_on_resume():
+    from resnets.transfer import UnfreezeCallback
+
+    class FakeTrainer:
+        def __init__(self):
+            self.messages = []
+
+        def log(self, message):
+            self.messages.append(message)
+
+    model = tiny()
+    callback = UnfreezeCallback(ProgressiveUnfreezer(model, FinetuneConfig(num_classes=5), epochs_per_part=1))
+    trainer = FakeTrainer()
+    callback.on_epoch_start(trainer, 0)
+    assert not model.layer3[0].conv1.weight.requires_grad and model.fc.weight.requires_grad
+    callback.on_epoch_start(trainer, 1)
+    assert model.layer3[0].conv1.weight.requires_grad and not model.layer2[0].conv1.weight.requires_grad
+    assert trainer.messages == ["epoch 2: unfroze layer3"]
+    resumed = tiny()
+    UnfreezeCallback(ProgressiveUnfreezer(resumed, FinetuneConfig(num_classes=5))).on_epoch_start(trainer, 3)
+    assert resumed.layer1[0].conv1.weight.requires_grad and not resumed.conv1.weight.requires_grad
+    assert trainer.messages[-1] == "epoch 4: unfroze layer3, layer2, layer1"  # resumed mid-schedule

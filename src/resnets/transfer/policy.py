@@ -319,3 +319,33 @@ class ProgressiveUnfreezer:
             self._unlock(part)
             self.unlocked.append(part)
         return newly
+
+
+class UnfreezeCallback:
+    """Progressive unfreezing as a ``resnets.train.Trainer`` callback: ``on_epoch_start`` calls
+    ``unfreezer.step(epoch)`` (which also re-applies the right state when a run resumes mid-way).
+
+    It implements every hook of the trainer's ``Callback`` protocol (the rest do nothing), so it
+    needs no import of ``resnets.train``.
+    """
+
+    def __init__(self, unfreezer: ProgressiveUnfreezer) -> None:
+        self.unfreezer = unfreezer
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        parts = self.unfreezer.step(epoch)
+        if parts and hasattr(trainer, "log"):
+            trainer.log(f"epoch {epoch + 1}: unfroze {', '.join(parts)}")
+
+    def on_batch(self, trainer: Any, images: torch.Tensor, labels: torch.Tensor) -> None:
+        return None
+
+    def on_after_backward(self, trainer: Any) -> None: ...
+
+    def on_step_end(self, trainer: Any, step: int, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None: ...
+
+    def on_train_end(self, trainer: Any, result: Any) -> None: ...
