@@ -22,3 +22,11 @@ test: venv
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# `make browser`: Chromium for the report's screenshot test (tests/report). Idempotent: does nothing
+# when a Chromium is already on PATH; needs apt (Debian/Ubuntu) and root otherwise.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v chromium || command -v chromium-browser
