@@ -109,7 +109,7 @@ def pretrain(args) -> Path:
     groups = apply_finetune_policy(model, FinetuneConfig(lr=0.2, weight_decay=5e-4))
     out = Path(args.runs) / "cifar10_source"
     loop = LoopConfig(epochs=args.pretrain_epochs, warmup_epochs=0.2, amp=True, channels_last=True,
-                      label_smoothing=0.1)
+                      label_smoothing=0.1, device=args.device)
     run_finetune(model, groups, batches(xt, yt, 256, True), loop, val_batches=batches(xv, yv, 1000, False),
                  augment=crop_flip, out_dir=out,
                  metadata={"classes": classes, "mean": CIFAR_MEAN, "std": CIFAR_STD, "data": "cifar10 45k/5k"})
@@ -144,11 +144,11 @@ def run_method(method: str, seed: int, source: Path, data, args) -> dict:
         config = FinetuneConfig(num_classes=len(classes), lr=args.lr, weight_decay=5e-4)
     if method == "probe":
         result = linear_probe(model, batches(xt, yt, 500, False), len(classes), val_batches=val,
-                              weight_decay=args.probe_wd)
+                              weight_decay=args.probe_wd, device=args.device)
         return {"method": method, "seed": seed, "val_acc": result.val_accuracy, "curve": [],
                 "seconds": time.perf_counter() - start}
     groups = apply_finetune_policy(model, config)
-    loop = LoopConfig(epochs=args.epochs, warmup_epochs=1, amp=True, channels_last=True)
+    loop = LoopConfig(epochs=args.epochs, warmup_epochs=1, amp=True, channels_last=True, device=args.device)
     hist = run_finetune(model, groups, train, loop, val_batches=val, augment=crop_flip, log=None)
     curve = [e["val_acc"] for e in hist.epochs]
     print(f"{method:8s} seed {seed}: final val {curve[-1]:.4f} best {max(curve):.4f} "
@@ -172,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/transfer")
     p.add_argument("--out", type=Path, default=Path("docs/figures/transfer_finetune_vs_scratch"))
     p.add_argument("--pretrain-only", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     source = args.source or pretrain(args)
