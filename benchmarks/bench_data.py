@@ -183,20 +183,23 @@ def main() -> None:
     parser.add_argument("--decode-images", type=int, default=0, help="limit the decode benchmark (0: all 50k)")
     parser.add_argument("--stream-images", type=int, default=640)
     parser.add_argument("--skip-real", action="store_true", help="skip the benchmarks on /work/shared/data")
+    parser.add_argument("--sections", default="augment,decode,stream", help="comma-separated subset to run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    sections = set(args.sections.split(","))
     report = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                         f"device {device}",
-              "augment (img/s, batch 128, 32x32)": bench_augment(device, args.images, args.repeats)}
+                         f"device {device}"}
+    if "augment" in sections:
+        report["augment (img/s, batch 128, 32x32)"] = bench_augment(device, args.images, args.repeats)
     print(json.dumps(report, indent=2), flush=True)
-    if not args.skip_real and CIFAR_FOLDER.is_dir():
+    if "decode" in sections and not args.skip_real and CIFAR_FOLDER.is_dir():
         report["decode (CIFAR-10 JPEG folder)"] = bench_decode(args.workers, args.decode_images or None)
         print(json.dumps(report["decode (CIFAR-10 JPEG folder)"], indent=2), flush=True)
-    if not args.skip_real and IMAGENETTE_FOLDER.is_dir():
+    if "stream" in sections and not args.skip_real and IMAGENETTE_FOLDER.is_dir():
         report["stream (img/s, Imagenette 224 px, batch 64)"] = bench_stream(min(args.workers, 2), args.stream_images,
                                                                              max(1, args.repeats // 2))
         print(json.dumps(report["stream (img/s, Imagenette 224 px, batch 64)"], indent=2), flush=True)

@@ -15,6 +15,7 @@ from typing import Sequence
 SUBCOMMANDS = [
     "models",
     "finetune",
+    "data",
 ]
 
 
