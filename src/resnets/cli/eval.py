@@ -1,0 +1,92 @@
+"""`resnets eval`: accuracy, per-class accuracy, confusion matrix and loss of a checkpoint on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix, loss",
+        description="Evaluate a resnets checkpoint (best.safetensors, last.pt or a run folder) on a dataset. "
+                    "Class folders are matched to the checkpoint's classes by name; images are normalised with "
+                    "the checkpoint's statistics.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    p.add_argument("--data", required=True,
+                   help="cifar10/cifar100 (official test set), a root with val/ or test/, or an ImageFolder tree")
+    p.add_argument("--tta", default="none", choices=("none", "flip", "flip-translate", "10crop"),
+                   help="test-time augmentation (default: none)")
+    p.add_argument("--json", metavar="OUT", help="write all metrics (confusion matrix included) to this JSON file")
+    p.add_argument("--confusion-png", metavar="PNG",
+                   help="confusion-matrix figure (default: next to --json as <name>.confusion.png)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=run)
+
+
+def load_for_inference(checkpoint: str, use_ema: bool = False):
+    """(model, classes, mean, std, image_size) from a resnets checkpoint; errors name what is missing."""
+    from ..cli import UserError
+    from ..model import ResNet
+    from ..weights import load_state_dict, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.spec is None:
+        raise UserError(f"{checkpoint} holds no model spec; evaluate a checkpoint written by `resnets train` "
+                        "(best.safetensors or last.pt)")
+    meta = ckpt.metadata
+    classes = meta.get("classes")
+    if not classes:
+        raise UserError(f"{checkpoint} stores no class names, so dataset folders cannot be matched to outputs")
+    model = ResNet(ckpt.spec)
+    state = ckpt.state_dict
+    if use_ema:
+        state = ckpt.raw.get("state_dict_ema")
+        if state is None:
+            raise UserError(f"{checkpoint} holds no EMA weights (the run had ema_decay=0, or it is not a last.pt)")
+    load_state_dict(model, state)
+    mean = tuple(meta.get("mean") or (0.5, 0.5, 0.5))
+    std = tuple(meta.get("std") or (0.25, 0.25, 0.25))
+    return model.eval(), list(classes), mean, std, meta.get("image_size")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cli import UserError
+    from ..data import DataError, load_eval, make_loader
+    from ..evaluate import evaluate, save_confusion_png
+
+    model, classes, mean, std, image_size = load_for_inference(args.checkpoint, args.ema)
+    device = torch.device(args.device)
+    try:
+        dataset = load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std))
+        loader = make_loader(dataset, batch_size=args.batch_size, train=False, device=device, workers=args.workers,
+                             mean=mean, std=std)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        result = evaluate(model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
+                          precision=args.precision)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
+    print(result.summary())
+    worst = sorted(((acc, name) for name, acc in result.per_class_accuracy.items() if acc is not None))[:5]
+    if worst:
+        print("lowest per-class accuracy: " + ", ".join(f"{name} {acc * 100:.1f}%" for acc, name in worst))
+    if args.json:
+        result.write_json(args.json)
+        print(f"metrics: {args.json}")
+    png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
+    if png:
+        save_confusion_png(result, png)
+        print(f"confusion matrix: {png}")
+    if not args.json:
+        print(json.dumps({"top1": result.top1, "top5": result.top5, "loss": result.loss, "count": result.count}))
+    return 0

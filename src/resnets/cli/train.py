@@ -1,0 +1,149 @@
+"""`resnets train`: train a model under a recipe, or resume a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# flag -> TrainConfig key, for the common overrides (everything else through --set key=value)
+_FLAGS = {
+    "model": "model", "data": "data", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "device": "device", "precision": "precision", "seed": "seed", "time_budget": "time_budget", "tta": "tta",
+    "val_split": "val_split", "workers": "workers", "image_size": "image_size",
+    "accum_steps": "accum_steps", "lr_scaling": "lr_scaling",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model under a recipe (or resume a run)",
+        description="Train a ResNet under a recipe (YAML shipped with resnets, or a path). Every recipe key can be "
+                    "overridden with --set key=value (values are YAML; augment.* and model_options.* take dotted "
+                    "keys); the common ones have flags. The run folder gets config.yaml, metrics.jsonl, last.pt "
+                    "(every epoch) and best.safetensors (by validation accuracy).",
+        epilog="example: resnets train --model resnet20 --data cifar10 --recipe cifar-fast --out runs/fast")
+    p.add_argument("--recipe", help="recipe name (see --list-recipes) or path to a .yaml file")
+    p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
+    p.add_argument("--model", help="model name (`resnets models` lists them)")
+    p.add_argument("--data", help="cifar10, cifar100, an ImageFolder tree, or a root with train/ and val/")
+    p.add_argument("--out", help="run folder (default: runs/RECIPE-MODEL-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="fit the schedule so training ends within this wall-clock budget")
+    p.add_argument("--tta", choices=("none", "flip", "flip-translate", "10crop"),
+                   help="test-time augmentation for the final evaluation")
+    p.add_argument("--val-split", type=float, help="validation fraction (or count) held out when there is no val tree")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training forward")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    dist = p.add_argument_group("several processes (docs/distributed.md; under torchrun: torchrun ... -m resnets train ...)")
+    dist.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (launches torchrun)")
+    dist.add_argument("--max-restarts", type=int, metavar="K", help="with --nproc: restart the group up to K times "
+                      "after a failure; every rank resumes from the run folder's last.pt")
+    dist.add_argument("--sync-bn", action="store_true", default=None, help="BatchNorm statistics over the global batch")
+    dist.add_argument("--accum-steps", type=int, metavar="K", help="gradient accumulation: K micro-batches of "
+                      "--batch-size per optimizer step (global batch = batch size x processes x K)")
+    dist.add_argument("--lr-scaling", choices=("linear", "none"), help="lr follows the global batch linearly "
+                      "(lr x global / (lr_reference_batch or batch_size); default) or not")
+    p.set_defaults(func=run, parser=p)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from ..train import parse_set
+
+    overrides = parse_set(args.set)
+    for flag, key in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.epochs is not None and args.steps is None:
+        overrides["steps"] = None  # a recipe counted in steps yields to an explicit --epochs
+    if args.channels_last:
+        overrides["channels_last"] = True
+    if args.compile:
+        overrides["compile"] = True
+    if args.sync_bn:
+        overrides["sync_bn"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    return overrides
+
+
+def _default_out(config) -> Path:
+    return Path("runs") / f"{config.recipe or 'custom'}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..data import DataError
+    from ..train import ConfigError, NonFiniteLossError, list_recipes, resolve_config
+    from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, launch,
+                                     launched_by_torchrun, namespace_to_argv, restart_count, saved_device)
+    from ..train.trainer import Trainer, resume
+    from ..zoo import get_entry
+
+    if args.list_recipes:
+        from ..train import load_recipe
+
+        for name in list_recipes():
+            recipe = load_recipe(name)
+            print(f"{name:<14} {recipe.get('description', '')}")
+            print(f"{'':<14} expected: {recipe.get('expected', '')}")
+        return 0
+    try:
+        if args.max_restarts is not None and args.nproc is None:
+            raise UserError("--max-restarts goes with --nproc (under torchrun, give --max-restarts to torchrun)")
+        if args.nproc is not None:  # this process becomes torchrun's agent; the ranks run this command
+            if not args.resume:
+                config = resolve_config(args.recipe, _overrides(args))
+                get_entry(config.model)
+                args.out = args.out or str(_default_out(config))
+            command = ["train", *namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))]
+            return launch(args.nproc, command, args.max_restarts or 0)
+        if args.resume:
+            extra = [flag for flag in ("recipe", "model", "data", "out") if getattr(args, flag)]
+            if extra or args.set:
+                raise UserError(f"--resume continues a run exactly as configured; drop {', '.join('--' + f for f in extra) or '--set'}"
+                                " (start a new run to change settings)")
+            with distributed_session(saved_device(args.resume)) as process:
+                result = resume(args.resume, process=process, callbacks=fault_drill_from_env())
+        else:
+            overrides = _overrides(args)
+            config = resolve_config(args.recipe, overrides)
+            get_entry(config.model)  # unknown model names fail here, with suggestions
+            if launched_by_torchrun() and not args.out:
+                raise UserError("under torchrun pass --out: every rank and every restart must use one run folder")
+            out = Path(args.out) if args.out else _default_out(config)
+            with distributed_session(config.device) as process:
+                callbacks = fault_drill_from_env()
+                if check_shared_run_dir(process, out):
+                    if restart_count() == 0:
+                        raise UserError(f"{out} already holds a run (last.pt); resume it with --resume {out} or "
+                                        "choose another --out")
+                    result = resume(out, process=process, callbacks=callbacks)  # torchrun restarted the group
+                else:
+                    result = Trainer(config, out, process=process, callbacks=callbacks).fit()
+    except (ConfigError, DataError) as exc:
+        raise UserError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        print(f"resnets train: {exc}", file=sys.stderr)
+        return 1
+    summary = result.summary()
+    print(f"run folder: {summary['run_dir']}")
+    for key in ("best_val_top1", "final_val_top1", "final_val_top5"):
+        if summary[key] is not None:
+            print(f"{key}: {summary[key] * 100:.2f}%")
+    print(f"train_minutes: {summary['train_minutes']:.2f}  steps: {summary['steps']}  epochs: {summary['epochs']}")
+    return 0
