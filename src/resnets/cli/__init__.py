@@ -14,6 +14,9 @@ from typing import Sequence
 
 SUBCOMMANDS = [
     "models",
+    "train",
+    "eval",
+    "predict",
     "finetune",
     "data",
 ]
