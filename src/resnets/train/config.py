@@ -64,6 +64,9 @@ class TrainConfig:
     lr: float = 0.1
     lr_reference_batch: int | None = None
     """When set, ``lr`` is per this batch size and scales linearly (Goyal et al.: 0.1 per 256)."""
+    lr_scaling: str = "linear"
+    """How the rate follows the global batch (batch_size x world_size x accum_steps): ``linear`` is
+    lr x global / (lr_reference_batch or batch_size); ``none`` uses ``lr`` as given."""
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -106,6 +109,13 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    # --- several processes (train/distributed.py, docs/distributed.md)
+    accum_steps: int = 1
+    """Gradient accumulation: micro-batches of ``batch_size`` per optimizer step, per process."""
+    sync_bn: bool = False
+    """BatchNorm statistics over the global batch across processes (SyncBatchNorm)."""
+    world_size: int = 1
+    """Training processes; set by the process context at start (not a recipe choice)."""
     # --- evaluation, checkpoints, logging
     eval_every: int = 1
     eval_batch_size: int = 500
@@ -128,6 +138,9 @@ class TrainConfig:
                 raise ConfigError(message)
 
         need(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1")
+        need(self.accum_steps >= 1, f"accum_steps={self.accum_steps} must be at least 1")
+        need(self.world_size >= 1, f"world_size={self.world_size} must be at least 1")
+        need(self.lr_scaling in ("linear", "none"), f"lr_scaling={self.lr_scaling!r}: choose 'linear' or 'none'")
         need(self.epochs is not None or self.steps is not None or self.time_budget is not None,
              "set the run length: epochs=N, steps=N or time_budget=MINUTES")
         need(self.epochs is None or self.epochs > 0, f"epochs={self.epochs} must be positive")
@@ -170,11 +183,17 @@ class TrainConfig:
 
     # -------------------------------------------------------------- derived
     @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over all processes and accumulated micro-batches."""
+        return self.batch_size * self.world_size * self.accum_steps
+
+    @property
     def base_lr(self) -> float:
-        """``lr`` scaled to the actual batch size when the recipe states a reference batch."""
-        if self.lr_reference_batch:
-            return self.lr * self.batch_size / self.lr_reference_batch
-        return self.lr
+        """``lr`` scaled linearly to the global batch (see ``lr_scaling``); one process without
+        accumulation and no ``lr_reference_batch`` trains at ``lr`` itself."""
+        if self.lr_scaling == "none":
+            return self.lr
+        return self.lr * self.global_batch / (self.lr_reference_batch or self.batch_size)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.steps is not None:

@@ -40,6 +40,15 @@ class ProcessContext:
         """Rank 0's value on every process (e.g. the step count a time budget chose)."""
         return int(value)
 
+    def configure(self, config):
+        """The config as this process runs it: ``world_size`` recorded (the global batch and the
+        learning-rate scaling follow it); the distributed context also picks the local GPU."""
+        return config if config.world_size == self.world_size else config.replace(world_size=self.world_size)
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Make ``module``'s buffers (BatchNorm statistics) rank 0's, so every rank evaluates the same."""
+        return None
+
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """The module the training step calls (DDP wraps here); checkpoints keep the bare model."""
         return model

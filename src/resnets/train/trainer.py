@@ -44,6 +44,7 @@ from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng
 from .config import ConfigError, TrainConfig
 from .mixing import mix_batch, smooth_targets, soft_cross_entropy
 from .optim import LRSchedule, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
+from .distributed import forward_backward
 from .process import ProcessContext
 
 __all__ = ["Callback", "NonFiniteLossError", "RunResult", "Trainer", "resume", "train"]
@@ -120,8 +121,8 @@ class Trainer:
                  model: nn.Module | None = None, loss_fn: LossFn | None = None,
                  param_groups: Sequence[dict] | Callable[[nn.Module], Sequence[dict]] | None = None,
                  callbacks: Iterable[Callback] = (), process: ProcessContext | None = None) -> None:
-        self.config = config
         self.process = process or ProcessContext()
+        self.config = config = self.process.configure(config)  # records world_size (lr scaling follows it)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn
@@ -152,7 +153,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup_steps) if config.ema_decay > 0 else None
         self.eval_model = copy.deepcopy(self.model) if self.ema is not None else self.model
 
-        self.train_loader = self._make_loader(self.splits.train, config.batch_size, train=True)
+        # one loader batch per optimizer step; forward_backward splits it into accum_steps micro-batches
+        self.train_loader = self._make_loader(self.splits.train, config.batch_size * config.accum_steps, train=True)
         self.val_loader = (self._make_loader(self.splits.val, config.eval_batch_size, train=False)
                            if self.splits.val is not None and len(self.splits.val) else None)
         self.steps_per_epoch = len(self.train_loader)
@@ -252,10 +254,8 @@ class Trainer:
                                         smoothing=c.label_smoothing,
                                         seed_parts=(c.seed, self.epoch, self.batch_in_epoch, self.process.rank))
         self.lr = set_learning_rate(self.optimizer, c.base_lr, self.current_lr_factor())
-        with autocast_context(self.device, c.precision):
-            loss, logits = self.compute_loss(images, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        loss, logits = forward_backward(self, images, targets)  # accum_steps micro-batches (distributed.py)
         for callback in self.callbacks:
             callback.on_after_backward(self)
         if c.grad_clip:
@@ -351,6 +351,7 @@ class Trainer:
         per_epoch = spe * step_seconds + eval_seconds / c.eval_every
         available = budget * 0.97 - final_eval - self.elapsed
         total = max(1, int(available / per_epoch * spe)) if available > 0 else 1
+        total = self.process.broadcast_int(total)  # every rank runs rank 0's fitted length
         nominal_schedule = LRSchedule.from_config(c, spe, nominal or total)
         fitted = nominal_schedule.scaled_to(total) if nominal else nominal_schedule
         self.config = c.replace(steps=total, epochs=None, milestones=list(fitted.milestones), milestone_unit="steps",
@@ -386,8 +387,12 @@ class Trainer:
         return state
 
     def save_last(self) -> None:
+        # all ranks: the partial epoch sums in last.pt are the global ones (rank 0 restores them)
+        sums, window = self.process.reduce_sum(self.epoch_sums), self.process.reduce_sum(self.error_window)
         if self.is_main and self.out_dir is not None:
-            save_training_checkpoint(self.out_dir / "last.pt", self.training_state())
+            state = self.training_state()
+            state["epoch_sums"], state["error_window"] = sums.detach().cpu(), window.detach().cpu()
+            save_training_checkpoint(self.out_dir / "last.pt", state)
 
     def load_training_state(self, body: dict[str, Any]) -> None:
         try:
@@ -409,6 +414,9 @@ class Trainer:
         self.error_warmup_active = bool(p["error_warmup_active"])
         self.epoch_sums = body["epoch_sums"].to(self.device)
         self.error_window = body["error_window"].to(self.device)
+        if not self.is_main:  # the checkpoint's sums are over all ranks: count them once
+            self.epoch_sums.zero_()
+            self.error_window.zero_()
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         restore_rng_state(body["rng"])
         self._resumed = True
@@ -562,6 +570,7 @@ class Trainer:
         if loader is None:
             raise ConfigError("no validation data to evaluate on (val_split=0 and no validation tree)")
         model = self._eval_weights_model()
+        self.process.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
         return evaluate(model, loader, self.num_classes, self.classes, tta=tta, device=self.device,
                         precision=self.config.precision, reduce_sum=self.process.reduce_sum)
 
