@@ -19,6 +19,10 @@ SUBCOMMANDS = [
     "predict",
     "finetune",
     "data",
+    "explain",
+    "experiment",
+    "robustness",
+    "report",
 ]
 
 

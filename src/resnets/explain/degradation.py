@@ -219,7 +219,7 @@ class DegradationResult:
         return {"budget": self.budget, "data": self.data, "final": self.final(), "runs": self.runs}
 
 
-def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: float | int = 5000,
+def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: float | int = 0.1,
                       cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Train/validation loaders yielding pixels in [0, 1] (normalisation goes inside the model)."""
     from ..data import AugmentConfig, load_data, make_loader

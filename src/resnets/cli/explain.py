@@ -1,0 +1,201 @@
+"""`resnets explain gradcam|gradflow`: what a model looks at, and how gradients travel through depth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("explain", help="Grad-CAM / saliency overlays and gradient-flow plots",
+                              description="Look inside a model: Grad-CAM and input-gradient saliency for images, or "
+                                          "per-block gradient norms (plain vs residual).")
+    sub = p.add_subparsers(dest="explain_command", metavar="WHAT")
+
+    g = sub.add_parser("gradcam", help="Grad-CAM and saliency overlays (PNG) for images",
+                       description="Write one PNG per image (image | Grad-CAM overlay | saliency) for the predicted "
+                                   "class or --class, plus gallery.png. The default layer is the last stage's output "
+                                   "(the final norm+ReLU for pre-activation nets).",
+                       epilog="example: resnets explain gradcam --checkpoint runs/r18/best.safetensors img1.jpg "
+                              "img2.jpg --out cams/")
+    g.add_argument("images", nargs="+", help="image files (or folders of images)")
+    g.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors/.pt)")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--class", dest="target", help="explain this class (name or index) instead of the prediction")
+    g.add_argument("--layer", help="target layer name (e.g. layer3, layer4.1); default: last stage")
+    g.add_argument("--image-size", type=int, help="resize images to this size (default: the checkpoint's)")
+    g.add_argument("--no-saliency", action="store_true", help="skip the input-gradient saliency panel")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=run_gradcam)
+
+    f = sub.add_parser("gradflow", help="per-block gradient norms at init (and after some training), plain vs residual",
+                       description="Measure per-block parameter-gradient and backward-signal norms and, for residual "
+                                   "blocks, the norm of the residual branch against its shortcut (the two inputs of "
+                                   "block.add), at initialisation and after --steps SGD steps, for each --model; "
+                                   "writes gradflow.png and gradflow.json.",
+                       epilog="example: resnets explain gradflow --model plain56,resnet56 --data cifar10 --steps 50 "
+                              "--out gradflow/")
+    f.add_argument("--model", required=True, help="comma list of model names or checkpoint paths")
+    f.add_argument("--data", help="dataset for the batches (default: random images and labels)")
+    f.add_argument("--steps", type=int, default=0, help="SGD steps to train before the second measurement")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--lr", type=float, default=0.05)
+    f.add_argument("--num-classes", type=int, default=10, help="classes for models built by name without --data")
+    f.add_argument("--image-size", type=int, default=32, help="image size for random batches")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, help="output folder")
+    f.set_defaults(func=run_gradflow)
+    p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _image_paths(items: list[str]) -> list[Path]:
+    from ..cli import UserError
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise UserError(f"image {item!r} does not exist")
+    if not paths:
+        raise UserError("no images found in the given paths")
+    return paths
+
+
+def run_gradcam(args: argparse.Namespace) -> int:
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    from ..cli import UserError
+    from ..data.folder import open_rgb
+    from ..evaluate.robustness import pixel_model_from_checkpoint
+    from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
+
+    model, ckpt = pixel_model_from_checkpoint(args.checkpoint, args.device)
+    spec = model.model.spec
+    size = args.image_size or ckpt.metadata.get("image_size") or (32 if spec.stem == "cifar" else 224)
+    classes = ckpt.metadata.get("classes") or [str(i) for i in range(spec.num_classes)]
+    target = None
+    if args.target is not None:
+        if args.target in classes:
+            target = classes.index(args.target)
+        elif args.target.isdigit() and int(args.target) < len(classes):
+            target = int(args.target)
+        else:
+            raise UserError(f"unknown class {args.target!r}; classes are {', '.join(classes[:20])}"
+                            + (" ..." if len(classes) > 20 else ""))
+    images, names = [], []
+    for path in _image_paths(args.images):
+        try:
+            pil = open_rgb(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read image {str(path)!r}: {exc}") from None
+        tensor = TF.to_dtype(TF.to_image(pil), torch.float32, scale=True)
+        images.append(TF.center_crop(TF.resize(tensor, size, antialias=True), [size, size]))
+        names.append(path)
+    x = torch.stack(images).to(args.device)
+    try:
+        cams, explained = grad_cam(model, x, target, args.layer)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    sal = None if args.no_saliency else saliency(model, x, explained)[0]
+    with torch.no_grad():
+        probs = torch.softmax(model(x).float() / float(ckpt.metadata.get("temperature", 1.0)), 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    titles, rows = [], []
+    for i, path in enumerate(names):
+        cls = int(explained[i])
+        pred = int(probs[i].argmax())
+        title = f"{classes[cls]} ({probs[i, cls] * 100:.0f}%)" + ("" if cls == pred else f", predicted {classes[pred]}")
+        titles.append(title)
+        target_png = out / f"gradcam_{i:03d}_{path.stem}.png"
+        save_explanation(target_png, x[i].cpu(), cams[i].cpu(), None if sal is None else sal[i].cpu(), title=title)
+        rows.append({"image": str(path), "explained_class": classes[cls], "predicted": classes[pred],
+                     "probability": float(probs[i, cls]), "png": str(target_png)})
+        print(f"{path} -> {target_png}: {title}")
+    save_gallery(out / "gradcam_gallery.png", x.cpu(), cams.cpu(), titles)
+    (out / "gradcam.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {len(rows)} overlays and {out / 'gradcam_gallery.png'}")
+    return 0
+
+
+def run_gradflow(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from ..cli import UserError
+    from ..explain.gradflow import measure_gradient_flow, plot_gradient_flow
+    from ..factory import create_model
+    from ..weights import model_from_checkpoint
+    from ..zoo import UnknownModelError
+
+    names = [n.strip() for n in args.model.split(",") if n.strip()]
+    if args.steps < 0:
+        raise UserError("--steps must be >= 0")
+    batches = None
+    num_classes = args.num_classes
+    if args.data:
+        from ..data import load_data, make_loader
+
+        splits = load_data(args.data, val_split=0, seed=args.seed)
+        num_classes = len(splits.classes)
+        loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0)
+
+        def batches():
+            epoch = 0
+            while True:
+                loader.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+    runs: dict[str, list] = {}
+    for name in names:
+        torch.manual_seed(args.seed)
+        try:
+            if Path(name).is_file():
+                model, _ = model_from_checkpoint(name)
+            else:
+                model = create_model(name, num_classes=num_classes)
+        except UnknownModelError as exc:
+            raise UserError(str(exc)) from None
+        model.train()
+        stream = batches() if batches is not None else None
+        gen = torch.Generator().manual_seed(args.seed)
+
+        def next_batch():
+            if stream is not None:
+                return next(stream)
+            size = args.image_size
+            return (torch.randn(args.batch_size, model.spec.in_chans, size, size, generator=gen),
+                    torch.randint(0, model.spec.num_classes, (args.batch_size,), generator=gen))
+
+        probe = next_batch()
+        records = [measure_gradient_flow(model, *probe, step=0)]
+        if args.steps:
+            opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+            for step in range(args.steps):
+                x, y = next_batch()
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            records.append(measure_gradient_flow(model, *probe, step=args.steps))
+        runs[Path(name).stem if Path(name).is_file() else name] = records
+        first, last = records[0], records[-1]
+        print(f"{name}: {len(first.blocks)} blocks; |dL/d out| first/last block at init "
+              f"{first.output_grad[0] / max(first.output_grad[-1], 1e-30):.3g}"
+              + (f", after {args.steps} steps {last.output_grad[0] / max(last.output_grad[-1], 1e-30):.3g}"
+                 if args.steps else ""))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gradflow.json").write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in runs.items()}, indent=2))
+    figure = plot_gradient_flow(runs, out / "gradflow.png", title="gradient flow: " + ", ".join(runs))
+    print(f"wrote {figure} and {out / 'gradflow.json'}")
+    return 0

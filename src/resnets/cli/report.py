@@ -1,0 +1,36 @@
+"""`resnets report RUN_DIR`: one self-contained HTML page for a run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report", help="render a run folder as one self-contained HTML page",
+        description="Render RUN_DIR (config.yaml, metrics.jsonl and any evaluation, calibration, robustness, "
+                    "corruption, gradient-flow, degradation JSON and Grad-CAM PNGs found in it) as one HTML page "
+                    "with every figure embedded.",
+        epilog="example: resnets report runs/r20 --screenshot runs/r20/report.png")
+    p.add_argument("run_dir", help="the run folder")
+    p.add_argument("--out", help="HTML path (default: RUN_DIR/report.html)")
+    p.add_argument("--title", help="page title")
+    p.add_argument("--screenshot", metavar="PNG", help="also save a headless-Chromium screenshot of the page")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..report import BrowserNotFound, ReportError, render_report, screenshot
+
+    try:
+        page = render_report(args.run_dir, args.out, args.title)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {page}")
+    if args.screenshot:
+        try:
+            print(f"wrote {screenshot(page, args.screenshot)}")
+        except BrowserNotFound as exc:
+            raise UserError(str(exc)) from None
+    return 0
