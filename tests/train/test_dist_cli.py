@@ -1,0 +1,30 @@
+"""The `resnets train` options for several processes: the --nproc launcher's command for the ranks,
+and the flags that only make sense together."""
+
+from __future__ import annotations
+
+from resnets.train.distributed import namespace_to_argv, torchrun_args
+
+
+def test_launcher_rebuilds_the_command_for_each_rank():
+    from resnets.cli import build_parser
+
+    parser = build_parser()
+    argv = ["train", "--model", "resnet20", "--data", "d", "--out", "o", "--nproc", "2", "--max-restarts", "1",
+            "--set", "lr=0.05", "--set", "augment.flip=false", "--sync-bn", "--accum-steps", "2", "--no-progress"]
+    args = parser.parse_args(argv)
+    command = namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))
+    assert "--nproc" not in command and "--max-restarts" not in command
+    again = parser.parse_args(["train", *command])
+    for name in ("model", "data", "out", "set", "sync_bn", "accum_steps", "no_progress"):
+        assert getattr(again, name) == getattr(args, name), name
+    assert again.nproc is None
+    assert torchrun_args(2, ["train", *command], 1)[:5] == ["--standalone", "--nproc-per-node=2", "--max-restarts=1",
+                                                           "--monitor-interval=0.5", "--module"]
+
+
+def test_max_restarts_needs_nproc(capsys):
+    from resnets.cli import main
+
+    assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--max-restarts", "1"]) == 2
+    assert "--max-restarts goes with --nproc" in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""Multi-process training on CPU (gloo, 2 processes, torchrun): same weights as one process with the
+same global batch, only rank 0 writes the run folder, and a rank killed mid-epoch under
+``--max-restarts 1`` is recovered from the last checkpoint to the uninterrupted result.
+
+Equivalence and BatchNorm: the 2-process runs use ``--sync-bn`` (``DistributedBatchNorm2d`` on
+gloo), so BatchNorm sees the same images as in the 1-process run; with gradient accumulation
+(``--accum-steps 2``) each micro-batch is the same 8 images in both runs (the loader's rank-strided
+shards interleave into the 1-process batch), and the DDP ``no_sync`` path is exercised. Tolerance:
+1e-4 absolute on every weight and buffer after 6 SGD steps (seen: ~1e-6; sums over ranks are added
+in another order); metrics to 1e-5 relative. The recovered run must equal the uninterrupted
+2-process run to 1e-6 (replay is deterministic; only the order of float64 metric sums changes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets.data import make_image_folder
+from resnets.train import resolve_config
+from resnets.train.trainer import Trainer
+
+TIMEOUT_S = 150
+# 48 8x8 images, 12 held out: 36 train -> 2 steps per epoch of 16 (1 x 8 x accum 2, or 2 x 4 x accum 2)
+SETTINGS = {"model": "resnet20", "steps": 6, "lr": 0.02, "lr_reference_batch": 16, "val_split": 0.25,
+            "workers": 0, "augment": {}, "tensorboard": False, "progress": False, "checkpoint_every_steps": 1,
+            "eval_batch_size": 8}
+KILL_AT_STEP = 4  # mid-epoch 1; the last checkpoint before it is step 3 (epoch 1, batch 1)
+
+AUDIT_HOOK = textwrap.dedent('''
+    import os, sys
+    _run_dir, _rank = os.environ.get("AUDIT_RUN_DIR"), os.environ.get("RANK")
+    if _run_dir and _rank is not None:
+        _run_dir = os.path.realpath(_run_dir)
+        _log = open(os.path.join(os.environ["AUDIT_LOG_DIR"], f"rank{_rank}-{os.getpid()}.log"), "a", buffering=1)
+
+        def _record(event, path):
+            if isinstance(path, (str, bytes, os.PathLike)):
+                path = os.path.realpath(os.fsdecode(path))
+                if path == _run_dir or path.startswith(_run_dir + os.sep):
+                    _log.write(f"{event} {path}\\n")
+
+        def _hook(event, args):
+            if event == "open":
+                path, mode, flags = args
+                if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                        isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                    _record(event, path)
+            elif event in ("os.rename", "os.replace"):
+                _record(event, args[1])
+            elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate"):
+                _record(event, args[0])
+
+        sys.addaudithook(_hook)
+''')
+
+
+def _cli_args(data: Path, out: Path) -> list[str]:
+    args = ["train", "--data", str(data), "--out", str(out), "--sync-bn", "--accum-steps", "2", "--batch-size", "4"]
+    for key, value in SETTINGS.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def _run(command: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "RESNETS_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]), **env}
+    if "RESNETS_FAULT_KILL" not in env:
+        environment.pop("RESNETS_FAULT_KILL", None)
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"{command[:6]}... failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """One 1-process run (in this process) and two 2-process runs: uninterrupted, and killed + restarted."""
+    tmp = tmp_path_factory.mktemp("dist")
+    data = make_image_folder(tmp / "data", classes=3, per_class=16, size=8)
+    (tmp / "site").mkdir()
+    (tmp / "site" / "sitecustomize.py").write_text(AUDIT_HOOK)
+    (tmp / "audit").mkdir()
+
+    # 2 processes through the --nproc launcher, write-audited per rank
+    two = tmp / "two"
+    launched = _run([sys.executable, "-m", "resnets", "train", "--nproc", "2", *_cli_args(data, two)[1:]], tmp,
+                    AUDIT_RUN_DIR=str(two), AUDIT_LOG_DIR=str(tmp / "audit"))
+
+    # 2 processes under torchrun itself; rank 1 SIGKILLs itself after step 4 of the first attempt
+    killed = tmp / "killed"
+    recovered = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                      "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "resnets", *_cli_args(data, killed)],
+                     tmp, RESNETS_FAULT_KILL=f"1:{KILL_AT_STEP}")
+
+    # 1 process, global batch 16 = 8 x accum 2, plain BatchNorm
+    os.environ["RESNETS_CACHE"] = str(tmp / "cache")
+    config = resolve_config(None, {**SETTINGS, "data": str(data), "batch_size": 8, "accum_steps": 2})
+    Trainer(config, tmp / "one").fit()
+    return {"tmp": tmp, "one": tmp / "one", "two": two, "killed": killed, "launched": launched,
+            "recovered": recovered}
+
+
+def _state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _compare_metrics(a: list[dict], b: list[dict], rel: float) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [2, 4, 6]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "train_top1", "val_top1", "val_loss", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=rel, abs=1e-7), (key, ra, rb)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(runs):
+    one, two = _state(runs["one"]), _state(runs["two"])
+    assert one["config"]["world_size"] == 1 and two["config"]["world_size"] == 2
+    assert one["config"]["batch_size"] * one["config"]["accum_steps"] == 16
+    assert two["config"]["batch_size"] * two["config"]["accum_steps"] * 2 == 16
+    assert two["progress"]["step"] == one["progress"]["step"] == 6
+    worst = max((one["state_dict"][k].double() - two["state_dict"][k].double()).abs().max().item()
+                for k in one["state_dict"])
+    assert worst < 1e-4, f"largest weight/buffer difference {worst:.3g}"
+    _compare_metrics(_metrics(runs["one"]), _metrics(runs["two"]), rel=1e-5)
+
+
+def test_only_rank_zero_writes_the_run_folder(runs):
+    logs = {path.name: path.read_text().splitlines() for path in (runs["tmp"] / "audit").glob("rank*.log")}
+    rank0 = [line for name, lines in logs.items() if name.startswith("rank0-") for line in lines]
+    rank1 = [line for name, lines in logs.items() if name.startswith("rank1-") for line in lines]
+    assert any(name.startswith("rank1-") for name in logs), "rank 1 was not audited"
+    assert any(line.endswith(os.sep + "last.pt") for line in rank0), "the audit saw no checkpoint write"
+    assert any("metrics.jsonl" in line for line in rank0)
+    assert rank1 == [], f"rank 1 wrote into the run folder: {rank1[:5]}"
+    files = sorted(p.name for p in runs["two"].iterdir())
+    assert files == ["best.safetensors", "config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
+
+
+def test_killed_rank_restarts_from_the_last_checkpoint_and_matches(runs):
+    log = runs["recovered"].stderr
+    assert f"resuming at step {KILL_AT_STEP - 1} (epoch 1, batch 1)" in log, log[-3000:]
+    killed, two = _state(runs["killed"]), _state(runs["two"])
+    assert killed["progress"]["step"] == 6
+    worst = max((killed["state_dict"][k].double() - two["state_dict"][k].double()).abs().max().item()
+                for k in two["state_dict"])
+    assert worst < 1e-6, f"recovered run differs from the uninterrupted one by {worst:.3g}"
+    _compare_metrics(_metrics(runs["killed"]), _metrics(runs["two"]), rel=1e-6)
+    summary = json.loads((runs["killed"] / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["final_val_top1"] == pytest.approx(
+        json.loads((runs["two"] / "summary.json").read_text())["final_val_top1"])
