@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--groups", metavar="FILE.csv",
+                   help="CSV with path,group (optional label) columns: accuracy per group and the worst-group gap "
+                        "(paths relative to --data; the class is the folder name unless a label column says)")
     p.set_defaults(func=run)
 
 
@@ -77,6 +80,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
     print(result.summary())
+    if args.groups:
+        from ..evaluate.groups import GroupsFileError, evaluate_groups
+
+        try:
+            groups = evaluate_groups(model, args.groups, args.data, classes, mean, std, image_size,
+                                     args.batch_size, str(device))
+        except GroupsFileError as exc:
+            raise UserError(str(exc)) from None
+        result.extra["groups"] = {**groups.to_dict(), "file": str(args.groups)}
+        print(groups.table())
     worst = sorted(((acc, name) for name, acc in result.per_class_accuracy.items() if acc is not None))[:5]
     if worst:
         print("lowest per-class accuracy: " + ", ".join(f"{name} {acc * 100:.1f}%" for acc, name in worst))

@@ -125,3 +125,71 @@ def group_accuracy(images: Sequence[str], correct: Sequence[bool], groups: dict[
     overall = sum(hits.values()) / sum(count.values())
     worst = min(accuracy, key=lambda g: (accuracy[g], g))
     return GroupReport(accuracy=accuracy, count=count, overall=overall, worst_group=worst, unmatched=unmatched)
+
+
+def _label_of(path: Path, classes: Sequence[str], explicit: str | None) -> int:
+    name = explicit if explicit else path.parent.name
+    if name not in classes:
+        raise GroupsFileError(f"{path}: its class {name!r} (from " + ("the label column" if explicit else
+                              "its folder name") + f") is not one of the model's classes ({', '.join(classes[:10])}"
+                              + (" ..." if len(classes) > 10 else "") + ")")
+    return list(classes).index(name)
+
+
+def read_group_rows(path: str | os.PathLike) -> list[tuple[str, str, str | None]]:
+    """(image path, group, optional label) rows of a groups CSV (``label`` column optional)."""
+    groups = read_groups(path)
+    labels: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        original = {f.strip().lower(): f for f in reader.fieldnames or []}
+        path_col = next(c for c in ("path", "image", "file", "filename") if c in original)
+        if "label" in original:
+            for row in reader:
+                labels[PurePath((row.get(original[path_col]) or "").strip()).as_posix()] = \
+                    (row.get(original["label"]) or "").strip()
+    return [(p, g, labels.get(p) or None) for p, g in groups.items()]
+
+
+def evaluate_groups(model: Any, groups_csv: str | os.PathLike, data_root: str | os.PathLike | None,
+                    classes: Sequence[str], mean: Sequence[float], std: Sequence[float], image_size: int | None,
+                    batch_size: int = 128, device: str = "cpu") -> GroupReport:
+    """Predict every image named in ``groups_csv`` and report accuracy per group.
+
+    Paths are resolved as given, else relative to ``data_root``, else relative to the CSV's folder.
+    The true class is the ``label`` column when present, else the image's folder name. Images are
+    decoded and resized exactly as ``resnets.data`` does for image folders; ``model`` takes
+    normalised images (``mean``/``std`` are applied here).
+    """
+    import torch
+
+    from ..data.folder import decode_rgb
+
+    csv_dir = Path(groups_csv).parent
+    rows = read_group_rows(groups_csv)
+    resolved: list[tuple[Path, str, int]] = []
+    for image, group, label in rows:
+        candidates = [Path(image)] + ([Path(data_root) / image] if data_root else []) + [csv_dir / image]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise GroupsFileError(f"image {image!r} from {groups_csv} not found (looked in "
+                                  f"{', '.join(str(c.parent) for c in candidates)}); write paths relative to the "
+                                  "data folder")
+        resolved.append((found, group, _label_of(found, classes, label)))
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    correct: list[bool] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(resolved), batch_size):
+            chunk = resolved[start:start + batch_size]
+            arrays = [torch.from_numpy(decode_rgb(p, image_size).copy()).permute(2, 0, 1) for p, _, _ in chunk]
+            sizes = {tuple(a.shape) for a in arrays}
+            if len(sizes) > 1:
+                raise GroupsFileError(f"images have different sizes {sorted(sizes)[:3]}; the checkpoint records no "
+                                      "image_size to resize them to")
+            x = (torch.stack(arrays).float() / 255 - mean_t) / std_t
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct.extend((pred == torch.tensor([lbl for _, _, lbl in chunk])).tolist())
+    images = [str(p) for p, _, _ in resolved]
+    return group_accuracy(images, correct, {str(p): g for p, g, _ in resolved}, require_all=True)

@@ -79,6 +79,9 @@ def _classify_json(name: str, data: Any, found: RunContents) -> None:
         return
     if "confusion" in data and "per_class_accuracy" in data:
         found.evals[name] = data
+        extra = data.get("extra")
+        if isinstance(extra, dict) and isinstance(extra.get("groups"), dict):
+            found.groups[name] = extra["groups"]
     elif "ece" in data and "bins" in data:
         found.calibration[name] = data
     elif _is_robustness(data):

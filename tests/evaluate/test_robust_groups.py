@@ -1,0 +1,71 @@
+"""Per-group accuracy and the worst-group gap, from a groups CSV."""
+
+import pytest
+import torch
+from torch import nn
+
+from resnets.data import make_image_folder
+from resnets.evaluate.groups import GroupsFileError, evaluate_groups, group_accuracy, read_groups
+
+
+def test_group_accuracy_and_gap(tmp_path):
+    csv = tmp_path / "groups.csv"
+    csv.write_text("path,group\ncat/1.jpg,indoor\ncat/2.jpg,outdoor\ndog/3.jpg,outdoor\ndog/4.jpg,outdoor\n")
+    groups = read_groups(csv)
+    images = ["/data/val/cat/1.jpg", "/data/val/cat/2.jpg", "/data/val/dog/3.jpg", "/data/val/dog/4.jpg",
+              "/data/val/dog/5.jpg"]
+    report = group_accuracy(images, [True, False, True, False, True], groups)
+    assert report.accuracy == {"indoor": 1.0, "outdoor": 1 / 3}
+    assert report.worst_group == "outdoor" and report.unmatched == 1
+    assert report.gap == pytest.approx(0.5 - 1 / 3) and report.spread == pytest.approx(2 / 3)
+    assert "worst group 'outdoor'" in report.table()
+    with pytest.raises(GroupsFileError, match="have no group"):
+        group_accuracy(images, [True] * 5, groups, require_all=True)
+
+
+def test_bad_groups_files(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file_name,colour\na.jpg,red\n")
+    with pytest.raises(GroupsFileError, match="'path' and 'group'"):
+        read_groups(bad)
+    with pytest.raises(GroupsFileError, match="does not exist"):
+        read_groups(tmp_path / "missing.csv")
+
+
+def test_evaluate_groups_on_images(tmp_path):
+    """A 'model' that always predicts class 0: group accuracy follows each group's class mix."""
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=8)
+    rows = ["path,group"] + [f"class_0/{i:05d}.png,a" for i in range(4)] + \
+           [f"class_1/{i:05d}.png,{'a' if i < 2 else 'b'}" for i in range(4)]
+    (tmp_path / "g.csv").write_text("\n".join(rows) + "\n")
+
+    class AlwaysZero(nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1)
+
+    report = evaluate_groups(AlwaysZero(), tmp_path / "g.csv", data, ["class_0", "class_1"], (0.5,) * 3, (0.25,) * 3, 8)
+    assert report.accuracy == {"a": 4 / 6, "b": 0.0} and report.count == {"a": 6, "b": 2}
+    assert report.worst_group == "b"
+
+
+def test_eval_command_reports_groups(tmp_path, monkeypatch, capsys):
+    import json
+
+    from resnets import create_model, save_weights
+    from resnets.cli import main
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, size=8)
+    ckpt = save_weights(create_model("resnet20", num_classes=2, layers=(1, 1, 1)), tmp_path / "m.safetensors",
+                        {"classes": ["class_0", "class_1"], "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8})
+    (tmp_path / "g.csv").write_text("path,group\n" + "".join(f"class_{c}/{i:05d}.png,g{c}\n"
+                                                            for c in range(2) for i in range(3)))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--groups", str(tmp_path / "g.csv"),
+                 "--json", str(out), "--workers", "0"]) == 0
+    groups = json.loads(out.read_text())["extra"]["groups"]
+    assert set(groups["per_group"]) == {"g0", "g1"} and sum(v["count"] for v in groups["per_group"].values()) == 6
+    assert "worst group" in capsys.readouterr().out
+    (tmp_path / "bad.csv").write_text("path,group\nclass_0/nope.png,g0\n")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--groups", str(tmp_path / "bad.csv"),
+                 "--workers", "0"]) == 2
