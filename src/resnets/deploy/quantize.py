@@ -84,16 +84,27 @@ def _fx_prepare(model: nn.Module, example: torch.Tensor, qat: bool = False) -> n
     return prepare_fx(net, get_default_qconfig_mapping("x86"), (example,))
 
 
-def _unique_relu_partitions(graph_module: torch.fx.GraphModule) -> None:
-    """Give each call of a shared ``nn.ReLU`` its own source partition.
+def _unique_source_partitions(graph_module: torch.fx.GraphModule) -> None:
+    """Give each ReLU call and each residual add its own source partition for the x86 quantizer.
 
-    Our blocks (like torchvision's) call one ReLU module twice; the x86 quantizer groups both calls
-    into one partition with two outputs and refuses it ("more than one output node").
+    Exported graphs carry only the module path of each op. Our blocks (like torchvision's) call one
+    ReLU module twice, so both calls land in one partition with two outputs, which the quantizer
+    refuses ("more than one output node"); and the add inside ``Residual`` is not recognised as an
+    add. Tagging each node as its own ``nn.ReLU`` / ``operator.add`` source fixes both, so
+    conv-add-relu is fused and quantized.
     """
+    import operator
+
     for node in graph_module.graph.nodes:
-        stack = node.meta.get("source_fn_stack")
-        if stack and isinstance(stack[-1][1], type) and issubclass(stack[-1][1], nn.ReLU):
-            node.meta["source_fn_stack"] = stack[:-1] + [(node.name, stack[-1][1])]
+        if node.op != "call_function" or node.meta.get("source_fn_stack"):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = list(stack.values())[-1][1] if stack else None
+        owner_name = owner if isinstance(owner, str) else getattr(owner, "__qualname__", "")
+        if node.target in (torch.ops.aten.relu.default, torch.ops.aten.relu_.default) and owner_name.endswith("ReLU"):
+            node.meta["source_fn_stack"] = [(node.name, nn.ReLU)]
+        elif node.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor) and owner_name.endswith("Residual"):
+            node.meta["source_fn_stack"] = [(node.name, operator.add)]
 
 
 def _pt2e_quantize(model: nn.Module, example: torch.Tensor, calibrate: Callable[[nn.Module], int]) -> tuple[nn.Module, int]:
@@ -103,14 +114,19 @@ def _pt2e_quantize(model: nn.Module, example: torch.Tensor, calibrate: Callable[
     except ImportError:
         raise ImportError("the pt2e int8 flow needs torchao: pip install 'resnets[deploy]' (or pip install torchao)") from None
     net = _traceable_copy(model)
+    example = example.expand(2, *example.shape[1:])  # batch 1 would be specialised as a constant
     batch = torch.export.Dim("batch", min=1, max=1024)
     exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch},)).module()
-    _unique_relu_partitions(exported)
+    _unique_source_partitions(exported)
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
     seen = calibrate(prepared)
-    return convert_pt2e(prepared), seen
+    converted = convert_pt2e(prepared)
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    allow_exported_model_train_eval(converted)  # so .eval() on the wrapper is harmless
+    return converted, seen
 
 
 def quantize_int8(model: nn.Module, calibration_data: Iterable[torch.Tensor] | None,
@@ -161,8 +177,11 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike, metadata: dic
     if model.flow != "fx" or model.spec is None:
         raise ValueError("only FX-quantized resnets models are saved this way; export pt2e models with "
                          "resnets.deploy.export_program")
-    state = {k: v for k, v in model.net.state_dict().items()}
-    payload = {"format": QUANT_FORMAT, "spec": model.spec.to_dict(), "state_dict": state,
+    state = model.net.state_dict()
+    # Quantized modules read their layout version from the state dict's metadata; keep it.
+    versions = {k: int(v["version"]) for k, v in getattr(state, "_metadata", {}).items() if "version" in v}
+    payload = {"format": QUANT_FORMAT, "spec": model.spec.to_dict(), "state_dict": dict(state),
+               "module_versions": versions,
                "calibration_images": model.calibration_images, **dict(metadata or {})}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -186,5 +205,51 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     with torch.no_grad():
         prepared(torch.zeros(1, *size))  # give every observer a range so convert succeeds
     net = convert_fx(prepared)
-    net.load_state_dict(payload["state_dict"])
+    from collections import OrderedDict
+
+    state = OrderedDict(payload["state_dict"])
+    state._metadata = OrderedDict((k, {"version": v}) for k, v in payload.get("module_versions", {}).items())  # type: ignore[attr-defined]
+    net.load_state_dict(state)
     return QuantizedModel(net, spec, "fx", int(payload.get("calibration_images", 0))).eval()
+
+
+def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1.0, lr: float = 1e-3,
+                                batch_size: int = 128, log: Callable[[str], None] | None = print) -> QuantizedModel:
+    """Fine-tune with fake quantization (FX QAT, x86) on ``splits.train`` and convert to int8.
+
+    A short, low-rate run: observers freeze after half the steps and BatchNorm statistics after
+    three quarters, the usual recipe for converging QAT.
+    """
+    import torch.nn.functional as F
+
+    from ..data import make_loader
+
+    loader = make_loader(splits.train, batch_size=batch_size, train=True, augment={"flip": True},
+                         mean=splits.mean, std=splits.std)
+    total = max(1, int(epochs * len(loader)))
+    example = next(iter(loader))[0][:2]
+    prepared = prepare_qat(model, example)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    step = 0
+    prepared.train()
+    while step < total:
+        for images, labels in loader:
+            if step == total // 2:
+                prepared.apply(torch.ao.quantization.disable_observer)
+            if step == 3 * total // 4:
+                prepared.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
+            loss = F.cross_entropy(prepared(images), labels)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"quantization-aware training diverged (loss {loss.item()}) at step {step}; "
+                                   "lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if log and step % 50 == 0:
+                log(f"QAT step {step}/{total}: loss {loss.item():.3f}")
+            if step >= total:
+                break
+    return convert_qat(prepared, getattr(model, "spec", None))

@@ -1,0 +1,87 @@
+"""`resnets prune`: structured pruning to a share of the MACs, then fine-tuning, as a normal checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prune", help="prune a checkpoint's inner block channels to a MAC target, then fine-tune",
+        description="Remove the least important channels inside residual blocks (never the channels the shortcuts "
+                    "tie together) until the network has --target-macs of its MACs, then fine-tune it with the "
+                    "trainer. The run folder's best.safetensors is an ordinary checkpoint whose spec records each "
+                    "block's inner width (block_widths).",
+        epilog="example: resnets prune --checkpoint runs/r56/best.safetensors --data cifar10 --target-macs 0.5 "
+               "--epochs 10 --out runs/r56-pruned")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="the training data (as for resnets train)")
+    p.add_argument("--out", required=True, help="run folder for the fine-tuning")
+    p.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep (0-1)")
+    p.add_argument("--criterion", default="l1", help="l1 (filter L1 norm) or bn (BatchNorm |gamma|)")
+    p.add_argument("--min-keep", type=float, default=0.1, help="fraction of each layer's channels always kept")
+    add_finetune_args(p, lr=0.02)
+    p.set_defaults(func=run)
+
+
+def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
+    p.add_argument("--epochs", type=float, help="fine-tuning epochs")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES", help="or fit fine-tuning into this many minutes")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="default: bf16 on CPU, fp32 elsewhere")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
+
+
+def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
+    """A TrainConfig for a short fine-tuning/distillation run from the common flags."""
+    from ..train import parse_set, resolve_config
+    from . import UserError
+
+    if args.epochs is None and args.time_budget is None:
+        raise UserError("give the fine-tuning length: --epochs N or --time-budget MINUTES")
+    values = {"model": model_name, "data": args.data, "val_split": args.val_split, "batch_size": args.batch_size,
+              "lr": args.lr, "schedule": "cosine", "warmup": 0.05, "warmup_unit": "epochs", "nesterov": True,
+              "weight_decay": 5e-4, "device": args.device,
+              "precision": args.precision or ("bf16" if args.device == "cpu" else "fp32"),
+              "channels_last": True, "augment": {"crop_padding": 4, "pad_mode": "zeros", "flip": True}
+              if data_meta.get("image_size", 32) <= 64 else {"random_resized_crop": True, "flip": True}}
+    if args.epochs is not None:
+        values["epochs"] = args.epochs
+    if args.time_budget is not None:
+        values["time_budget"] = args.time_budget
+    if isinstance(data_meta.get("mean"), list):
+        values["normalization"] = [data_meta["mean"], data_meta["std"]]
+    values.update(parse_set(args.set))
+    return resolve_config(None, values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..deploy.data import load_deploy_data, top1
+    from ..deploy.prune import PruningError, prune_model
+    from ..train import Trainer
+    from ..weights import model_from_checkpoint
+    from . import UserError
+
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    config = finetune_config(args, str(ckpt.metadata.get("model_name") or "pruned"), ckpt.metadata)
+    try:
+        result = prune_model(model, args.target_macs, criterion=args.criterion, min_keep=args.min_keep)
+    except PruningError as exc:
+        raise UserError(str(exc)) from None
+    print(f"pruned: {result}; block widths {list(result.block_widths)}")
+    data = load_deploy_data(args.data, ckpt.metadata, 0, val_split=args.val_split, seed=config.seed)
+    if data.val_loader is not None:
+        before = top1(model, data.val_loader, data.num_classes)
+        cut = top1(result.model, data.val_loader, data.num_classes)
+        print(f"top-1 before pruning {100 * before:.2f}%, right after pruning {100 * cut:.2f}%")
+    trainer = Trainer(config, args.out, splits=data.splits, model=result.model)
+    run_result = trainer.fit()
+    final = run_result.final_val_top1
+    if final is not None and data.val_loader is not None:
+        print(f"after fine-tuning: top-1 {100 * final:.2f}% ({100 * (final - before):+.2f} points vs unpruned), "
+              f"{result.macs_fraction:.0%} of the MACs; checkpoint {args.out}/best.safetensors")
+    return 0

@@ -1,0 +1,245 @@
+"""Export to ONNX and to ``torch.export`` programs (.pt2), each verified right after writing it.
+
+Verification reloads the written file (onnxruntime for ONNX, ``torch.export.load`` for .pt2), runs
+it and the eager model on the same inputs, at a batch size different from the traced one so the
+dynamic batch dimension is exercised too, and raises ``ExportVerificationError`` with the max
+absolute difference when it exceeds the tolerance.
+
+INT8: ONNX gets onnxruntime's static QDQ quantization of the fp32 graph (calibrated on the given
+images); the exported program is the PT2E x86 int8 program (``quantize_int8(flow="pt2e")``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx", "exported-program")
+ExportFormat = Literal["onnx", "exported-program"]
+DEFAULT_OPSET = 18
+"""The newest opset the dynamo exporter targets natively in torch 2.x, and one onnxruntime >= 1.14 runs."""
+
+
+class ExportError(RuntimeError):
+    """Export could not be done or checked (a missing runtime, bad inputs)."""
+
+
+class ExportVerificationError(ExportError):
+    """The exported file's outputs differ from the eager model's beyond the tolerance."""
+
+    def __init__(self, what: str, max_abs_diff: float, tolerance: float) -> None:
+        super().__init__(f"{what}: exported model disagrees with the eager model: max |diff| = {max_abs_diff:.3g} "
+                         f"> tolerance {tolerance:.3g}. The file was written but should not be used.")
+        self.max_abs_diff = max_abs_diff
+        self.tolerance = tolerance
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    format: str
+    int8: bool
+    max_abs_diff: float
+    tolerance: float
+    top1_agreement: float
+    verified_batch: int
+    bytes: int
+
+    def __str__(self) -> str:
+        kind = "int8 " if self.int8 else ""
+        return (f"wrote {kind}{self.format} {self.path} ({self.bytes / 1e6:.2f} MB); verified at batch "
+                f"{self.verified_batch}: max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
+                f"top-1 agreement {self.top1_agreement:.0%}")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("onnxruntime is not installed, so the ONNX file cannot be verified (or quantized): "
+                          "pip install onnxruntime (or pip install 'resnets[deploy]'); pass verify=False / "
+                          "--no-verify to export without checking") from None
+    return onnxruntime
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return (3, 224, 224)
+    side = 32 if spec.stem == "cifar" else 224
+    return (spec.in_chans, side, side)
+
+
+def _inputs(model: nn.Module, input_size: Sequence[int] | None, batch: int, seed: int) -> torch.Tensor:
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _compare(what: str, got: torch.Tensor, want: torch.Tensor, tolerance: float) -> tuple[float, float]:
+    got, want = got.float(), want.float()
+    if got.shape != want.shape:
+        raise ExportVerificationError(f"{what} (output shape {tuple(got.shape)} vs {tuple(want.shape)})",
+                                      float("inf"), tolerance)
+    diff = (got - want).abs().max().item()
+    agree = (got.argmax(1) == want.argmax(1)).float().mean().item() if got.ndim == 2 else 1.0
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportVerificationError(what, diff, tolerance)
+    return diff, agree
+
+
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1, max=1024)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Export the plain network (input checks are static here, so they trace away)."""
+    from .fuse import InferenceModel
+
+    if isinstance(model, InferenceModel):
+        if model.precision != "fp32":
+            raise ExportError("export the fp32 model; bf16 is a runtime choice (autocast), not a file format")
+        model = getattr(model.model, "_orig_mod", model.model)
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
+                opset: int = DEFAULT_OPSET, verify: bool = True, tolerance: float = 1e-4,
+                int8: bool = False, calibration_data: Iterable[torch.Tensor] | None = None,
+                int8_tolerance: float | None = None) -> ExportReport:
+    """Write ``model`` as ONNX with a dynamic batch dimension and check it with onnxruntime.
+
+    ``tolerance`` is the max absolute logit difference allowed for fp32. With ``int8=True`` the
+    fp32 graph is quantized by onnxruntime (static, QDQ, per-channel weights) on ``calibration_data``
+    and compared against the fp32 eager model with ``int8_tolerance`` (default: 25% of the largest
+    logit); its top-1 agreement is reported.
+    """
+    from .quantize import CalibrationError
+
+    path = Path(path)
+    model = _unwrap(model)
+    if int8 and calibration_data is None:
+        raise CalibrationError("ONNX int8 needs calibration images (a few hundred training images): pass "
+                               "calibration_data, or --calib-data DIR on the command line")
+    if verify or int8:
+        ort = _import_onnxruntime()
+    example = _inputs(model, input_size, 2, seed=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fp32_path = path if not int8 else path.with_name(path.stem + ".fp32.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=({0: _batch_dim()},), input_names=["images"],
+                                    output_names=["logits"], verbose=False)
+    from ..weights import atomic_write
+
+    atomic_write(fp32_path, lambda tmp: program.save(tmp))
+    if int8:
+        _onnx_quantize(fp32_path, path, calibration_data, ort)
+    check = _inputs(model, input_size, 3, seed=1)
+    diff, agree, tol = float("nan"), float("nan"), tolerance
+    if verify:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
+        with torch.no_grad():
+            want = model(check)
+        if int8:
+            tol = int8_tolerance if int8_tolerance is not None else 0.25 * want.abs().max().item()
+        diff, agree = _compare(f"ONNX {path}", got, want, tol)
+    return ExportReport(path, "onnx", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
+
+
+def _onnx_quantize(fp32_path: Path, out_path: Path, calibration_data: Iterable[torch.Tensor], ort) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration_data]
+    if not batches:
+        from .quantize import CalibrationError
+
+        raise CalibrationError("the calibration data is empty; give it a few hundred training images")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"images": b.numpy()} for b in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the raw graph instead
+            prepared = fp32_path
+        quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
+                   verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
+                   calibration_data: Iterable[torch.Tensor] | None = None) -> ExportReport:
+    """Write a ``torch.export`` program (.pt2) with a dynamic batch and check the reloaded file.
+
+    With ``int8=True`` the program is the PT2E x86 int8 model calibrated on ``calibration_data``;
+    it is checked against the in-memory quantized model (tight) and its top-1 agreement with the
+    fp32 model is reported.
+    """
+    from .quantize import CalibrationError, quantize_int8
+
+    path = Path(path)
+    model = _unwrap(model)
+    example = _inputs(model, input_size, 2, seed=0)
+    if int8:
+        if calibration_data is None:
+            raise CalibrationError("int8 export needs calibration images (a few hundred training images): pass "
+                                   "calibration_data, or --calib-data DIR on the command line")
+        reference = quantize_int8(model, calibration_data, flow="pt2e").net
+    else:
+        from .quantize import _traceable_copy
+
+        reference = _traceable_copy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(reference, (example,), dynamic_shapes=({0: _batch_dim()},))
+    from ..weights import atomic_write
+
+    atomic_write(path, lambda tmp: torch.export.save(exported, tmp))
+    check = _inputs(model, input_size, 3, seed=1)
+    diff, agree = float("nan"), float("nan")
+    if verify:
+        loaded = torch.export.load(str(path)).module()
+        with torch.no_grad():
+            got = loaded(check)
+            want = reference(check)
+            diff, agree = _compare(f"exported program {path}", got, want, tolerance)
+            if int8:
+                agree = (got.argmax(1) == model(check).argmax(1)).float().mean().item()
+    return ExportReport(path, "exported-program", int8, diff, tolerance, agree, check.shape[0], path.stat().st_size)
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, format: str, **kwargs) -> ExportReport:
+    """``export_onnx`` or ``export_program`` by format name."""
+    if format == "onnx":
+        return export_onnx(model, path, **kwargs)
+    if format == "exported-program":
+        return export_program(model, path, **kwargs)
+    raise ExportError(f"format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
+
+
+def onnxruntime_session(model: nn.Module, example: torch.Tensor):
+    """An onnxruntime CPU session of ``model`` (exported to a temporary file) and its input name."""
+    ort = _import_onnxruntime()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, input_size=tuple(example.shape[1:]), verify=False)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, session.get_inputs()[0].name

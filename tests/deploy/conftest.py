@@ -1,0 +1,59 @@
+"""A tiny, briefly trained network and its data, shared by the deploy tests (built once per session)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnets import ResNet, get_spec
+
+CLASSES = 4
+SIZE = 16
+
+
+def color_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class is the colour of a bright square: learnable in a few dozen steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    images = torch.randn(n, 3, SIZE, SIZE, generator=g) * 0.5
+    palette = torch.tensor([[2.0, -1, -1], [-1, 2.0, -1], [-1, -1, 2.0], [1.5, 1.5, -1]])
+    for i, y in enumerate(labels.tolist()):
+        r, c = torch.randint(0, SIZE - 8, (2,), generator=g).tolist()
+        images[i, :, r:r + 8, c:c + 8] += palette[y].view(3, 1, 1)
+    return images, labels
+
+
+def _train(model: ResNet, steps: int = 40) -> ResNet:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(steps):
+        images, labels = color_batch(32, seed=step)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    return get_spec("resnet20").replace(layers=(1, 1, 1), num_classes=CLASSES)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_spec) -> ResNet:
+    torch.manual_seed(0)
+    return _train(ResNet(tiny_spec))
+
+
+@pytest.fixture(scope="session")
+def trained_bottleneck() -> ResNet:
+    torch.manual_seed(0)
+    spec = get_spec("resnet50").replace(layers=(1, 1), widths=(8, 16), stem="cifar", stem_width=16,
+                                        num_classes=CLASSES)
+    return _train(ResNet(spec), steps=30)
+
+
+@pytest.fixture()
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return color_batch(64, seed=1234)

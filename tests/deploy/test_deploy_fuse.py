@@ -1,0 +1,69 @@
+"""BatchNorm folding is exact; optimize_for_inference keeps the outputs and reports its choice."""
+
+import pytest
+import torch
+from torch import nn
+
+from resnets import ResNet, create_model, get_spec
+from resnets.deploy import fold_batchnorm, make_inference_model, optimize_for_inference
+from resnets.deploy.fuse import count_batchnorms
+
+
+def _with_running_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so folding has something to fold."""
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, size, overrides", [
+    ("resnet20", 32, {}),
+    ("resnet50", 64, {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 16)}),
+    ("resnet50d", 64, {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 16)}),
+])
+def test_folded_equals_unfolded(name, size, overrides):
+    model = _with_running_stats(create_model(name, num_classes=7, **overrides))
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+    assert count_batchnorms(folded) < count_batchnorms(model)
+    if name != "resnet50d":  # the deep stem's last BN follows a Sequential, the rest all fold
+        assert count_batchnorms(folded) == 0
+    assert count_batchnorms(model) > 0, "folding must not modify the original"
+
+
+def test_preact_norms_are_left_alone_and_outputs_kept():
+    model = _with_running_stats(create_model("preact_resnet20"))
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_inference_model_fp32_matches_and_bf16_keeps_top1(trained_tiny, batch):
+    x, _ = batch
+    with torch.no_grad():
+        want = trained_tiny(x)
+        fp32 = make_inference_model(trained_tiny, "fp32", channels_last=True)(x)
+        bf16 = make_inference_model(trained_tiny, "bf16", channels_last=True)(x)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.float32
+    assert torch.allclose(fp32, want, atol=1e-4)
+    assert (bf16.argmax(1) == want.argmax(1)).float().mean() >= 0.9
+
+
+def test_optimize_for_inference_picks_a_safe_candidate(trained_tiny, batch):
+    x, _ = batch
+    best, report = optimize_for_inference(trained_tiny, precision="fp32", example_input=x[:8], repeats=1,
+                                          return_report=True)
+    assert len(report.candidates) == 2 and report.chosen == best.description
+    with torch.no_grad():
+        assert torch.allclose(best(x), trained_tiny(x), atol=1e-4)
+    with pytest.raises(ValueError, match="precision"):
+        optimize_for_inference(trained_tiny, precision="fp16")
