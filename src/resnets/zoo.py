@@ -109,6 +109,12 @@ _RESNEXT_CIFAR = ResNetSpec(block="bottleneck", layers=(3, 3, 3), widths=(64, 12
 register("resnext29_8x64d", _RESNEXT_CIFAR, CIFAR_INPUT, RESNEXT)
 register("resnext29_16x64d", _RESNEXT_CIFAR.replace(groups=16), CIFAR_INPUT, RESNEXT)
 
+# airbench-style fast CIFAR-10 residual net (the `cifar-fast` recipe): a 32-wide stem at full size,
+# then three one-block stages at 16, 8 and 4 px, widths 64/256/256, projection shortcuts.
+register("resnet_fast", ResNetSpec(block="basic", layers=(1, 1, 1), widths=(64, 256, 256), strides=(2, 2, 2),
+                                   stem="cifar", stem_width=32, shortcut="B", num_classes=10),
+         CIFAR_INPUT, "this repository: a fast CIFAR-10 ResNet in the spirit of airbench (Jordan 2024)")
+
 # -------------------------------------------------------------------- video
 _VIDEO = ResNetSpec(block="basic", layers=(2, 2, 2, 2), stem="video", conv_type="3d", num_classes=400)
 register("r3d_18", _VIDEO, VIDEO_INPUT, TRAN, torchvision="r3d_18")

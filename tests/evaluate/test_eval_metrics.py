@@ -1,0 +1,125 @@
+"""Evaluation: metric arithmetic, test-time augmentation views, and `resnets eval` / `resnets predict`
+on a checkpoint written by a tiny training run (folders matched to classes by name)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from resnets.cli import main
+from resnets.data import DataSplits, TensorImageDataset, make_image_folder, make_loader, make_tensor_dataset
+from resnets.evaluate import EvalSums, evaluate, tta_logits, tta_views
+from resnets.train import TrainConfig, train
+from resnets.weights import model_from_checkpoint
+
+CLASSES = ["eel", "cat", "dog"]  # deliberately not alphabetical: folders must be matched by name
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+class FixedLogits(nn.Module):
+    """Returns a stored row of logits per call position (for exact metric arithmetic)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.position = logits, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.logits[self.position:self.position + x.shape[0]]
+        self.position += x.shape[0]
+        return out
+
+
+def test_metrics_from_known_logits():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0],  # true 0: top-1 right
+                           [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],  # true 1: top-1 wrong, top-5 right
+                           [3.0, 2.0, 1.0, 0.0, -1.0, -2.0],  # true 5: wrong in top-5 too
+                           [0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])   # true 5: right
+    labels = torch.tensor([0, 1, 5, 5])
+    loader = [(torch.zeros(2, 3, 4, 4), labels[:2]), (torch.zeros(2, 3, 4, 4), labels[2:])]
+    result = evaluate(FixedLogits(logits), loader, num_classes=6)
+    assert result.top1 == 0.5 and result.top5 == 0.75 and result.count == 4
+    assert result.per_class_accuracy == {"0": 1.0, "1": 0.0, "2": None, "3": None, "4": None, "5": 0.5}
+    assert result.confusion[5] == [1, 0, 0, 0, 0, 1] and result.confusion[1][0] == 1
+    expected_loss = nn.functional.cross_entropy(logits, labels).item()
+    assert result.loss == pytest.approx(expected_loss, rel=1e-6)
+    doubled = EvalSums.zeros(6)
+    doubled.add(logits, labels)
+    assert doubled.reduce(lambda t: t * 2).result().count == 8  # reduction over processes is a sum
+
+
+def test_tta_views_and_averaging():
+    images = torch.randn(2, 3, 32, 32)
+    assert [v.shape for v in tta_views(images, "flip")] == [images.shape] * 2
+    assert len(tta_views(images, "flip-translate")) == 6
+    crops = tta_views(images, "10crop")
+    assert len(crops) == 10 and all(c.shape == (2, 3, 28, 28) for c in crops)
+    assert torch.equal(crops[5], crops[0].flip(-1))
+    up_left = tta_views(images, "flip-translate")[2]
+    assert torch.equal(up_left[..., 1:, 1:], images[..., :-1, :-1])  # shifted by one pixel
+
+    pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))  # flip/shift-insensitive-ish
+    for mode in ("flip", "10crop", "flip-translate"):
+        assert tta_logits(pooled, images, mode).shape == (2, 4)
+    assert torch.allclose(tta_logits(pooled, images, "flip"), pooled(images), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        tta_views(images, "rotate")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    images, labels = make_tensor_dataset(classes=3, per_class=16, size=8, seed=0)
+    train_set = TensorImageDataset(images, labels, CLASSES, MEAN, STD)
+    val_images, val_labels = make_tensor_dataset(classes=3, per_class=6, size=8, seed=5)
+    val_set = TensorImageDataset(val_images, val_labels, CLASSES, MEAN, STD)
+    config = TrainConfig(model="resnet20", data="memory", batch_size=16, epochs=4, lr=0.05, schedule="cosine",
+                         progress=False, tensorboard=False, workers=0)
+    train(config, root / "run", splits=DataSplits(train_set, val_set, CLASSES, MEAN, STD, 8, True))
+    folder = make_image_folder(root / "eval", classes=3, per_class=6, size=8, seed=5, names=CLASSES)
+    return root, folder, val_set
+
+
+def test_eval_cli_matches_direct_evaluation(trained_run, capsys, monkeypatch):
+    root, folder, val_set = trained_run
+    monkeypatch.setenv("RESNETS_CACHE", str(root / "cache"))
+    out = root / "metrics.json"
+    assert main(["eval", "--checkpoint", str(root / "run" / "best.safetensors"), "--data", str(folder),
+                 "--json", str(out), "--tta", "flip"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["classes"] == CLASSES and report["count"] == 18 and report["tta"] == "flip"
+    assert set(report["per_class_accuracy"]) == set(CLASSES)
+    assert (root / "metrics.confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    model, _ = model_from_checkpoint(root / "run" / "best.safetensors")
+    loader = make_loader(val_set, batch_size=7, train=False, mean=MEAN, std=STD)  # labels in checkpoint order
+    direct = evaluate(model, loader, 3, CLASSES, tta="flip")
+    assert report["confusion"] == direct.confusion and report["top1"] == pytest.approx(direct.top1)
+    assert report["loss"] == pytest.approx(direct.loss, rel=1e-5)
+
+
+def test_eval_cli_rejects_unknown_class_folders(trained_run, tmp_path, capsys, monkeypatch):
+    root, _, _ = trained_run
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    folder = make_image_folder(tmp_path / "other", classes=2, per_class=2, size=8, names=["cat", "zebra"])
+    assert main(["eval", "--checkpoint", str(root / "run"), "--data", str(folder)]) == 2
+    assert "zebra" in capsys.readouterr().err
+
+
+def test_predict_prints_top_k_and_json(trained_run, capsys):
+    root, folder, _ = trained_run
+    images = [str(folder / "cat" / "00000.png"), str(folder / "dog" / "00001.png")]
+    assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), *images, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("00000.png: ")
+    assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), *images, "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert [len(i["top"]) for i in items] == [3, 3]
+    probabilities = [t["probability"] for t in items[0]["top"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, abs=1e-5)
+    assert {t["class"] for t in items[0]["top"]} == set(CLASSES)
+    assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), "missing.png"]) == 2
+    assert "does not exist" in capsys.readouterr().err

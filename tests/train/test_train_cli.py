@@ -1,0 +1,54 @@
+"""`resnets train` argument errors are one-line user errors; recipes load, validate and state accuracy."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnets.cli import main
+from resnets.train import ConfigError, list_recipes, load_recipe, parse_set, resolve_config
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--recipe", "cifar-fats"], "unknown recipe 'cifar-fats'. Did you mean cifar-fast?"),
+    (["--recipe", "cifar-fast", "--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--recipe", "cifar-fast", "--set", "learning_rate=0.1"], "unknown training option 'learning_rate'"),
+    (["--recipe", "cifar-fast", "--set", "lr"], "must look like key=value"),
+    (["--recipe", "cifar-fast", "--set", "augment.flop=true"], "unknown augment option"),
+    (["--recipe", "cifar-fast", "--set", "schedule=linear"], "schedule='linear' is unknown"),
+    (["--recipe", "cifar-fast", "--set", "batch_size=many"], "batch_size='many'"),
+    (["--recipe", "cifar-fast", "--data", "/nonexistent/images", "--no-progress"], "no dataset at /nonexistent/images"),
+    (["--resume", "/nonexistent/run"], "no training checkpoint at"),
+])
+def test_user_errors_are_one_line_with_exit_2(capsys, argv, words):
+    code, err = run_cli(capsys, "train", *argv)
+    assert code == 2
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_every_shipped_recipe_resolves_and_states_its_expected_accuracy():
+    assert {"he2015-cifar", "cifar-fast", "imagenet", "imagenette"} <= set(list_recipes())
+    for name in list_recipes():
+        config = resolve_config(name)
+        assert config.recipe == name and "%" in config.expected and config.description
+    he = resolve_config("he2015-cifar")
+    assert (he.batch_size, he.lr, he.steps, he.milestones, he.weight_decay, he.momentum) == (
+        128, 0.1, 64000, [32000, 48000], 1e-4, 0.9)
+    assert he.augment == {"crop_padding": 4, "pad_mode": "zeros", "flip": True} and he.val_split == 5000
+    imagenet = resolve_config("imagenet", {"batch_size": 1024})
+    assert imagenet.base_lr == pytest.approx(0.4) and imagenet.milestones == [30, 60, 80]
+
+
+def test_set_overrides_merge_and_type_check():
+    overrides = parse_set(["lr=0.2", "augment.cutout_size=8", "model_options.drop_path_rate=0.1", "tta=flip"])
+    config = resolve_config("cifar-fast", overrides)
+    assert config.lr == 0.2 and config.augment["cutout_size"] == 8 and config.augment["translate"] == 2
+    assert config.model_options == {"drop_path_rate": 0.1} and config.tta == "flip"
+    with pytest.raises(ConfigError, match="did you mean 'label_smoothing'"):
+        parse_set(["label_smothing=0.1"])
+    assert load_recipe("he2015-cifar")["steps"] == 64000

@@ -1,0 +1,185 @@
+"""The trainer on tiny in-memory data: determinism, stopping on a non-finite loss, atomic checkpoints,
+weights-only last.pt, schedules, no-decay groups, time budgets, callbacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from resnets import create_model
+from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
+from resnets.train import (Callback, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
+                           param_groups, resolve_config, train)
+from resnets.train import checkpoint as checkpoint_module
+from resnets.weights import CheckpointError, model_from_checkpoint
+
+CLASSES = ["cat", "dog", "eel"]
+
+
+def tiny_splits(size: int = 8) -> DataSplits:
+    images, labels = make_tensor_dataset(classes=3, per_class=12, size=size, seed=0)
+    val_images, val_labels = make_tensor_dataset(classes=3, per_class=4, size=size, seed=1)
+    train_set = TensorImageDataset(images, labels, CLASSES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    val_set = TensorImageDataset(val_images, val_labels, CLASSES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return DataSplits(train_set, val_set, CLASSES, train_set.mean, train_set.std, size, True)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    values = dict(model="resnet20", data="memory", batch_size=12, epochs=2, lr=0.05, schedule="cosine",
+                  augment={"translate": 1, "flip": True}, progress=False, tensorboard=False, workers=0)
+    values.update(changes)
+    return TrainConfig.from_dict(values)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    runs = [train(tiny_config(seed=seed, mixup_alpha=0.3, ema_decay=0.5, label_smoothing=0.1), splits=tiny_splits())
+            for seed in (7, 7, 8)]
+    a, b, c = (weights(r.model) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+    assert runs[0].history == runs[1].history or [
+        {k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds", "elapsed_minutes")}
+        for r in runs[0].history] == [
+        {k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds", "elapsed_minutes")}
+        for r in runs[1].history]
+
+
+def test_run_folder_contents_and_weights_only_checkpoint(tmp_path):
+    result = train(tiny_config(ema_decay=0.9, tta="flip"), tmp_path / "run", splits=tiny_splits())
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "last.pt", "best.safetensors", "summary.json"} <= {
+        p.name for p in run.iterdir()}
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    body = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # no pickled objects
+    for key in ("state_dict", "state_dict_ema", "optimizer", "scaler", "rng", "progress", "spec", "classes",
+                "mean", "std", "config"):
+        assert key in body
+    assert body["progress"]["step"] == result.steps == 6 and body["classes"] == CLASSES
+    assert resolve_config(None, body["config"]).ema_decay == 0.9  # the full resolved config
+    model, ckpt = model_from_checkpoint(run / "best.safetensors")
+    assert ckpt.metadata["classes"] == CLASSES and ckpt.metadata["std"] == [0.25, 0.25, 0.25]
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
+
+
+def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(epochs=1), tmp_path, splits=tiny_splits())
+    trainer.fit()
+    before = load_training_checkpoint(tmp_path / "last.pt")
+
+    def torn_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", torn_save)
+    trainer.step += 1
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_last()
+    after = load_training_checkpoint(tmp_path / "last.pt")
+    assert after["progress"]["step"] == before["progress"]["step"]
+    assert all(torch.equal(after["state_dict"][k], before["state_dict"][k]) for k in before["state_dict"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    def poisoned(trainer, images, targets):
+        logits = trainer.forward_model(images)
+        loss = nn.functional.cross_entropy(logits.float(), targets)
+        return (loss * float("nan") if trainer.epoch >= 1 else loss), logits
+
+    trainer = Trainer(tiny_config(epochs=3), tmp_path, splits=tiny_splits(), loss_fn=poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .* step 4 of epoch 1.*last good checkpoint"):
+        trainer.fit()
+    body = load_training_checkpoint(tmp_path / "last.pt")
+    assert body["progress"]["epoch"] == 1 and body["progress"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in body["state_dict"].values() if v.is_floating_point())
+
+
+def test_step_schedule_at_iterations_cosine_and_onecycle_values():
+    step = LRSchedule("step", 64000, milestones=(32000, 48000), gamma=0.1)
+    assert [step(s) for s in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    he = resolve_config("he2015-cifar")
+    schedule = LRSchedule.from_config(he, steps_per_epoch=351, total_steps=he.total_steps(351))
+    assert schedule.total_steps == 64000 and schedule.milestones == (32000, 48000)
+    cosine = LRSchedule("cosine", 110, warmup_steps=10, start=0.0, final=0.0)
+    assert cosine(0) == 0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(1)
+    assert cosine(60) == pytest.approx(0.5) and cosine(110) == pytest.approx(0)
+    one = LRSchedule("onecycle", 100, peak_at=0.25, start=0.1, final=0.0)
+    assert one(0) == pytest.approx(0.1) and one(25) == pytest.approx(1.0)
+    assert one(62) == pytest.approx(1 - 37 / 75) and one(100) == pytest.approx(0.0)
+    stretched = step.scaled_to(6400)
+    assert stretched.milestones == (3200, 4800)
+
+
+def test_error_warmup_applies_to_resnet110_only():
+    config = resolve_config("he2015-cifar", {"model": "resnet110", "data": "memory"})
+    assert config.error_warmup_lr == 0.01 and "resnet110" in config.error_warmup_models
+    trainer = Trainer(config.replace(steps=2, progress=False, tensorboard=False, batch_size=12, workers=0),
+                      splits=tiny_splits(), model=create_model("resnet20", num_classes=3))
+    assert trainer.error_warmup_active and trainer.current_lr_factor() == pytest.approx(0.1)
+    trainer.error_window = torch.tensor([10.0, 100.0], dtype=torch.float64)  # 10% error < 80%
+    trainer.update_error_warmup()
+    assert not trainer.error_warmup_active and trainer.current_lr_factor() == 1.0
+    other = Trainer(config.replace(model="resnet20", steps=2, progress=False, tensorboard=False, batch_size=12),
+                    splits=tiny_splits())
+    assert not other.error_warmup_active
+
+
+def test_no_decay_groups_hold_norm_weights_and_biases():
+    model = create_model("resnet20", num_classes=3)
+    groups = param_groups(model, weight_decay=5e-4, no_decay_norm_bias=True)
+    by_name = {g["name"]: g for g in groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in by_name["no_decay"]["params"]}
+    decay = {names[id(p)] for p in by_name["decay"]["params"]}
+    assert by_name["no_decay"]["weight_decay"] == 0 and by_name["decay"]["weight_decay"] == 5e-4
+    assert "bn1.weight" in no_decay and "fc.bias" in no_decay and "layer1.0.bn2.bias" in no_decay
+    assert "conv1.weight" in decay and "fc.weight" in decay and not (decay & no_decay)
+    assert len(decay | no_decay) == len(list(model.parameters()))
+    trainer = Trainer(tiny_config(no_decay_norm_bias=True, weight_decay=5e-4), splits=tiny_splits())
+    assert sorted(g["weight_decay"] for g in trainer.optimizer.param_groups) == [0.0, 5e-4]
+
+
+def test_time_budget_fits_the_run_and_leaves_the_model_untouched():
+    trainer = Trainer(tiny_config(epochs=None, time_budget=0.05, schedule="step", milestones=[1, 2],
+                                  milestone_unit="epochs"), splits=tiny_splits())
+    initial = weights(trainer.model)
+    trainer.fit_time_budget()
+    assert trainer.config.steps == trainer.total_steps >= 1 and trainer.config.epochs is None
+    assert trainer.budget_fit["step_seconds"] > 0
+    fitted_seconds = trainer.total_steps * trainer.budget_fit["step_seconds"]
+    assert fitted_seconds <= 0.05 * 60
+    assert all(torch.equal(initial[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_callbacks_and_param_group_override_are_used():
+    seen = {"batches": 0, "backward": 0, "epochs": []}
+
+    class Spy(Callback):
+        def on_batch(self, trainer, images, labels):
+            seen["batches"] += 1
+            return images * 0, labels  # e.g. an adversarial example generator
+
+        def on_after_backward(self, trainer):
+            seen["backward"] += int(all(p.grad is not None for p in trainer.model.fc.parameters()))
+
+        def on_epoch_end(self, trainer, record):
+            seen["epochs"].append(record["epoch"])
+
+    def head_only(model):  # fine-tuning style groups: the head at 10x
+        return [{"params": list(model.fc.parameters()), "lr_scale": 10.0, "name": "head"}]
+
+    trainer = Trainer(tiny_config(), splits=tiny_splits(), callbacks=[Spy()], param_groups=head_only)
+    body = weights(trainer.model)
+    trainer.fit()
+    assert seen == {"batches": 6, "backward": 6, "epochs": [0, 1]}
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, body[k]) and v.is_floating_point()}
+    assert {"fc.weight", "fc.bias"} <= changed and "conv1.weight" not in changed
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr * 10)
