@@ -15,7 +15,7 @@ import torch
 
 from resnets.explain.degradation import Budget, run_degradation
 
-BUDGET = "epochs=4,train_subset=20000,val_subset=2000,batch_size=128,lr=0.1,log_points=16"
+BUDGET = "epochs=1.5,train_subset=10000,val_subset=1000,batch_size=64,lr=0.05,log_points=10"
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

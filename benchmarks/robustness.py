@@ -25,7 +25,7 @@ from resnets.explain.degradation import Budget, load_pixel_splits, train_classif
 
 DATA = "/work/shared/data/cifar10/train"
 OUT = Path("docs/figures/robustness")
-TRAIN_BUDGET = "epochs=4,train_subset=all,val_subset=all,log_points=5"
+TRAIN_BUDGET = "epochs=2,train_subset=20000,val_subset=1000,log_points=4"
 LINF = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 L2 = [0, 0.25, 0.5, 1.0]
 
