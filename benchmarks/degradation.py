@@ -15,7 +15,7 @@ import torch
 
 from resnets.explain.degradation import Budget, run_degradation
 
-BUDGET = "epochs=1.5,train_subset=10000,val_subset=1000,batch_size=64,lr=0.05,log_points=10"
+BUDGET = "epochs=1,train_subset=10000,val_subset=1000,batch_size=64,lr=0.05,log_points=10"
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
