@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnxruntime", action="store_true", help="also time onnxruntime on the exported fp32 model")
     p.add_argument("--calib-data", metavar="DIR", help="images to calibrate int8 with")
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each variant (round-robin)")
+    p.add_argument("--input-size", type=int, metavar="PIXELS", help="image side (default: 224, or 32 for CIFAR nets)")
     p.add_argument("--compare", help="comma-separated models for the backbone table, e.g. "
                    "resnet50,densenet121,efficientnet_b0,mobilenet_v3_large (torchvision names allowed)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -53,9 +54,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--precision {unknown[0]!r} is unknown; choose from fp32, bf16, int8")
     if args.rounds < 1:
         raise UserError("--rounds must be at least 1")
+    if args.input_size is not None and args.input_size < 8:
+        raise UserError("--input-size must be at least 8 pixels")
     output: dict = {}
     if args.compare:
-        rows = compare_architectures(_csv(args.compare), batch=batches[0], rounds=args.rounds)
+        side = args.input_size or 224
+        rows = compare_architectures(_csv(args.compare), batch=batches[0], rounds=args.rounds, input_size=(3, side, side))
         print(format_compare(rows))
         output["compare"] = rows
     else:
@@ -75,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             calibration = load_deploy_data(args.calib_data, metadata, 256).calibration
         rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
                               onnxruntime=args.onnxruntime, rounds=args.rounds, calibration=calibration,
+                              input_size=(model.spec.in_chans, args.input_size, args.input_size)
+                              if args.input_size else None,
                               log=lambda m: print(m, flush=True))
         print(format_rows(rows))
         print(f"machine: {env['cpu']}, {env['threads']} threads, torch {env['torch']}; matmul peak "

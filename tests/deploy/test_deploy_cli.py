@@ -1,0 +1,93 @@
+"""The deploy commands end to end on tiny data, and their one-line errors for bad input."""
+
+import json
+
+import pytest
+import torch
+
+from resnets import model_from_checkpoint, save_weights
+from resnets.cli import main
+from resnets.data import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, trained_tiny):
+    root = tmp_path_factory.mktemp("deploy_cli")
+    data = make_image_folder(root / "data", classes=4, per_class=12, size=16)
+    checkpoint = save_weights(trained_tiny, root / "tiny.safetensors",
+                              {"model_name": "resnet20", "image_size": 16,
+                               "classes": sorted(p.name for p in data.iterdir())})
+    return root, data, checkpoint
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_export_cli_writes_verified_files(workspace, capsys):
+    root, _, checkpoint = workspace
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "exported-program",
+                 "--out", str(root / "m.pt2")]) == 0
+    assert "verified at batch 3" in capsys.readouterr().out and (root / "m.pt2").exists()
+
+
+def test_export_cli_errors(workspace, capsys):
+    _, _, checkpoint = workspace
+    err = _error(capsys, ["export", "--checkpoint", str(checkpoint), "--format", "tflite"])
+    assert "--format 'tflite' is not supported" in err and "onnx, exported-program" in err
+    err = _error(capsys, ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--int8"])
+    assert "--int8 needs calibration images" in err
+    err = _error(capsys, ["export", "--checkpoint", "missing.safetensors", "--format", "onnx"])
+    assert "does not exist" in err
+
+
+def test_quantize_cli_reports_the_accuracy_change(workspace, capsys):
+    root, data, checkpoint = workspace
+    out = root / "tiny.int8.pt"
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                 "--calib-images", "24", "--val-split", "0.25"]) == 0
+    text = capsys.readouterr().out
+    assert "post-training int8: top-1" in text and "points" in text and out.exists()
+
+
+def test_prune_and_distill_cli_write_normal_checkpoints(workspace, capsys):
+    root, data, checkpoint = workspace
+    common = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--val-split", "0.25",
+              "--set", "workers=0", "--set", "progress=false", "--set", "tensorboard=false"]
+    assert main(["prune", "--checkpoint", str(checkpoint), "--target-macs", "0.5", "--out", str(root / "pruned"),
+                 *common]) == 0
+    pruned, ckpt = model_from_checkpoint(root / "pruned" / "best.safetensors")
+    assert ckpt.spec.block_widths is not None and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+    assert main(["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--out", str(root / "kd"),
+                 "--temperature", "4", *common]) == 0
+    student, ckpt = model_from_checkpoint(root / "kd" / "best.safetensors")
+    assert ckpt.spec.layers == (3, 3, 3) and ckpt.spec.num_classes == 4
+    assert "distilled resnet20" in capsys.readouterr().out
+
+
+def test_train_based_cli_errors(workspace, capsys):
+    root, data, checkpoint = workspace
+    err = _error(capsys, ["prune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(root / "x")])
+    assert "--epochs N or --time-budget" in err
+    err = _error(capsys, ["prune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(root / "x"),
+                          "--epochs", "1", "--target-macs", "0.001"])
+    assert "cannot reach" in err
+    err = _error(capsys, ["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--data", str(data),
+                          "--out", str(root / "y"), "--epochs", "1", "--alpha", "2"])
+    assert "--alpha 2.0 must be between 0 and 1" in err
+
+
+def test_bench_cli_times_against_torchvision(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "resnet18", "--batch", "2", "--precision", "fp32,bf16", "--rounds", "2",
+                 "--input-size", "32", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    variants = {r["variant"] for r in rows}
+    assert "torchvision fp32 eager NCHW" in variants and "ours bf16 channels_last+folded" in variants
+    assert all(r["p50_ms"] > 0 and r["gflops"] > 0 and r["peak_share"] > 0 for r in rows)
+    assert next(r for r in rows if r["variant"] == "torchvision fp32 eager NCHW")["speedup"] == 1.0
+    err = _error(capsys, ["bench", "--batch", "one"])
+    assert "--batch 'one' must be comma-separated integers" in err
+    err = _error(capsys, ["bench", "--precision", "fp8"])
+    assert "--precision 'fp8' is unknown" in err

@@ -1,0 +1,65 @@
+"""Export is verified right after writing: ONNX (onnxruntime) and torch.export parity, dynamic
+batch, int8 ONNX, and clear errors for unsupported formats, missing calibration or runtime."""
+
+import sys
+
+import pytest
+import torch
+
+from resnets.deploy.export import (ExportError, ExportVerificationError, _compare, export_model, export_onnx,
+                                   export_program)
+from resnets.deploy.quantize import CalibrationError
+
+from conftest import color_batch
+
+SIZE = (3, 16, 16)
+
+
+def test_onnx_parity_and_dynamic_batch(trained_tiny, tmp_path):
+    import onnxruntime
+
+    report = export_onnx(trained_tiny, tmp_path / "m.onnx", input_size=SIZE)
+    assert report.max_abs_diff <= 1e-4 and report.top1_agreement == 1.0 and report.verified_batch == 3
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = torch.randn(batch, *SIZE)
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        with torch.no_grad():
+            assert torch.allclose(got, trained_tiny(x), atol=1e-4)
+
+
+def test_exported_program_parity_and_dynamic_batch(trained_tiny, tmp_path):
+    report = export_program(trained_tiny, tmp_path / "m.pt2", input_size=SIZE)
+    assert report.max_abs_diff <= 1e-4
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    x = torch.randn(1, *SIZE)
+    with torch.no_grad():
+        assert torch.allclose(program(x), trained_tiny(x), atol=1e-5)
+
+
+def test_int8_onnx_is_smaller_and_agrees(trained_tiny, tmp_path):
+    calibration = [color_batch(32, seed=900 + i)[0] for i in range(2)]
+    fp32 = export_onnx(trained_tiny, tmp_path / "fp32.onnx", input_size=SIZE)
+    int8 = export_onnx(trained_tiny, tmp_path / "int8.onnx", input_size=SIZE, int8=True,
+                       calibration_data=calibration)
+    assert int8.int8 and int8.bytes < 0.6 * fp32.bytes
+    assert int8.max_abs_diff <= int8.tolerance
+
+
+def test_verification_fails_loudly_with_the_difference():
+    with pytest.raises(ExportVerificationError, match=r"max \|diff\| = 0\.5"):
+        _compare("probe", torch.zeros(2, 3), torch.full((2, 3), 0.5), 1e-4)
+    with pytest.raises(ExportVerificationError):
+        _compare("probe", torch.full((2, 3), float("nan")), torch.zeros(2, 3), 1e-4)
+
+
+def test_bad_requests_are_clear_errors(trained_tiny, tmp_path, monkeypatch):
+    with pytest.raises(ExportError, match="not supported; choose one of onnx, exported-program"):
+        export_model(trained_tiny, tmp_path / "m.tflite", "tflite")
+    with pytest.raises(CalibrationError, match="calibration"):
+        export_onnx(trained_tiny, tmp_path / "q.onnx", input_size=SIZE, int8=True)
+    with pytest.raises(CalibrationError, match="calibration"):
+        export_program(trained_tiny, tmp_path / "q.pt2", input_size=SIZE, int8=True)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(ExportError, match="pip install onnxruntime"):
+        export_onnx(trained_tiny, tmp_path / "m.onnx", input_size=SIZE)
