@@ -69,14 +69,28 @@ def _cli_args(data: Path, out: Path) -> list[str]:
     return args
 
 
-def _run(command: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
+def _start(command: list[str], tmp: Path, **env: str) -> subprocess.Popen:
     environment = {**os.environ, "RESNETS_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]), **env}
     if "RESNETS_FAULT_KILL" not in env:
         environment.pop("RESNETS_FAULT_KILL", None)
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, f"{command[:6]}... failed ({result.returncode}):\n{result.stderr[-4000:]}"
-    return result
+    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    """Wait (bounded) for a launched run; its stderr. A run past the timeout is killed with its workers."""
+    try:
+        _, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # torchrun's agent stops its workers (own sessions) on SIGTERM
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+        raise AssertionError(f"{process.args[:6]}... did not finish in {TIMEOUT_S} s:\n{stderr[-4000:]}") from None
+    assert process.returncode == 0, f"{process.args[:6]}... failed ({process.returncode}):\n{stderr[-4000:]}"
+    return stderr
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +104,21 @@ def runs(tmp_path_factory) -> dict:
 
     # 2 processes through the --nproc launcher, write-audited per rank
     two = tmp / "two"
-    launched = _run([sys.executable, "-m", "resnets", "train", "--nproc", "2", *_cli_args(data, two)[1:]], tmp,
-                    AUDIT_RUN_DIR=str(two), AUDIT_LOG_DIR=str(tmp / "audit"))
+    launched = _start([sys.executable, "-m", "resnets", "train", "--nproc", "2", *_cli_args(data, two)[1:]], tmp,
+                      AUDIT_RUN_DIR=str(two), AUDIT_LOG_DIR=str(tmp / "audit"))
 
     # 2 processes under torchrun itself; rank 1 SIGKILLs itself after step 4 of the first attempt
     killed = tmp / "killed"
-    recovered = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                      "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "resnets", *_cli_args(data, killed)],
-                     tmp, RESNETS_FAULT_KILL=f"1:{KILL_AT_STEP}")
+    recovered = _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "resnets", *_cli_args(data, killed)],
+                       tmp, RESNETS_FAULT_KILL=f"1:{KILL_AT_STEP}")
 
     # 1 process, global batch 16 = 8 x accum 2, plain BatchNorm
     os.environ["RESNETS_CACHE"] = str(tmp / "cache")
     config = resolve_config(None, {**SETTINGS, "data": str(data), "batch_size": 8, "accum_steps": 2})
-    Trainer(config, tmp / "one").fit()
-    return {"tmp": tmp, "one": tmp / "one", "two": two, "killed": killed, "launched": launched,
-            "recovered": recovered}
+    Trainer(config, tmp / "one").fit()  # while the two launches run
+    return {"tmp": tmp, "one": tmp / "one", "two": two, "killed": killed, "launched": _finish(launched),
+            "recovered": _finish(recovered)}
 
 
 def _state(run_dir: Path) -> dict:
@@ -147,7 +161,7 @@ def test_only_rank_zero_writes_the_run_folder(runs):
 
 
 def test_killed_rank_restarts_from_the_last_checkpoint_and_matches(runs):
-    log = runs["recovered"].stderr
+    log = runs["recovered"]
     assert f"resuming at step {KILL_AT_STEP - 1} (epoch 1, batch 1)" in log, log[-3000:]
     killed, two = _state(runs["killed"]), _state(runs["two"])
     assert killed["progress"]["step"] == 6
