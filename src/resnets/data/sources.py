@@ -180,8 +180,6 @@ def _resolve_source(source: str | os.PathLike, cache_dir, download: bool) -> tup
     if not path.exists():
         raise DataError(f"no dataset at {path}: pass cifar10, cifar100, an extracted cifar-10-batches-py folder, "
                         f"an ImageFolder tree DIR/<class>/<image>, or a root with train/ and val/ trees")
-    if is_cifar_folder(path):
-        return path, None
     return path, None
 
 
