@@ -127,10 +127,13 @@ def test_finetune_command_end_to_end(tmp_path, capsys):
                  "--batch-size", "8", "--freeze", "layer1", "--bn", "eval", "--stage-lr", "layer2=0.1",
                  "--unfreeze-every", "1", "--val-split", "0.25"])
     assert code == 0
-    assert {"config.yaml", "metrics.jsonl", "best.safetensors", "last.safetensors", "summary.json"} <= {
+    assert {"finetune.yaml", "config.yaml", "metrics.jsonl", "best.safetensors", "last.pt", "summary.json"} <= {
         p.name for p in run.iterdir()}
     best = read_checkpoint(run / "best.safetensors")
     assert best.spec.num_classes == 3 and best.metadata["classes"] == ["class_0", "class_1", "class_2"]
+    assert best.metadata["model_name"] == "resnet20" and best.metadata["recipe"] == "finetune"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["train_loss"] > 0 for r in rows)
     source_sd = read_checkpoint(source).state_dict
     assert torch.equal(best.state_dict["layer1.0.conv1.weight"], source_sd["layer1.0.conv1.weight"])  # frozen
     probe = tmp_path / "probe"

@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finetune", help="fine-tune or linear-probe a pretrained ResNet on an image folder",
         description="Start from a resnets checkpoint, a torchvision/timm state dict (with --model) or a torchvision "
                     "weight tag (e.g. IMAGENET1K_V1, with --model); replace the head for the data's classes; freeze "
-                    "up to a stage; choose the BatchNorm policy and per-part learning rates; train and write RUN/ "
-                    "(config.yaml, metrics.jsonl, best.safetensors, last.safetensors).")
+                    "up to a stage; choose the BatchNorm policy and per-part learning rates; train with the resnets "
+                    "trainer (SGD, warmup + cosine) and write RUN/ (finetune.yaml, config.yaml, metrics.jsonl, "
+                    "best.safetensors, last.pt, summary.json).")
     p.add_argument("--from", dest="source", required=True, metavar="CKPT_OR_WEIGHTS",
                    help="checkpoint file or run folder, torchvision/timm state dict file, or torchvision weight tag")
     p.add_argument("--model", help="architecture of a state dict without a spec (e.g. resnet50)")
@@ -48,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", default="auto", help="resnets.data augment preset: auto (cifar for small images, "
@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..data import AugmentConfig, DataError, load_data, make_loader
-    from ..transfer import (FinetuneConfig, LoopConfig, PolicyError, ProgressiveUnfreezer, apply_finetune_policy,
-                            check_head, linear_probe, load_source, run_finetune, trainable_summary)
+    from ..transfer import (FinetuneConfig, PolicyError, ProgressiveUnfreezer, UnfreezeCallback,
+                            apply_finetune_policy, check_head, linear_probe, load_source, trainable_summary)
     from ..transfer.loop import evaluate, write_json
+    from ..transfer.source import zoo_name
     from ..weights import save_weights
     from . import UserError
 
@@ -126,13 +127,13 @@ def run(args: argparse.Namespace) -> int:
                 "finetune": {k: v for k, v in vars(args).items() if k != "func"}}
     run_config = {"command": "finetune", **metadata["finetune"], "source_spec": info.spec.to_dict(),
                   "data": splits.describe()}
-    (out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-    augment = (AugmentConfig.preset("cifar" if splits.in_memory else "imagenet") if args.augment == "auto"
-               else AugmentConfig.preset(args.augment))
+    (out / "finetune.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+    try:
+        augment = (AugmentConfig.preset("cifar" if splits.in_memory else "imagenet") if args.augment == "auto"
+                   else AugmentConfig.preset(args.augment))
+    except ValueError as exc:
+        raise UserError(f"--augment: {exc}") from None
     device = torch.device(args.device)
-    train_loader = make_loader(splits.train, batch_size=args.batch_size, train=True, augment=augment, device=device,
-                               seed=args.seed, channels_last=args.channels_last,
-                               drop_last=len(splits.train) >= 2 * args.batch_size)
     val_loader = (make_loader(splits.val, batch_size=max(args.batch_size, 256), train=False, device=device)
                   if splits.val is not None and len(splits.val) else None)
 
@@ -155,16 +156,25 @@ def run(args: argparse.Namespace) -> int:
 
     for part, row in trainable_summary(model).items():
         print(f"  {part:<8} {row['trainable']:>10,d}/{row['params']:<10,d} trainable  bn={row['bn']}")
-    loop = LoopConfig(epochs=args.epochs, optimizer=args.optimizer, warmup_epochs=args.warmup_epochs,
-                      label_smoothing=args.label_smoothing, device=args.device, amp=args.amp,
-                      channels_last=args.channels_last)
+    from ..train import ConfigError, NonFiniteLossError, TrainConfig, Trainer
+
     try:
-        history = run_finetune(model, groups, train_loader, loop, val_batches=val_loader, unfreezer=unfreezer,
-                               out_dir=out, metadata=metadata)
-    except (FloatingPointError, ValueError) as exc:
+        train_config = TrainConfig(
+            recipe="finetune", description=f"fine-tuned from {info.origin}",
+            model=zoo_name(info.spec) or args.model or "custom", data=str(args.data), val_split=args.val_split,
+            image_size=int(splits.image_size), augment=augment.to_dict(), batch_size=args.batch_size,
+            epochs=args.epochs, lr=args.lr, lr_scaling="none", nesterov=True, weight_decay=args.weight_decay,
+            schedule="cosine", warmup=args.warmup_epochs, warmup_unit="epochs",
+            label_smoothing=args.label_smoothing, device=args.device, precision="bf16" if args.amp else "fp32",
+            channels_last=args.channels_last, seed=args.seed, tensorboard=False)
+        train_config.validate()
+        # The policy's groups carry lr_scale (the per-part multipliers); the trainer schedules the base
+        # rate and multiplies. Progressive unfreezing runs as a callback at each epoch start.
+        trainer = Trainer(train_config, out, splits=splits, model=model, param_groups=groups,
+                          callbacks=[UnfreezeCallback(unfreezer)] if unfreezer is not None else [])
+        result = trainer.fit()
+    except (ConfigError, NonFiniteLossError) as exc:
         raise UserError(str(exc)) from None
-    summary = {"best_val_acc": history.best_val_accuracy, "final_val_acc": history.final_val_accuracy,
-               "epochs": args.epochs, "source": info.origin}
-    write_json(out / "summary.json", summary)
-    print(f"done: best val acc {summary['best_val_acc']}" if summary["best_val_acc"] is not None else "done")
+    print(f"done: best val acc {result.best_val_top1} -> {out / 'best.safetensors'}"
+          if result.best_val_top1 is not None else f"done -> {out}")
     return 0

@@ -101,3 +101,14 @@ def check_head(info: SourceInfo, num_classes: int, replace_head: bool, class_nam
     if class_names is not None and src_names is not None and list(src_names) != list(class_names):
         raise CheckpointError(f"{info.origin} was trained on classes {src_names[:5]}... but the data's classes are "
                               f"{class_names[:5]}...; keeping its head would mislabel them; replace the head instead")
+
+
+def zoo_name(spec: ResNetSpec) -> str | None:
+    """The registered name of ``spec``'s architecture (classes and input channels aside), if any."""
+    from ..zoo import list_models
+
+    key = spec.replace(num_classes=0, in_chans=3)
+    for name in list_models():
+        if get_entry(name).spec.replace(num_classes=0, in_chans=3) == key:
+            return name
+    return None
