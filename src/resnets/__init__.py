@@ -16,5 +16,14 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "InputError", "ResNet", "ResNetFeatures", "ResNetSpec", "SpecError", "UnknownModelError",
     "create_model", "get_entry", "get_spec", "list_models", "load_weights", "model_from_checkpoint", "profile",
-    "read_checkpoint", "resolve_spec", "save_weights",
+    "read_checkpoint", "resolve_spec", "save_weights", "optimize_for_inference",
 ]
+
+
+def __getattr__(name: str):
+    # Loaded on first use so that importing resnets does not import the quantization stack.
+    if name == "optimize_for_inference":
+        from .deploy.fuse import optimize_for_inference
+
+        return optimize_for_inference
+    raise AttributeError(f"module 'resnets' has no attribute {name!r}")

@@ -51,6 +51,19 @@ def test_quantize_cli_reports_the_accuracy_change(workspace, capsys):
     assert "post-training int8: top-1" in text and "points" in text and out.exists()
 
 
+def test_quantize_cli_runs_quantization_aware_training_when_ptq_loses_too_much(workspace, capsys):
+    root, data, checkpoint = workspace
+    out = root / "tiny.qat.pt"
+    # a negative allowance forces the QAT path on this tiny task
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                 "--calib-images", "24", "--val-split", "0.25", "--qat-epochs", "2", "--max-drop", "-100"]) == 0
+    assert "quantization-aware training: top-1" in capsys.readouterr().out
+    from resnets.deploy import load_quantized
+
+    with torch.no_grad():
+        assert load_quantized(out)(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+
+
 def test_prune_and_distill_cli_write_normal_checkpoints(workspace, capsys):
     root, data, checkpoint = workspace
     common = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--val-split", "0.25",

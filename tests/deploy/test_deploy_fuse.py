@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from resnets import ResNet, create_model, get_spec
+import resnets
 from resnets.deploy import fold_batchnorm, make_inference_model, optimize_for_inference
 from resnets.deploy.fuse import count_batchnorms
 
@@ -63,6 +64,7 @@ def test_optimize_for_inference_picks_a_safe_candidate(trained_tiny, batch):
     best, report = optimize_for_inference(trained_tiny, precision="fp32", example_input=x[:8], repeats=1,
                                           return_report=True)
     assert len(report.candidates) == 2 and report.chosen == best.description
+    assert resnets.optimize_for_inference is optimize_for_inference
     with torch.no_grad():
         assert torch.allclose(best(x), trained_tiny(x), atol=1e-4)
     with pytest.raises(ValueError, match="precision"):

@@ -224,8 +224,8 @@ def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1
 
     from ..data import make_loader
 
-    loader = make_loader(splits.train, batch_size=batch_size, train=True, augment={"flip": True},
-                         mean=splits.mean, std=splits.std)
+    loader = make_loader(splits.train, batch_size=min(batch_size, len(splits.train)), train=True,
+                         augment={"flip": True}, mean=splits.mean, std=splits.std, drop_last=False)
     total = max(1, int(epochs * len(loader)))
     example = next(iter(loader))[0][:2]
     prepared = prepare_qat(model, example)
