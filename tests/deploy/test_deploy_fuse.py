@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnets import ResNet, create_model, get_spec
+from resnets import create_model
 import resnets
 from resnets.deploy import fold_batchnorm, make_inference_model, optimize_for_inference
 from resnets.deploy.fuse import count_batchnorms

@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {num_classes}; "
                         "distil on the data the teacher was trained for")
     if os.path.exists(args.student):
-        student, _ = model_from_checkpoint(args.student)
-        name = str(_.metadata.get("model_name") or "student")
+        student, student_ckpt = model_from_checkpoint(args.student)
+        name = str(student_ckpt.metadata.get("model_name") or "student")
     else:
         student, name = create_model(args.student, num_classes=num_classes), args.student
     config = finetune_config(args, name, ckpt.metadata)

@@ -8,7 +8,6 @@ shared machine hits all of them alike; medians are reported.
 
 from __future__ import annotations
 
-import copy
 import platform
 import statistics
 import time
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..profile import profile
 from .fuse import make_inference_model
+from .timing import time_round_robin
 
 
 @dataclass
@@ -67,25 +67,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def time_round_robin(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
-                     min_seconds: float = 0.0) -> dict[str, list[float]]:
-    """Seconds per call of each variant, measured one call each per round."""
-    with torch.inference_mode():
-        for fn in variants.values():
-            for _ in range(warmup):
-                fn()
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        start = time.perf_counter()
-        done = 0
-        while done < rounds or time.perf_counter() - start < min_seconds:
-            for name, fn in variants.items():
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-            done += 1
-    return times
 
 
 def _torchvision_twin(name: str, num_classes: int | None = None) -> nn.Module | None:
@@ -228,8 +209,8 @@ def compare_architectures(names: Sequence[str], batch: int = 1, rounds: int = 10
 
 
 def format_rows(rows: Sequence[BenchRow]) -> str:
-    header = (f"| model | variant | batch | p50 ms | p90 ms | images/s | GFLOP/s | % of peak | vs torchvision |\n"
-              f"|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("| model | variant | batch | p50 ms | p90 ms | images/s | GFLOP/s | % of peak | vs torchvision |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [header]
     for r in rows:
         lines.append(f"| {r.model} | {r.variant} | {r.batch} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.images_per_s:.1f} | "

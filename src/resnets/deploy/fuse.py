@@ -6,7 +6,7 @@ on this machine and keeps the fastest one whose outputs still agree with the ori
 from __future__ import annotations
 
 import copy
-import time
+import statistics
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -14,6 +14,8 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .timing import time_round_robin
 
 Precision = Literal["fp32", "bf16"]
 
@@ -128,18 +130,6 @@ class OptimizationReport:
         return "\n".join(lines)
 
 
-def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    times = []
-    with torch.inference_mode():
-        fn(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2] * 1000
-
-
 def optimize_for_inference(model: nn.Module, precision: str = "auto", example_input: torch.Tensor | None = None,
                            compile: bool | str = False, repeats: int = 5,
                            fp32_tolerance: float = 1e-3, min_top1_agreement: float = 0.9,
@@ -174,7 +164,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
         reference = model(example_input).float()
     scale = reference.abs().max().item() or 1.0
     candidates: list[Candidate] = []
-    best: tuple[float, InferenceModel] | None = None
+    built: dict[str, tuple[InferenceModel, float, float, bool]] = {}
     for prec in precisions:
         for channels_last in (False, True):
             for use_compile in compiles:
@@ -184,10 +174,15 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
                 diff = (out - reference).abs().max().item()
                 agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
                 safe = diff <= fp32_tolerance * scale if prec == "fp32" else agree >= min_top1_agreement
-                ms = _median_ms(net, example_input, repeats)
-                candidates.append(Candidate(net.description, ms, diff, agree, safe))
-                if safe and (best is None or ms < best[0]):
-                    best = (ms, net)
+                built[net.description] = (net, diff, agree, safe)
+    times = time_round_robin({name: (lambda n=entry[0]: n(example_input)) for name, entry in built.items()},
+                             rounds=repeats, warmup=1)
+    best: tuple[float, InferenceModel] | None = None
+    for name, (net, diff, agree, safe) in built.items():
+        ms = statistics.median(times[name]) * 1000
+        candidates.append(Candidate(name, ms, diff, agree, safe))
+        if safe and (best is None or ms < best[0]):
+            best = (ms, net)
     if best is None:
         raise RuntimeError("no optimized variant reproduced the model's outputs:\n"
                            + str(OptimizationReport("none", candidates)))

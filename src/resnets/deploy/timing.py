@@ -1,0 +1,27 @@
+"""Timing that stays fair on a shared machine: every variant is called once per round, in turn."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def time_round_robin(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
+                     min_seconds: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each variant, measured one call each per round."""
+    with torch.inference_mode():
+        for fn in variants.values():
+            for _ in range(warmup):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        start = time.perf_counter()
+        done = 0
+        while done < rounds or time.perf_counter() - start < min_seconds:
+            for name, fn in variants.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+            done += 1
+    return times
