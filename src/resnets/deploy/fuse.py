@@ -102,7 +102,8 @@ def make_inference_model(model: nn.Module, precision: Precision = "fp32", channe
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile:
-        net = torch.compile(net)
+        # Freezing turns the weights into constants Inductor can prepack for oneDNN (inference only).
+        net = torch.compile(net, options={"freezing": True})
     parts = [precision, "channels_last" if channels_last else "NCHW"] + (["folded BN"] if fold else []) + \
         (["torch.compile"] if compile else [])
     return InferenceModel(net, channels_last, precision, ", ".join(parts)).eval()
