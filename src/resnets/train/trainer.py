@@ -173,6 +173,14 @@ class Trainer:
         self.total_steps = config.total_steps(self.steps_per_epoch) if config.time_budget is None or config.steps else 0
         self.schedule = (LRSchedule.from_config(config, self.steps_per_epoch, self.total_steps)
                          if self.total_steps else None)
+        self.lr = config.base_lr
+        self.budget_fit: dict | None = None
+        if self.schedule is not None and any(m >= self.total_steps for m in self.schedule.milestones):
+            import warnings
+
+            warnings.warn(f"milestones {list(self.schedule.milestones)} (steps) lie at or beyond the run's end "
+                          f"({self.total_steps} steps): the learning rate never drops there. Shorten milestones "
+                          "with --set milestones=[...] (or use --time-budget, which scales them)", UserWarning)
         self._writer = None
         self._resumed = False
 
@@ -306,9 +314,11 @@ class Trainer:
         spe = self.steps_per_epoch
         nominal = c.total_steps(spe) if (c.epochs is not None or c.steps is not None) else None
         budget = c.time_budget * 60.0
+        probe_start = time.perf_counter()
         model_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         ema_state = {k: v.clone() for k, v in self.ema.state.items()} if self.ema else None
+        scaler_state = copy.deepcopy(self.scaler.state_dict())
         rng = capture_rng_state()
         warm, timed = 2, max(4, min(12, spe))
         self.schedule = LRSchedule("constant", 1)
@@ -343,6 +353,7 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer_state)
         if self.ema:
             self.ema.load_state_dict(ema_state)
+        self.scaler.load_state_dict(scaler_state)
         restore_rng_state(rng)
         self.error_warmup_active = saved_active
         self._reset_epoch_sums()
@@ -359,9 +370,37 @@ class Trainer:
         self.total_steps = total
         self.schedule = LRSchedule.from_config(self.config, spe, total)
         self.budget_fit = {"step_seconds": step_seconds, "eval_seconds": eval_seconds, "nominal_steps": nominal,
-                           "fitted_steps": total, "fitted_epochs": total / spe}
+                           "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
+                           "probe_seconds": time.perf_counter() - probe_start, "refits": []}
+        self._fitted_schedule = self.schedule
         self.log(f"time budget {c.time_budget:g} min: {step_seconds * 1000:.0f} ms/step, eval {eval_seconds:.1f} s "
                  f"-> {total} steps ({total / spe:.1f} epochs)" + (f", recipe's {nominal} scaled" if nominal else ""))
+
+    def refit_time_budget(self, progress=None) -> None:
+        """At an epoch end, re-fit the run length to the budget from the pace measured so far (a shared or
+        throttled machine can be slower than the probe said). The schedule stretches or shrinks (at most
+        to 1.5x the first fit); the new length goes into the config and the checkpoint."""
+        fit = self.budget_fit
+        if fit is None or self.step == 0 or self.step >= self.total_steps:
+            return
+        seconds_per_step = self.elapsed / self.step  # training and per-epoch evaluation, as it really went
+        remaining = self.config.time_budget * 60.0 * 0.97 - fit["probe_seconds"] - self.elapsed \
+            - fit["final_eval_seconds"]
+        total = self.step + max(0, int(remaining / seconds_per_step))
+        total = max(self.step + 1, min(total, int(fit["fitted_steps"] * 1.5)))  # one more step: a last evaluation
+        if abs(total - self.total_steps) <= max(1, 0.02 * self.total_steps):
+            return
+        self.total_steps = total
+        self.schedule = self._fitted_schedule.scaled_to(total)
+        self.config = self.config.replace(steps=total, milestones=list(self.schedule.milestones),
+                                          warmup=self.schedule.warmup_steps)
+        fit["refits"].append({"step": self.step, "total_steps": self.total_steps})
+        self.log(f"time budget: {seconds_per_step * 1000:.0f} ms/step so far -> {self.total_steps} steps in all")
+        if progress is not None:
+            progress.total = self.total_steps
+        if self.is_main and self.out_dir is not None:
+            text = self.config.to_yaml()
+            atomic_write(self.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
     # ------------------------------------------------------------ checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -441,8 +480,7 @@ class Trainer:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by the kill
-                if record.get("step", 0) <= self.step and record.get("epoch", 0) < self.epoch + (
-                        1 if self.batch_in_epoch == 0 else 0):
+                if record.get("epoch", -1) < self.epoch:  # epochs the checkpoint has completed
                     kept.append(line)
             self.history = [json.loads(line) for line in kept]
             atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
@@ -527,6 +565,7 @@ class Trainer:
                 self.elapsed = time.perf_counter() - run_start
                 record = self._end_epoch(images_seen, time.perf_counter() - epoch_start)
                 self.elapsed = time.perf_counter() - run_start
+                self.refit_time_budget(progress)
                 self.save_last()
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, record)
@@ -618,7 +657,7 @@ class Trainer:
             shown = {"loss": f"{float(sums[0]) / seen:.3f}", "acc": f"{float(sums[1]) / seen:.3f}"}
         shown["img/s"] = f"{images_seen / max(time.perf_counter() - epoch_start, 1e-9):.0f}"
         shown["lr"] = f"{self.lr:.4g}"
-        bar.set_description(f"epoch {self.epoch}")
+        bar.set_description(f"epoch {self.epoch}", refresh=False)
         bar.set_postfix(shown, refresh=False)
 
 
