@@ -191,3 +191,27 @@ def test_callbacks_and_param_group_override_are_used():
     changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, body[k]) and v.is_floating_point()}
     assert {"fc.weight", "fc.bias"} <= changed and "conv1.weight" not in changed
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr * 10)
+
+
+def test_tensorboard_writer_gets_each_epoch_when_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            scalars.append((key, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(tiny_config(tensorboard=True), tmp_path, splits=tiny_splits())
+    assert ("train_loss", 3) in scalars and ("val_top1", 6) in scalars and scalars[-1] == ("closed", None)
