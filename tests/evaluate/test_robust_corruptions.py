@@ -6,6 +6,16 @@ import torch
 from resnets.evaluate.corruptions import (CORRUPTIONS, FAMILIES, CorruptionResult, corrupt, corruption_accuracy,
                                           parse_corruptions)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 REQUIRED = {"gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "brightness",
             "contrast", "fog", "pixelate", "jpeg_compression"}
 

@@ -8,6 +8,15 @@ from resnets.data import make_image_folder
 from resnets.evaluate.groups import GroupsFileError, evaluate_groups, group_accuracy, read_groups
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_group_accuracy_and_gap(tmp_path):
     csv = tmp_path / "groups.csv"
     csv.write_text("path,group\ncat/1.jpg,indoor\ncat/2.jpg,outdoor\ndog/3.jpg,outdoor\ndog/4.jpg,outdoor\n")

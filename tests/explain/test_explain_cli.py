@@ -3,11 +3,22 @@
 import json
 
 import pytest
+import torch
 
 from resnets import create_model, save_weights
 from resnets.cli import main
 from resnets.data import make_image_folder
 from resnets.weights import read_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 CLASSES = ["class_0", "class_1", "class_2"]
 

@@ -1,5 +1,6 @@
 """The gradient-flow logger and adversarial training plugged into resnets.train.Trainer."""
 
+import pytest
 import torch
 
 from resnets.data import make_image_folder
@@ -7,6 +8,16 @@ from resnets.evaluate.robustness import AdversarialTraining
 from resnets.explain.gradflow import GradientFlowLogger, read_gradflow
 from resnets.train import resolve_config
 from resnets.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 SETTINGS = {"model": "resnet20", "steps": 4, "lr": 0.02, "val_split": 0.25, "workers": 0, "augment": {},
             "tensorboard": False, "progress": False, "batch_size": 8, "eval_batch_size": 8}

@@ -15,6 +15,15 @@ from resnets.explain.gradcam import save_explanation
 from resnets.report import ReportError, find_browser, render_report, scan_run, screenshot
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _make_run(root):
     root.mkdir()
     (root / "config.yaml").write_text(yaml.safe_dump({"model": "resnet20", "lr": 0.1, "epochs": 5}))
