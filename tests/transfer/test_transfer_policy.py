@@ -113,6 +113,10 @@ def test_head_replacement_keeps_the_rest_bit_identical():
     after = model.state_dict()
     assert model.fc.out_features == 7 and model.spec.num_classes == 7
     assert set(before) == set(after)
+    same_count = tiny()
+    head = same_count.fc.weight.clone()
+    apply_finetune_policy(same_count, FinetuneConfig(num_classes=10))
+    assert not torch.equal(head, same_count.fc.weight)  # a new task with 10 classes still gets a fresh head
     for k in before:
         if not k.startswith("fc."):
             assert torch.equal(before[k], after[k]), k

@@ -154,7 +154,8 @@ class FinetuneConfig:
     """
 
     num_classes: int | None = None
-    """Classes of the new task; a new, freshly initialised head replaces the old one when set."""
+    """Classes of the new task: a freshly initialised head replaces the old one when set (even with the
+    same count: CIFAR-10's head means nothing for another 10 classes); None keeps the head."""
     freeze: str = "none"
     """Freeze every part up to and including this one: none, stem, layer1 ... layerN, all-but-head."""
     bn: str = "train"
@@ -227,10 +228,8 @@ def apply_finetune_policy(model: nn.Module, config: FinetuneConfig) -> list[dict
     schedulers built on ``initial_lr`` work unchanged.
     """
     config.validate()
-    if config.num_classes is not None:
-        head = getattr(model, "fc", None)
-        if not isinstance(head, nn.Linear) or head.out_features != config.num_classes:
-            replace_head(model, config.num_classes)
+    if config.num_classes is not None:  # a new task gets a fresh head even with the same class count
+        replace_head(model, config.num_classes)
     frozen = set(parts_to_freeze(model, config.freeze))
     mults = lr_multipliers(model, config)
     modules = part_modules(model)
