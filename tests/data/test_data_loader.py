@@ -103,3 +103,18 @@ def test_loader_errors():
         make_loader(dataset, batch_size=8).skip_batches(10)
     with pytest.raises(TypeError, match="load_data"):
         make_loader(list(range(10)))
+
+
+def test_streaming_batch_path_matches_worker_path(tmp_path):
+    """The accelerator path (uint8 from workers, normalised on the device) gives the same eval batches."""
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=3, size=80, fmt="jpg")
+    splits = load_data(root, val_split=0, image_size=72, cache_dir=tmp_path / "cache")
+    in_workers = _epoch(make_loader(splits.train, batch_size=3, train=False, workers=0, normalize_in_workers=True))
+    on_device = _epoch(make_loader(splits.train, batch_size=3, train=False, workers=0, normalize_in_workers=False))
+    for (a, la), (b, lb) in zip(in_workers, on_device):
+        assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-4)
+    augment = AugmentConfig(random_resized_crop=True, crop_padding=4, flip=True, cutout_size=8)
+    for flag in (True, False):
+        loader = make_loader(splits.train, batch_size=3, augment=augment, workers=0, normalize_in_workers=flag)
+        batches = _epoch(loader, 3)
+        assert _same(batches, _epoch(loader, 3)) and batches[0][0].shape == (3, 3, 72, 72)

@@ -105,9 +105,9 @@ class _EpochLoader:
         for batch in range(start, len(self)):
             yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size]
 
-    def _finish(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+    def _finish(self, images: torch.Tensor, batch: int, normalized: bool = False) -> torch.Tensor:
         """uint8 (or 0..255 float) batch on device -> normalised ``dtype`` tensor, then cutout, layout."""
-        images = (images.float() * self._scale + self._shift).to(self.dtype)
+        images = images.to(self.dtype) if normalized else (images.float() * self._scale + self._shift).to(self.dtype)
         if self.train and self.augment.cutout_size:
             images = cutout(images, self.augment.cutout_size, generator_for(self.seed, "cutout", self.epoch,
                                                                             self.rank, batch))
@@ -141,19 +141,31 @@ class _TransformedFiles(Dataset):
     the loader can report it.
     """
 
-    def __init__(self, files: ImageFileDataset, train: bool, augment: AugmentConfig, image_size: int) -> None:
+    def __init__(self, files: ImageFileDataset, train: bool, augment: AugmentConfig, image_size: int,
+                 normalize: tuple | None = None) -> None:
         from torchvision.transforms import v2
 
         self.files = files
         self.draft_size = None
         if train and augment.random_resized_crop:
-            geometry = v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
-                                            antialias=True)
+            steps = [v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
+                                          antialias=True)]
         else:
             resize_to = round(image_size / EVAL_CROP_FRACTION)
-            geometry = v2.Compose([v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)])
+            steps = [v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)]
             self.draft_size = resize_to  # shrinking anyway: let the JPEG decoder skip detail we drop
-        self.transform = v2.Compose([geometry, v2.PILToTensor()])
+        if normalize is not None:
+            # Everything per image in the workers (CPU training): pad-crop/translate, flip, then normalise.
+            if train and (augment.crop_padding or augment.translate):
+                padding = augment.crop_padding or augment.translate
+                mode = "reflect" if augment.crop_padding and augment.pad_mode == "reflect" else "constant"
+                steps.append(v2.RandomCrop(image_size, padding=padding, padding_mode=mode))
+            if train and augment.flip:
+                steps.append(v2.RandomHorizontalFlip())
+            steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*normalize)]
+        else:
+            steps.append(v2.PILToTensor())
+        self.transform = v2.Compose(steps)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -196,18 +208,27 @@ class _EpochBatchSampler:
 
 
 class StreamingLoader(_EpochLoader):
-    """Batches from an ``ImageFileDataset`` decoded by DataLoader workers; batch augmentation on device.
+    """Batches from an ``ImageFileDataset`` decoded by DataLoader workers.
+
+    For an accelerator, workers send uint8 crops (4x less to copy) and flip / pad-crop / normalise /
+    cutout run on whole batches on the device. For the CPU, where the main process would compete
+    with the workers for the same cores, the workers also flip, pad-crop and normalise each image
+    (``normalize_in_workers``); only cutout stays a batch operation. Either way each image's draws
+    are seeded by (seed, epoch, index), so results do not depend on the number of workers.
 
     Unreadable files met during an epoch are replaced by the next readable file and reported in one
     warning at the end of the epoch.
     """
 
-    def __init__(self, dataset: ImageFileDataset, workers: int = 2, image_size: int | None = None, **kwargs) -> None:
+    def __init__(self, dataset: ImageFileDataset, workers: int = 2, image_size: int | None = None,
+                 normalize_in_workers: bool | None = None, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         self.image_size = image_size or dataset.image_size
         self.skipped: list[str] = []
+        self.normalize_in_workers = self.device.type == "cpu" if normalize_in_workers is None else normalize_in_workers
         self._loader = DataLoader(
-            _TransformedFiles(dataset, self.train, self.augment, self.image_size),
+            _TransformedFiles(dataset, self.train, self.augment, self.image_size,
+                              (self.mean, self.std) if self.normalize_in_workers else None),
             batch_sampler=_EpochBatchSampler(self), num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
         )
@@ -219,14 +240,14 @@ class StreamingLoader(_EpochLoader):
             for batch, (images, labels, problems) in enumerate(self._loader, start=first):
                 bad.extend(line for text in problems if text for line in text.split("\n"))
                 images = images.to(self.device, non_blocking=True)
-                if self.train:
+                if self.train and not self.normalize_in_workers:
                     # Geometry beyond the per-image crop (pad-crop/translate, flip) on the whole batch.
                     batch_config = AugmentConfig(crop_padding=self.augment.crop_padding,
                                                  pad_mode=self.augment.pad_mode, translate=self.augment.translate,
                                                  flip=self.augment.flip)
                     images = augment_batch(images, batch_config, generator_for(self.seed, "augment", self.epoch,
                                                                                self.rank, batch), erase=False)
-                yield self._finish(images, batch), labels.to(self.device, non_blocking=True)
+                yield self._finish(images, batch, self.normalize_in_workers), labels.to(self.device, non_blocking=True)
         finally:
             if bad:
                 self.skipped.extend(bad)
@@ -239,11 +260,13 @@ def make_loader(dataset: TensorImageDataset | ImageFileDataset, batch_size: int 
                 augment: AugmentConfig | dict | None = None, device: torch.device | str = "cpu", seed: int = 0,
                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None, workers: int = 2,
                 channels_last: bool = False, dtype: torch.dtype = torch.float32, *, shuffle: bool | None = None,
-                mean=None, std=None, image_size: int | None = None) -> InMemoryLoader | StreamingLoader:
+                mean=None, std=None, image_size: int | None = None,
+                normalize_in_workers: bool | None = None) -> InMemoryLoader | StreamingLoader:
     """A loader yielding (normalised ``dtype`` images on ``device``, int64 labels), resumable exactly.
 
     ``train`` turns on shuffling, ``augment`` and ``drop_last`` (each overridable). ``mean``/``std``
-    default to the dataset's. In-memory datasets ignore ``workers``.
+    default to the dataset's. In-memory datasets ignore ``workers``. ``normalize_in_workers`` (streaming
+    only; default: on for a CPU device) moves flip, pad-crop and normalisation into the worker processes.
     """
     common = dict(batch_size=batch_size, train=train, augment=augment, device=device, seed=seed, rank=rank,
                   world_size=world_size, drop_last=drop_last, shuffle=shuffle, channels_last=channels_last,
@@ -251,5 +274,6 @@ def make_loader(dataset: TensorImageDataset | ImageFileDataset, batch_size: int 
     if isinstance(dataset, TensorImageDataset):
         return InMemoryLoader(dataset, **common)
     if isinstance(dataset, ImageFileDataset):
-        return StreamingLoader(dataset, workers=workers, image_size=image_size, **common)
+        return StreamingLoader(dataset, workers=workers, image_size=image_size,
+                               normalize_in_workers=normalize_in_workers, **common)
     raise TypeError(f"make_loader needs a dataset from resnets.data.load_data, got {type(dataset).__name__}")
