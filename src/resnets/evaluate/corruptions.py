@@ -109,7 +109,7 @@ def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
         disk[r, r] = 1.0
     disk = disk / disk.sum()
     soft = _gaussian_kernel(alias_blur)
-    return F.conv2d(disk[None, None], soft[None, None], padding=soft.shape[0] // 2)[0, 0] / 1.0
+    return F.conv2d(disk[None, None], soft[None, None], padding=soft.shape[0] // 2)[0, 0]
 
 
 def defocus_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
