@@ -69,6 +69,13 @@ def gallery(device: str) -> None:
     sal, _ = saliency(model, x[:4], predicted[:4])
     for i in range(4):
         save_explanation(cams_dir / f"gradcam_{i}.png", x[i].cpu(), cams[i].cpu(), sal[i].cpu(), title=titles[i])
+    from resnets.data import make_loader
+    from resnets.evaluate import evaluate
+
+    held_out = make_loader(val, 200, train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0)
+    result = evaluate(model, held_out, len(classes), classes)
+    result.extra = {"split": "held-out 10% of Imagenette train (the run's validation split)"}
+    result.write_json(RUN / "eval_val.json")
     main(["calibrate", "--checkpoint", str(RUN / "best.safetensors"), "--data", DATA, "--out", str(RUN),
           "--device", device])
     main(["report", str(RUN), "--screenshot", str(FIG / "report_screenshot.png")])
