@@ -78,9 +78,9 @@ def _start(command: list[str], tmp: Path, **env: str) -> subprocess.Popen:
 
 
 def _finish(process: subprocess.Popen) -> str:
-    """Wait (bounded) for a launched run; its stderr. A run past the timeout is killed with its workers."""
+    """Wait (bounded) for a launched run; its stdout and stderr. A run past the timeout is stopped."""
     try:
-        _, stderr = process.communicate(timeout=TIMEOUT_S)
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         process.terminate()  # torchrun's agent stops its workers (own sessions) on SIGTERM
         try:
@@ -90,7 +90,7 @@ def _finish(process: subprocess.Popen) -> str:
             _, stderr = process.communicate()
         raise AssertionError(f"{process.args[:6]}... did not finish in {TIMEOUT_S} s:\n{stderr[-4000:]}") from None
     assert process.returncode == 0, f"{process.args[:6]}... failed ({process.returncode}):\n{stderr[-4000:]}"
-    return stderr
+    return stdout + stderr
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,7 @@ def test_only_rank_zero_writes_the_run_folder(runs):
     assert any(line.endswith(os.sep + "last.pt") for line in rank0), "the audit saw no checkpoint write"
     assert any("metrics.jsonl" in line for line in rank0)
     assert rank1 == [], f"rank 1 wrote into the run folder: {rank1[:5]}"
+    assert runs["launched"].count("run folder:") == 1, "only rank 0 reports"
     files = sorted(p.name for p in runs["two"].iterdir())
     assert files == ["best.safetensors", "config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
 

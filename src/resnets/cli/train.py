@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import DataError
     from ..train import ConfigError, NonFiniteLossError, list_recipes, resolve_config
-    from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, launch,
-                                     launched_by_torchrun, namespace_to_argv, restart_count, saved_device)
+    from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, global_rank,
+                                     launch, launched_by_torchrun, namespace_to_argv, restart_count, saved_device)
     from ..train.trainer import Trainer, resume
     from ..zoo import get_entry
 
@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"resnets train: {exc}", file=sys.stderr)
         return 1
+    if global_rank() != 0:
+        return 0  # under torchrun, rank 0 reports
     summary = result.summary()
     print(f"run folder: {summary['run_dir']}")
     for key in ("best_val_top1", "final_val_top1", "final_val_top5"):

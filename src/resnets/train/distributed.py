@@ -45,12 +45,11 @@ from ..evaluate.metrics import autocast_context
 from .config import ConfigError
 from .process import ProcessContext
 
-__all__ = ["DistributedBatchNorm2d", "DistributedProcess", "FaultDrill", "LR_SCALING", "check_shared_run_dir",
-           "convert_batchnorm", "namespace_to_argv",
-           "distributed_session", "fault_drill_from_env", "forward_backward", "init_process", "launch",
-           "launched_by_torchrun", "restart_count", "saved_device", "torchrun_args"]
+__all__ = ["DistributedBatchNorm2d", "DistributedProcess", "FaultDrill", "check_shared_run_dir",
+           "convert_batchnorm", "distributed_session", "fault_drill_from_env", "forward_backward",
+           "global_rank", "init_process", "launch", "launched_by_torchrun", "namespace_to_argv",
+           "restart_count", "saved_device", "torchrun_args"]
 
-LR_SCALING = ("linear", "none")
 FAULT_DRILL_ENV = "RESNETS_FAULT_KILL"
 """``RANK:STEP``: that rank kills itself (SIGKILL) after optimizer step STEP of the first attempt
 (a recovery rehearsal for ``torchrun --max-restarts``; the tests use it)."""
@@ -61,6 +60,14 @@ DEFAULT_TIMEOUT_MINUTES = 10.0
 def launched_by_torchrun() -> bool:
     """True when torchrun (or any launcher setting its variables) started this process."""
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def global_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun): only rank 0 reports."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def restart_count() -> int:
