@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--resume continues a run exactly as configured; drop {', '.join('--' + f for f in extra) or '--set'}"
                                 " (start a new run to change settings)")
             with distributed_session(saved_device(args.resume)) as process:
-                result = resume(args.resume, process=process, callbacks=fault_drill_from_env())
+                kept = {"progress": False} if args.no_progress else {}
+                if args.workers is not None:
+                    kept["workers"] = args.workers
+                result = resume(args.resume, kept, process=process, callbacks=fault_drill_from_env())
         else:
             overrides = _overrides(args)
             config = resolve_config(args.recipe, overrides)

@@ -666,11 +666,24 @@ def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, **kwarg
     return Trainer(config, out_dir, **kwargs).fit()
 
 
-def resume(run_dir: str | os.PathLike, **kwargs: Any) -> RunResult:
-    """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run's (CPU)."""
+RESUME_OVERRIDABLE = ("progress", "tensorboard", "workers", "log_every", "device")
+"""Settings a resumed run may change: they do not change what is computed (``device`` may change the
+last bits of the arithmetic, nothing else)."""
+
+
+def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run's (CPU).
+
+    ``overrides`` may change only ``RESUME_OVERRIDABLE`` keys (logging, workers, device)."""
     run_dir = Path(run_dir)
     body = load_training_checkpoint(run_dir / "last.pt")
-    config = TrainConfig.from_dict(body["config"], source=f"{run_dir / 'last.pt'}")
+    values = dict(body["config"])
+    refused = sorted(set(overrides or {}) - set(RESUME_OVERRIDABLE))
+    if refused:
+        raise ConfigError(f"a resumed run keeps its configuration; {refused} cannot change (only "
+                          f"{', '.join(RESUME_OVERRIDABLE)} can). Start a new run to change them.")
+    values.update(overrides or {})
+    config = TrainConfig.from_dict(values, source=f"{run_dir / 'last.pt'}")
     trainer = Trainer(config, run_dir, **kwargs)
     trainer.load_training_state(body)
     return trainer.fit()
