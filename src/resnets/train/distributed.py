@@ -176,10 +176,13 @@ def init_process(device: str = "cpu", timeout_minutes: float = DEFAULT_TIMEOUT_M
         run_device, backend = torch.device("cpu"), "gloo"
     timeout = timedelta(minutes=timeout_minutes)
     try:
-        # torchrun's agent keeps one TCP store for every restart; keys of a dead attempt (gloo/NCCL
-        # addresses) would be read by the next one (pytorch/pytorch#135712), so each attempt gets its own prefix.
         store, rank, world_size = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
-        store = dist.PrefixStore(f"resnets/attempt{restart_count()}", store)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent then keeps one TCP store across restarts: keys of a dead attempt (gloo/NCCL
+            # addresses) would be read by the next one (pytorch/pytorch#135712), so each attempt gets its own
+            # prefix. The restart count is the same on every rank when whole groups restart (one node, or
+            # failures); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on the agents avoids the shared store altogether.
+            store = dist.PrefixStore(f"resnets/attempt{restart_count()}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come as many types
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
@@ -391,6 +394,7 @@ def launch(nproc: int, command: Sequence[str], max_restarts: int = 0) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # a fresh store per attempt (see init_process)
     try:
         run(parse_args(torchrun_args(nproc, command, max_restarts)))
     except ChildFailedError as exc:
