@@ -97,6 +97,7 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours fp32 eager NCHW": model}
     for precision in precisions:
         if precision == "fp32":
+            variants["ours fp32 NCHW+folded"] = make_inference_model(model, "fp32", False, True)
             variants["ours fp32 channels_last+folded"] = make_inference_model(model, "fp32", True, True)
             if use_compile:
                 variants["ours fp32 channels_last+folded+compile"] = make_inference_model(model, "fp32", True, True,
