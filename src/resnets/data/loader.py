@@ -185,9 +185,15 @@ class _TransformedFiles(Dataset):
                 bad.append(f"{path} ({type(exc).__name__}: {str(exc)[:80]})")
                 if attempt >= 32:
                     raise RuntimeError(f"{len(bad)} unreadable images in a row, starting at {bad[0]}") from exc
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+        # transforms.v2 draws from the global CPU generator: seed it for this image, and put its state
+        # back afterwards (only the CPU generator: torch.manual_seed would also touch CUDA, 100x slower).
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(sample_seed)
+        try:
             tensor = self.transform(image)
+        finally:
+            generator.set_state(state)
         return tensor, int(self.files.labels[position]), "\n".join(bad)
 
 
