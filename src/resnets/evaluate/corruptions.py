@@ -59,7 +59,7 @@ def _conv_per_channel(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Convolve every channel of every image with ``kernel`` (kh, kw), reflect-padded (same size)."""
     kh, kw = kernel.shape
     c = x.shape[1]
-    weight = kernel.to(x.dtype).expand(c, 1, kh, kw)
+    weight = kernel.to(device=x.device, dtype=x.dtype).expand(c, 1, kh, kw)
     pad = (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2)
     mode = "reflect" if min(x.shape[-2:]) > max(kh, kw) // 2 else "replicate"
     return F.conv2d(F.pad(x, pad, mode=mode), weight, groups=c)
