@@ -60,11 +60,12 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.data import load_deploy_data, top1
+    from ..deploy.data import load_deploy_data
     from ..deploy.prune import PruningError, prune_model
     from ..train import Trainer
     from ..weights import model_from_checkpoint
     from . import UserError
+    from .quantize import top1
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
     config = finetune_config(args, str(ckpt.metadata.get("model_name") or "pruned"), ckpt.metadata)

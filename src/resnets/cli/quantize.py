@@ -23,8 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def top1(model, loader, num_classes: int) -> float:
+    """Top-1 accuracy on a loader of (normalised images, labels)."""
+    from ..evaluate.metrics import evaluate
+
+    return evaluate(model, loader, num_classes=num_classes).top1
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.data import load_deploy_data, top1
+    from ..deploy.data import load_deploy_data
     from ..deploy.quantize import CalibrationError, quantize_int8, quantization_aware_finetune, save_quantized
     from ..weights import model_from_checkpoint
     from . import UserError

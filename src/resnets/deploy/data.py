@@ -46,8 +46,3 @@ def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibrat
                   if splits.val is not None and len(splits.val) else None)
     return DeployData(splits, batches, val_loader)
 
-
-def top1(model: Any, loader: Any, num_classes: int) -> float:
-    from ..evaluate.metrics import evaluate
-
-    return evaluate(model, loader, num_classes=num_classes).top1
