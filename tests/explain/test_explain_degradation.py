@@ -1,0 +1,39 @@
+"""The degradation experiment's budget parsing, subset and schedule, and its figure."""
+
+import pytest
+import torch
+
+from resnets.explain.degradation import Budget, _balanced_subset, lr_at, plot_degradation
+
+
+def test_budget_parse_and_errors():
+    b = Budget.parse("epochs=2.5,train_subset=all,bf16=0,adversarial=fgsm_rs,adv_eps=8/255")
+    assert b.epochs == 2.5 and b.train_subset is None and b.bf16 is False and b.adv_eps == pytest.approx(8 / 255)
+    with pytest.raises(ValueError, match="unknown budget key 'epoch'"):
+        Budget.parse("epoch=3")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        Budget.parse("fast")
+    with pytest.raises(ValueError, match="adversarial"):
+        Budget.parse("adversarial=trades")
+
+
+def test_balanced_subset_is_seeded_and_balanced():
+    labels = torch.arange(10).repeat_interleave(50)
+    a, b = _balanced_subset(labels, 100, 0), _balanced_subset(labels, 100, 0)
+    assert torch.equal(a, b) and torch.bincount(labels[a]).tolist() == [10] * 10
+    assert not torch.equal(a, _balanced_subset(labels, 100, 1))
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    budget = Budget(lr=0.1, warmup=0.1)
+    lrs = [lr_at(s, 100, budget) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1) and lrs[-1] == 0.0
+    assert lrs.index(max(lrs)) == 10
+
+
+def test_plot(tmp_path):
+    rows = [{"epoch": e / 4, "train_error": 0.9 - 0.1 * e, "val_error": 0.92 - 0.1 * e} for e in range(1, 5)]
+    data = {"budget": {"epochs": 1, "batch_size": 64, "lr": 0.05}, "data": {"source": "x", "train": 10, "val": 5},
+            "runs": {"plain20": rows, "resnet20": rows, "plain56": rows, "resnet56": rows}}
+    out = plot_degradation(data, tmp_path / "d.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
