@@ -72,8 +72,8 @@ def gallery(device: str) -> None:
     from resnets.data import make_loader
     from resnets.evaluate import evaluate
 
-    held_out = make_loader(val, 200, train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0)
-    result = evaluate(model, held_out, len(classes), classes)
+    held_out = make_loader(val, 200, train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0, device=device)
+    result = evaluate(model, held_out, len(classes), classes, device=device)
     result.extra = {"split": "held-out 10% of Imagenette train (the run's validation split)"}
     result.write_json(RUN / "eval_val.json")
     main(["calibrate", "--checkpoint", str(RUN / "best.safetensors"), "--data", DATA, "--out", str(RUN),
