@@ -99,8 +99,10 @@ def _calibration(args, images: int = 512):
 
 
 def cmd_train(args) -> None:
-    _, info = _train(args, args.model, args.model, time_budget=args.minutes)
-    _record(Path(args.out), f"train/{args.model}", info)
+    name = args.name or args.model
+    length = {"steps": args.steps} if args.steps else {"time_budget": args.minutes}
+    _, info = _train(args, name, args.model, **length)
+    _record(Path(args.out), f"train/{name}", info)
 
 
 def _load(args, name: str):
@@ -173,6 +175,8 @@ def main() -> None:
     p = sub.add_parser("train")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--minutes", type=float, default=6.0)
+    p.add_argument("--steps", type=int, help="a fixed number of optimizer steps instead of --minutes")
+    p.add_argument("--name", help="run name (default: the model name)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("quantize")
     p.add_argument("--model", default="resnet20")
