@@ -61,8 +61,12 @@ def evaluate(samples: int, device: str) -> None:
     results = {}
     baseline = None
     for kind in ("standard", "fgsm_rs"):
+        if not (OUT / f"resnet20_{kind}.safetensors").exists():
+            print(f"no {kind} checkpoint in {OUT}; run `train --kind {kind}` first; skipped", flush=True)
+            continue
         model, ckpt = pixel_model_from_checkpoint(str(OUT / f"resnet20_{kind}.safetensors"), device)
-        row = {"train_seconds": ckpt.metadata.get("train_seconds"), "recipe": ckpt.metadata.get("recipe")}
+        row = {"train_seconds": ckpt.metadata.get("train_seconds"), "recipe": ckpt.metadata.get("recipe"),
+               "samples": samples, "final_val_error": ckpt.metadata["history"][-1]["val_error"]}
         t0 = time.perf_counter()
         row["pgd20_linf"] = robust_accuracy(model, batches(attack_idx), LINF, "pgd", "linf", steps=20, device=device).to_dict()
         row["fgsm_linf"] = robust_accuracy(model, batches(attack_idx), LINF, "fgsm", "linf", device=device).to_dict()
