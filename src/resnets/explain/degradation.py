@@ -323,7 +323,9 @@ def plot_degradation(data: dict[str, Any], path: str | os.PathLike) -> Path:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     sub = data.get("data", {})
-    fig.suptitle(f"Degradation on {Path(str(sub.get('source', ''))).name or 'data'}: {sub.get('train', '?')} train / "
+    source = Path(str(sub.get("source", "")))
+    label = source.parent.name if source.name in ("train", "val", "test") else source.name
+    fig.suptitle(f"Degradation on {label or 'data'}: {sub.get('train', '?')} train / "
                  f"{sub.get('val', '?')} val images, {budget.get('epochs')} epochs, batch {budget.get('batch_size')}, "
                  f"lr {budget.get('lr')}", fontsize=10)
     fig.tight_layout()
