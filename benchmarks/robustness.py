@@ -25,6 +25,7 @@ from resnets.explain.degradation import Budget, load_pixel_splits, train_classif
 
 DATA = "/work/shared/data/cifar10/train"
 OUT = Path("docs/figures/robustness")
+CKPT = Path("runs/robustness")  # checkpoints stay out of git
 TRAIN_BUDGET = "epochs=2,train_subset=20000,val_subset=1000,log_points=4"
 # Fast FGSM-RS costs two forward/backward passes per step: half the epochs is the same compute.
 ADV_BUDGET = "epochs=1,train_subset=20000,val_subset=1000,log_points=4"
@@ -40,8 +41,8 @@ def train(kind: str, budget_text: str, device: str) -> None:
     model = Normalized(net, splits.mean, splits.std).to(device)
     t0 = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, budget, log=lambda r: print(r, flush=True))
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_weights(net, OUT / f"resnet20_{kind}.safetensors",
+    CKPT.mkdir(parents=True, exist_ok=True)
+    save_weights(net, CKPT / f"resnet20_{kind}.safetensors",
                  {"classes": splits.classes, "mean": list(splits.mean), "std": list(splits.std),
                   "image_size": splits.image_size, "recipe": budget.__dict__, "history": history,
                   "train_seconds": time.perf_counter() - t0})
@@ -61,10 +62,10 @@ def evaluate(samples: int, device: str) -> None:
     results = {}
     baseline = None
     for kind in ("standard", "fgsm_rs"):
-        if not (OUT / f"resnet20_{kind}.safetensors").exists():
-            print(f"no {kind} checkpoint in {OUT}; run `train --kind {kind}` first; skipped", flush=True)
+        if not (CKPT / f"resnet20_{kind}.safetensors").exists():
+            print(f"no {kind} checkpoint in {CKPT}; run `train --kind {kind}` first; skipped", flush=True)
             continue
-        model, ckpt = pixel_model_from_checkpoint(str(OUT / f"resnet20_{kind}.safetensors"), device)
+        model, ckpt = pixel_model_from_checkpoint(str(CKPT / f"resnet20_{kind}.safetensors"), device)
         row = {"train_seconds": ckpt.metadata.get("train_seconds"), "recipe": ckpt.metadata.get("recipe"),
                "samples": samples, "final_val_error": ckpt.metadata["history"][-1]["val_error"]}
         t0 = time.perf_counter()
@@ -138,6 +139,7 @@ if __name__ == "__main__":
     if args.threads:
         torch.set_num_threads(args.threads)
     OUT = Path(args.out)
+    OUT.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     if args.step == "train":
         train(args.kind, args.budget or (TRAIN_BUDGET if args.kind == "standard" else ADV_BUDGET), args.device)
