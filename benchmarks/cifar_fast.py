@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="cifar-fast")
     parser.add_argument("--out", default=None, help="keep each seed's run folder under this folder")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on the shared 2-core machine two threads collapse whenever other "
+                             "jobs run, because torch's parallel regions wait for descheduled threads)")
     args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
 
     from resnets.data import load_data
     from resnets.evaluate import evaluate
