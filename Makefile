@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# The browser is best-effort: without it only the report screenshot test is skipped (and says why).
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	-@$(MAKE) --no-print-directory browser
+	$(PY) -m pytest -p no:cacheprovider --durations=15 tests
 
 # `make demo`: set up, then train a CIFAR-10 model end to end (cifar-fast recipe, DEMO_MINUTES of
 # training fitted by --time-budget) and evaluate it. DATA=cifar10 downloads the official archive;
