@@ -14,7 +14,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -26,6 +26,7 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 UNITS = ("steps", "epochs")
+ADVERSARIAL_KEYS = ("method", "eps", "steps", "alpha")
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,11 @@ class TrainConfig:
     ema_every: int = 1
     ema_warmup_steps: int = 0
     """Copy the weights (no averaging) until this step, so the average starts from trained weights."""
+    # --- adversarial training (resnets.evaluate.robustness.AdversarialTraining)
+    adversarial: dict = field(default_factory=dict)
+    """Empty: off. ``method`` (``pgd``: PGD-AT, ``fgsm_rs``: fast FGSM with random start), ``eps``
+    (pixel units, default 8/255), ``steps`` (PGD, default 7), ``alpha`` (default 2.5 eps / steps for
+    PGD, 1.25 eps for fgsm_rs); e.g. ``--set adversarial.method=fgsm_rs``."""
     # --- speed
     device: str = "cpu"
     precision: str = "fp32"
@@ -174,12 +180,35 @@ class TrainConfig:
         need(self.val_split >= 0, f"val_split={self.val_split} must be >= 0")
         need(self.error_warmup_lr is None or self.error_warmup_lr > 0, "error_warmup_lr must be positive (or null)")
         need(0 < self.error_warmup_until <= 1, "error_warmup_until is a training error in (0, 1]")
+        self._validate_adversarial(need)
         try:
             from ..data import AugmentConfig
 
             AugmentConfig.from_dict(self.augment)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _validate_adversarial(self, need: Callable[[bool, str], None]) -> None:
+        adv = self.adversarial
+        if not adv:
+            return
+        unknown = sorted(set(adv) - set(ADVERSARIAL_KEYS))
+        need(not unknown, f"adversarial.{unknown[0] if unknown else ''} is unknown; keys: {', '.join(ADVERSARIAL_KEYS)}")
+        need(adv.get("method") in ("pgd", "fgsm_rs"),
+             f"adversarial.method={adv.get('method')!r}: set adversarial.method=pgd or fgsm_rs")
+        for key in ("eps", "alpha"):
+            value = adv.get(key)
+            if isinstance(value, str) and "/" in value:  # "8/255" from YAML or --set
+                num, den = value.split("/", 1)
+                try:
+                    value = adv[key] = float(num) / float(den)
+                except ValueError:
+                    pass
+            need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1),
+                 f"adversarial.{key}={value!r} must be a number in (0, 1] in pixel units (e.g. 8/255)")
+        steps = adv.get("steps")
+        need(steps is None or (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1),
+             f"adversarial.steps={steps!r} must be a whole number >= 1")
 
     # -------------------------------------------------------------- derived
     @property
@@ -225,6 +254,8 @@ class TrainConfig:
 
 
 _FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+MAPPING_KEYS = ("augment", "model_options", "adversarial")
+"""Options that are mappings: ``--set KEY.SUB=V`` sets one entry and overrides merge entry by entry."""
 
 
 def _check_keys(values: Mapping[str, Any], source: str) -> None:
@@ -332,9 +363,9 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             value = text
         if "." in key:
             head, sub = key.split(".", 1)
-            if head not in ("augment", "model_options"):
+            if head not in MAPPING_KEYS:
                 _check_keys({head: None}, "--set")
-                raise ConfigError(f"--set {key}: only augment.* and model_options.* take dotted keys")
+                raise ConfigError(f"--set {key}: only augment.*, model_options.* and adversarial.* take dotted keys")
             out.setdefault(head, {})[sub] = value
         else:
             _check_keys({key: None}, "--set")
@@ -343,10 +374,10 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge overrides into recipe values; ``augment``/``model_options`` mappings merge key by key."""
+    """Merge overrides into recipe values; the ``MAPPING_KEYS`` options merge key by key."""
     merged = dict(values)
     for key, value in overrides.items():
-        if key in ("augment", "model_options") and isinstance(value, Mapping):
+        if key in MAPPING_KEYS and isinstance(value, Mapping):
             merged[key] = {**dict(merged.get(key) or {}), **dict(value)}
         else:
             merged[key] = value

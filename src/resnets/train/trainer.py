@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate.metrics import EvalResult, EvalSums, autocast_context, evaluate
+from ..evaluate.robustness import AdversarialTraining
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from .config import ConfigError, TrainConfig
@@ -125,6 +126,10 @@ class Trainer:
         self.config = config = self.process.configure(config)  # records world_size (lr scaling follows it)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
+        if config.adversarial:  # the recipe option; an explicitly passed AdversarialTraining is not doubled
+            if not any(isinstance(c, AdversarialTraining) for c in self.callbacks):
+                adv = {"eps": 8 / 255, "steps": 7, **config.adversarial}
+                self.callbacks.append(AdversarialTraining(adv["method"], adv["eps"], adv["steps"], adv.get("alpha")))
         self.loss_fn = loss_fn
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
