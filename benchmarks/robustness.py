@@ -124,9 +124,35 @@ def plot(results):
     fig.savefig(OUT / "robustness.png", dpi=100)
 
 
+def table(results) -> str:
+    """The markdown tables of docs/robustness.md, models side by side (accuracies in %)."""
+    pct = lambda a: f"{100 * a:.1f}"
+    kinds = list(results)
+    lines = []
+    for key, title, scale, unit in (("pgd20_linf", "PGD-20 L-inf", 255, "/255"), ("fgsm_linf", "FGSM L-inf", 255, "/255"),
+                                    ("pgd10_l2", "PGD-10 L2", 1, "")):
+        eps = results[kinds[0]][key]["epsilons"]
+        lines += [f"| {title} | " + " | ".join(f"eps {e * scale:g}{unit}" for e in eps) + " |",
+                  "|---|" + "---|" * len(eps)]
+        lines += [f"| {k} | " + " | ".join(pct(a) for a in results[k][key]["accuracy"]) + " |" for k in kinds]
+        lines.append("")
+    lines += ["| model | clean | mean corruption error | mCE vs standard | relative mCE | ECE | ECE after T | T | NLL | NLL after T |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in kinds:
+        c, cal = results[k]["corruptions"], results[k]["calibration"]
+        lines.append(f"| {k} | {pct(c['clean_accuracy'])} | {pct(c['mean_error'])} | {100 * c['mce']:.1f} | "
+                     f"{100 * c['relative_mce']:.1f} | {pct(cal['ece'])} | {pct(cal['ece_scaled'])} | "
+                     f"{cal['temperature']:.2f} | {cal['nll']:.3f} | {cal['nll_scaled']:.3f} |")
+    lines += ["", "| corruption | " + " | ".join(f"{k} s1..s5" for k in kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name in results[kinds[0]]["corruptions"]["accuracy"]:
+        lines.append(f"| {name} | " + " | ".join(
+            " ".join(f"{100 * a:.0f}" for a in results[k]["corruptions"]["accuracy"][name]) for k in kinds) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["train", "evaluate", "plot"])
+    ap.add_argument("step", choices=["train", "evaluate", "plot", "table"])
     ap.add_argument("--kind", choices=["standard", "fgsm_rs", "pgd"], default="standard")
     ap.add_argument("--budget", default=None, help=f"default: {TRAIN_BUDGET} (standard), {ADV_BUDGET} (adversarial)")
     ap.add_argument("--samples", type=int, default=300, help="validation images attacked/corrupted")
@@ -145,5 +171,7 @@ if __name__ == "__main__":
         train(args.kind, args.budget or (TRAIN_BUDGET if args.kind == "standard" else ADV_BUDGET), args.device)
     elif args.step == "evaluate":
         evaluate(args.samples, args.device)
+    elif args.step == "table":
+        print(table(json.loads((OUT / "robustness.json").read_text())))
     else:
         plot(json.loads((OUT / "robustness.json").read_text()))
