@@ -3,7 +3,9 @@
 budget, plus a linear probe. Reads the shared data; never run by the tests.
 
     flock /tmp/resnets-heavy.lock .venv/bin/python benchmarks/finetune_vs_scratch.py \
-        --pretrain-epochs 1 --epochs 15 --seeds 0 1 2
+        --pretrain-epochs 7 --pretrain-only --threads 1
+    flock /tmp/resnets-heavy.lock .venv/bin/python benchmarks/finetune_vs_scratch.py \
+        --source runs/transfer/cifar10_source_e7/best.safetensors --epochs 20 --seeds 0 1 2 3 4 --threads 1
 
 Phase 1 trains the source network on CIFAR-10 (45k/5k split) unless ``--source`` names a
 checkpoint; phase 2 runs each method once per seed and writes
@@ -107,7 +109,7 @@ def pretrain(args) -> Path:
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10)
     groups = apply_finetune_policy(model, FinetuneConfig(lr=0.2, weight_decay=5e-4))
-    out = Path(args.runs) / "cifar10_source"
+    out = Path(args.runs) / f"cifar10_source_e{args.pretrain_epochs}"
     loop = LoopConfig(epochs=args.pretrain_epochs, warmup_epochs=0.2, amp=True, channels_last=True,
                       label_smoothing=0.1, device=args.device)
     run_finetune(model, groups, batches(xt, yt, 256, True), loop, val_batches=batches(xv, yv, 1000, False),
@@ -173,25 +175,43 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("docs/figures/transfer_finetune_vs_scratch"))
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (1 on the shared 2-core machine: two threads stall when other jobs run)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     source = args.source or pretrain(args)
     if args.pretrain_only:
         return 0
     data = imagenette_split(args.per_class, args.val_per_class, args.size)
     results = [run_method(m, s, source, data, args) for s in args.seeds for m in ("finetune", "scratch", "probe")]
-    summary = {}
-    for m in ("finetune", "scratch", "probe"):
-        accs = [r["val_acc"] for r in results if r["method"] == m]
-        summary[m] = {"median_val_acc": statistics.median(accs), "val_accs": accs}
+    summary = summarise(results)
     report = {"command": " ".join(sys.argv), "source": str(source), "args": {k: str(v) for k, v in vars(args).items()},
               "summary": summary, "runs": results,
-              "machine": "2-core shared CPU, AVX-512, torch " + torch.__version__}
+              "machine": f"2-core CPU, AVX-512, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     plot(results, summary, args.out.with_suffix(".png"), args)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per method: final held-out accuracy over seeds (mean, sample std, median); and the per-seed
+    (paired: same seed, same data order) difference fine-tune minus scratch."""
+    summary = {}
+    for m in ("finetune", "scratch", "probe"):
+        accs = [r["val_acc"] for r in results if r["method"] == m]
+        summary[m] = {"median_val_acc": statistics.median(accs), "val_accs": accs, **mean_std(accs)}
+    by_seed = {(r["method"], r["seed"]): r["val_acc"] for r in results}
+    diffs = [by_seed["finetune", s] - by_seed["scratch", s] for (m, s) in by_seed if m == "finetune"]
+    summary["finetune_minus_scratch"] = {"per_seed": diffs, **mean_std(diffs)}
+    return summary
 
 
 def plot(results, summary, path: Path, args) -> None:
@@ -205,17 +225,24 @@ def plot(results, summary, path: Path, args) -> None:
         if r["curve"]:
             ax.plot(range(1, len(r["curve"]) + 1), r["curve"], color=colours[r["method"]], alpha=0.7,
                     label=r["method"] if r["seed"] == args.seeds[0] else None)
-    probe = summary["probe"]["median_val_acc"]
-    ax.axhline(probe, color="tab:green", ls="--", label=f"linear probe ({probe:.3f})")
-    ax.set(xlabel="epoch", ylabel="held-out accuracy", title=f"ResNet-20, Imagenette {args.per_class}/class at {args.size}px")
+    probe = summary["probe"]["mean"]
+    ax.axhline(probe, color="tab:green", ls="--", label=f"linear probe (mean {probe:.3f})")
+    ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+    ax.set(xlabel="epoch", ylabel="held-out accuracy",
+           title=f"ResNet-20, Imagenette {args.per_class}/class at {args.size}px, {len(args.seeds)} seeds")
     ax.legend()
-    names = list(summary)
-    meds = [summary[n]["median_val_acc"] for n in names]
-    bx.bar(names, meds, color=["tab:blue", "tab:orange", "tab:green"])
+    names = ["finetune", "scratch", "probe"]
+    means = [summary[n]["mean"] for n in names]
+    stds = [summary[n]["std"] for n in names]
+    bx.bar(names, means, yerr=stds, capsize=6, color=["tab:blue", "tab:orange", "tab:green"], alpha=0.8)
     for i, n in enumerate(names):
         bx.scatter([i] * len(summary[n]["val_accs"]), summary[n]["val_accs"], color="k", s=12, zorder=3)
-        bx.text(i, meds[i] + 0.01, f"{meds[i]:.3f}", ha="center")
-    bx.set(ylabel="final held-out accuracy (median, dots = seeds)", title="same data, same epochs")
+        bx.text(i + 0.05, means[i] + stds[i] + 0.01, f"{means[i]:.3f} ± {stds[i]:.3f}", ha="center")
+    d = summary["finetune_minus_scratch"]
+    bx.set(ylabel="final held-out accuracy (mean ± std, dots = seeds)",
+           ylim=(0, 1.15 * max(m + s for m, s in zip(means, stds))))
+    bx.set_title(f"same data and epochs; fine-tune − scratch (paired by seed):\n"
+                 f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
