@@ -153,13 +153,17 @@ def cmd_distill(args) -> None:
 
     teacher = _load(args, args.teacher)
     results = json.loads((Path(args.out) / "results.json").read_text())
-    baseline = results[f"train/{args.student}"]
+    baseline_name = args.baseline or args.student
+    if f"train/{baseline_name}" not in results:
+        raise SystemExit(f"no train/{baseline_name} in {Path(args.out) / 'results.json'}: train the baseline first "
+                         f"(train --model {args.student} --name {baseline_name})")
+    baseline = results[f"train/{baseline_name}"]
     student = create_model(args.student, num_classes=len(_splits(args).classes))
     loss = DistillationLoss(teacher, temperature=args.temperature, alpha=args.alpha)
     name = f"{args.student}-distilled-from-{args.teacher}"
     _, info = _train(args, name, args.student, model=student, loss_fn=loss, steps=baseline["steps"])
     _record(Path(args.out), f"distill/{name}", {
-        "student_alone_top1": baseline["val_top1"], "distilled_top1": info["val_top1"],
+        "baseline": baseline_name, "student_alone_top1": baseline["val_top1"], "distilled_top1": info["val_top1"],
         "delta_points": 100 * (info["val_top1"] - baseline["val_top1"]), "teacher_top1": results[f"train/{args.teacher}"]["val_top1"],
         "temperature": args.temperature, "alpha": args.alpha, "steps": info["steps"], "distill": info})
 
@@ -194,6 +198,8 @@ def main() -> None:
     p.add_argument("--student", default="resnet20")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--baseline", help="the student-alone train run to match in steps and compare with "
+                   "(default: the run named like the student)")
     p.set_defaults(func=cmd_distill)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ few hundred steps on generated images (coloured rectangles and ellipses on noise
 falling and boxes predicted on held-out images. Also times a training step against the same
 detector on torchvision's own ResNet-18 FPN backbone.
 
-    flock /tmp/resnets-heavy.lock .venv/bin/python benchmarks/detection_smoke.py --steps 300
+    flock /tmp/resnets-heavy.lock .venv/bin/python benchmarks/detection_smoke.py --steps 400 --threads 1
 
 Writes docs/figures/transfer_detection_smoke.{png,json}.
 """
@@ -136,7 +136,13 @@ def main(argv=None) -> int:
     p.add_argument("--timing-steps", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("docs/figures/transfer_detection_smoke"))
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="cap the training steps so they fit this many minutes at the timed step speed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (1 on the shared 2-core machine: two threads stall when other jobs run)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     train, val = dataset(args.train_images, args.size, 0), dataset(args.val_images, args.size, 1)
@@ -148,6 +154,11 @@ def main(argv=None) -> int:
     timing = {"ours_median_s": statistics.median(ours_t[3:]), "torchvision_median_s": statistics.median(peer_t[3:])}
     timing["ratio_ours_over_torchvision"] = timing["ours_median_s"] / timing["torchvision_median_s"]
     print(json.dumps(timing), flush=True)
+    if args.max_minutes is not None:
+        fitting = int(args.max_minutes * 60 / timing["ours_median_s"])
+        if fitting < args.steps:
+            print(f"--max-minutes {args.max_minutes}: {args.steps} -> {fitting} steps", flush=True)
+            args.steps = fitting
 
     torch.manual_seed(0)
     # Trained from scratch (no pretrained weights offline): plain BatchNorm, every layer trainable.
@@ -186,7 +197,8 @@ def main(argv=None) -> int:
               "loss_first20_median": first, "loss_last20_median": last, "train_seconds": train_seconds,
               "val_precision@0.5": metrics["precision"], "val_recall@0.5": metrics["recall"],
               "val_counts": {k: metrics[k] for k in ("tp", "fp", "fn")}, "step_timing": timing,
-              "machine": f"2-core shared CPU, AVX-512, torch {torch.__version__}" if device.type == "cpu" else str(device),
+              "machine": (f"2-core CPU, AVX-512, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+                          if device.type == "cpu" else str(device)),
               "history": history}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
