@@ -4,7 +4,7 @@ step 4 of the first attempt; count runs that did not finish (exit code != 0).
     .venv/bin/python benchmarks/fault_drill_loop.py 12 share     # torchrun's default (agent store shared)
     .venv/bin/python benchmarks/fault_drill_loop.py 12 noshare   # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as --nproc sets
 """
-import json, os, subprocess, sys, tempfile
+import os, subprocess, sys, tempfile
 from pathlib import Path
 from resnets.data.synthetic import make_image_folder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))

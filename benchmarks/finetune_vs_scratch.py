@@ -29,7 +29,6 @@ from PIL import Image
 
 from resnets import create_model
 from resnets.transfer import FinetuneConfig, LoopConfig, apply_finetune_policy, linear_probe, load_source, run_finetune
-from resnets.weights import save_weights
 
 DATA = Path("/work/shared/data")
 CACHE = Path("/tmp/resnets-transfer-cache")

@@ -19,7 +19,7 @@ import torch
 
 from resnets import create_model, save_weights
 from resnets.evaluate.calibration import calibration_report, collect_logits, fit_temperature, reliability_diagram
-from resnets.evaluate.corruptions import corruption_accuracy, CorruptionResult
+from resnets.evaluate.corruptions import corruption_accuracy
 from resnets.evaluate.robustness import Normalized, pixel_model_from_checkpoint, robust_accuracy
 from resnets.explain.degradation import Budget, load_pixel_splits, train_classifier
 

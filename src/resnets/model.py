@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .blocks import block_class
-from .layers import conv3x3, norm, pool_layer
+from .layers import norm, pool_layer
 from .spec import ResNetSpec
 
 

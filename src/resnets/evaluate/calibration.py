@@ -123,12 +123,9 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: 
 
 def reliability_diagram(report: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Draw the reliability diagram (accuracy vs confidence per bin, before/after scaling) as PNG."""
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharey=True)
     panels = [("bins", f"uncalibrated: ECE {report['ece']:.3f}"),
@@ -153,10 +150,7 @@ def reliability_diagram(report: dict[str, Any], path: str | os.PathLike, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def store_temperature(checkpoint: str | os.PathLike, temperature: float) -> Path:

@@ -127,12 +127,9 @@ def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: 
 
 def save_confusion_png(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
     """Plot the row-normalised confusion matrix (counts in the cells for up to 20 classes) as a PNG."""
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     matrix = torch.tensor(result.confusion, dtype=torch.float64)
     normalised = matrix / matrix.sum(1, keepdim=True).clamp_min(1)
@@ -155,7 +152,4 @@ def save_confusion_png(result: EvalResult, path: str | os.PathLike, title: str |
     ax.set_ylabel("true class")
     ax.set_title(title or f"confusion matrix: top-1 {result.top1 * 100:.2f}% ({result.count} images, tta={result.tta})")
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -15,7 +15,6 @@ in ``Normalized`` so attacks and corruptions see images in [0, 1].
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -295,12 +294,9 @@ def _write(result: DegradationResult, out: Path) -> None:
 
 def plot_degradation(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """He et al. Fig. 6 layout: plain nets left, ResNets right; thin = training, bold = validation error."""
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     runs = data["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -329,7 +325,4 @@ def plot_degradation(data: dict[str, Any], path: str | os.PathLike) -> Path:
                  f"{sub.get('val', '?')} val images, {budget.get('epochs')} epochs, batch {budget.get('batch_size')}, "
                  f"lr {budget.get('lr')}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -134,12 +134,9 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45, cmap: 
 def save_explanation(path: str | os.PathLike, image: torch.Tensor, cam: torch.Tensor, sal: torch.Tensor | None = None,
                      title: str = "") -> Path:
     """One PNG: the image, the Grad-CAM overlay and (if given) the saliency map, side by side."""
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     panels = [("image", image.detach().cpu().float().permute(1, 2, 0).clamp(0, 1).numpy(), None),
               ("Grad-CAM", overlay(image, cam).numpy(), None)]
@@ -153,10 +150,7 @@ def save_explanation(path: str | os.PathLike, image: torch.Tensor, cam: torch.Te
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def save_gallery(path: str | os.PathLike, images: torch.Tensor, cams: torch.Tensor, titles: Sequence[str],
@@ -164,12 +158,9 @@ def save_gallery(path: str | os.PathLike, images: torch.Tensor, cams: torch.Tens
     """A grid of Grad-CAM overlays (one per image) with a title each, as one PNG."""
     import math
 
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     n = images.shape[0]
     columns = min(columns, n)
@@ -184,7 +175,4 @@ def save_gallery(path: str | os.PathLike, images: torch.Tensor, cams: torch.Tens
         axes[r][2 * c + 1].imshow(overlay(images[i], cams[i]).numpy())
         axes[r][2 * c + 1].set_title("Grad-CAM", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

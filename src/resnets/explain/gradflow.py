@@ -235,12 +235,9 @@ def plot_gradient_flow(runs: dict[str, Sequence[GradientFlow | dict[str, Any]]],
 
     ``runs`` maps a label (e.g. ``"plain56"``) to its records (e.g. at init and after training).
     """
-    import matplotlib
+    from ..report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..weights import atomic_write
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -271,7 +268,4 @@ def plot_gradient_flow(runs: dict[str, Sequence[GradientFlow | dict[str, Any]]],
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -130,10 +130,9 @@ def scan_run(run_dir: str | os.PathLike) -> RunContents:
 
 # ------------------------------------------------------------------ figures
 def _figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6, 3.6)) -> bytes:
-    import matplotlib
+    from .figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig = plt.figure(figsize=size)
     try:

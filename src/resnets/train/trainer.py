@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.metrics import EvalResult, EvalSums, autocast_context, evaluate
+from ..evaluate.metrics import EvalResult, autocast_context, evaluate
 from ..evaluate.robustness import AdversarialTraining
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from .config import ConfigError, TrainConfig
-from .mixing import mix_batch, smooth_targets, soft_cross_entropy
+from .mixing import mix_batch, soft_cross_entropy
 from .optim import LRSchedule, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
 from .distributed import forward_backward
 from .process import ProcessContext
