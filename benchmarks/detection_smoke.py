@@ -208,10 +208,11 @@ def main(argv=None) -> int:
 
 
 def plot(history, val, outputs, path: Path, report) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.patches as patches
-    import matplotlib.pyplot as plt
+
+    from resnets.report.figures import pyplot, save_figure
+
+    plt = pyplot()
 
     fig = plt.figure(figsize=(13, 5.5))
     grid = fig.add_gridspec(2, 5)
@@ -246,7 +247,7 @@ def plot(history, val, outputs, path: Path, report) -> None:
     fig.suptitle(f"held-out: precision {report['val_precision@0.5']:.2f}, recall {report['val_recall@0.5']:.2f} "
                  f"at IoU 0.5, score>=0.5 (dashed white = ground truth)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -214,9 +214,9 @@ def summarise(results: list[dict]) -> dict:
 
 
 def plot(results, summary, path: Path, args) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from resnets.report.figures import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     colours = {"finetune": "tab:blue", "scratch": "tab:orange"}
@@ -243,7 +243,7 @@ def plot(results, summary, path: Path, args) -> None:
     bx.set_title(f"same data and epochs; fine-tune − scratch (paired by seed):\n"
                  f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

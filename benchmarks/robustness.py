@@ -94,11 +94,9 @@ def evaluate(samples: int, device: str) -> None:
 
 
 def plot(results):
-    import matplotlib
+    from resnets.report.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for kind, row in results.items():
         for ax, key, scale in ((axes[0], "pgd20_linf", 255), (axes[1], "pgd10_l2", 1)):
@@ -121,7 +119,7 @@ def plot(results):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "robustness.png", dpi=100)
+    save_figure(fig, OUT / "robustness.png", dpi=100)
 
 
 def table(results) -> str:
