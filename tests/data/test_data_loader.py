@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from resnets.data import (AugmentConfig, ImageFileDataset, TensorImageDataset, load_data, make_image_folder,
-                          make_loader, make_tensor_dataset)
+from resnets.data import (AugmentConfig, DataError, ImageFileDataset, TensorImageDataset, load_data,
+                          load_eval_image, make_image_folder, make_loader, make_tensor_dataset)
 
 AUGMENT = AugmentConfig(crop_padding=2, flip=True, cutout_size=4)
 
@@ -118,3 +118,22 @@ def test_streaming_batch_path_matches_worker_path(tmp_path):
         loader = make_loader(splits.train, batch_size=3, augment=augment, workers=0, normalize_in_workers=flag)
         batches = _epoch(loader, 3)
         assert _same(batches, _epoch(loader, 3)) and batches[0][0].shape == (3, 3, 72, 72)
+
+
+def test_load_eval_image_prepares_a_file_as_the_eval_loader_does(tmp_path):
+    """predict and explain see one image exactly as `eval` saw it in its batch (resize, centre crop)."""
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=2, size=90, fmt="png")
+    splits = load_data(root, val_split=0, image_size=72, cache_dir=tmp_path / "cache")
+    loader = make_loader(splits.train, batch_size=4, train=False, workers=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    batch, _ = next(iter(loader))
+    singles = torch.stack([load_eval_image(path, 72) for path in splits.train.paths])
+    assert singles.dtype == torch.uint8 and singles.shape == (4, 3, 72, 72)
+    assert torch.allclose(singles.float() / 255, batch, atol=1e-6)
+    small = load_eval_image(splits.train.paths[0], 128)  # smaller than asked: scaled up, still square
+    assert small.shape == (3, 128, 128)
+    assert load_eval_image(splits.train.paths[0], None).shape == (3, 90, 90)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        load_eval_image(tmp_path / "broken.png", 72)
+    with pytest.raises(DataError, match="does not exist"):
+        load_eval_image(tmp_path / "missing.png", 72)

@@ -71,10 +71,9 @@ def _image_paths(items: list[str]) -> list[Path]:
 
 def run_gradcam(args: argparse.Namespace) -> int:
     import torch
-    import torchvision.transforms.v2.functional as TF
 
     from ..cli import UserError
-    from ..data.folder import open_rgb
+    from ..data import load_eval_image
     from ..evaluate.robustness import pixel_model_from_checkpoint
     from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
 
@@ -93,12 +92,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
                             + (" ..." if len(classes) > 20 else ""))
     images, names = [], []
     for path in _image_paths(args.images):
-        try:
-            pil = open_rgb(path)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read image {str(path)!r}: {exc}") from None
-        tensor = TF.to_dtype(TF.to_image(pil), torch.float32, scale=True)
-        images.append(TF.center_crop(TF.resize(tensor, size, antialias=True), [size, size]))
+        images.append(load_eval_image(path, size).float() / 255)  # as evaluation prepares it, in [0, 1]
         names.append(path)
     x = torch.stack(images).to(args.device)
     try:

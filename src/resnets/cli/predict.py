@@ -21,37 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_image(path: str, image_size: int | None):
-    """An RGB uint8 3 x S x S tensor; large images resized and centre-cropped like evaluation."""
-    import torch
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import v2
-
-    from ..cli import UserError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            tensor = torch.from_numpy(__import__("numpy").asarray(image).copy()).permute(2, 0, 1)
-    except FileNotFoundError:
-        raise UserError(f"image {path!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read {path!r} as an image ({exc})") from None
-    if image_size:
-        height, width = tensor.shape[-2:]
-        if (height, width) != (image_size, image_size):
-            if min(height, width) > image_size:
-                tensor = v2.functional.resize(tensor, round(image_size / 0.875), antialias=True)
-            else:
-                tensor = v2.functional.resize(tensor, image_size, antialias=True)
-            tensor = v2.functional.center_crop(tensor, image_size)
-    return tensor
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cli import UserError
+    from ..data import load_eval_image
     from .eval import load_for_inference
 
     if args.top_k < 1:
@@ -65,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with torch.no_grad():
         for path in args.images:
-            image = load_image(path, image_size)
+            image = load_eval_image(path, image_size)
             x = ((image.float() / 255.0 - mean_t) / std_t)[None].to(device)
             probs = torch.softmax(model(x).float(), dim=1)[0]
             values, indices = probs.topk(k)

@@ -14,7 +14,7 @@ from .cifar import CIFAR_ARCHIVES, fetch_cifar, read_cifar_folder, safe_extract,
 from .datasets import DataSplits, ImageFileDataset, TensorImageDataset
 from .errors import DataError
 from .folder import map_folder_classes, scan_image_folder, stratified_split
-from .loader import InMemoryLoader, StreamingLoader, make_loader
+from .loader import InMemoryLoader, StreamingLoader, load_eval_image, make_loader
 from .sources import load_data, load_eval
 from .stats import KNOWN_STATS, compute_mean_std
 from .synthetic import class_names, make_image_folder, make_split_folder, make_tensor_dataset, synthetic_images
@@ -22,7 +22,8 @@ from .synthetic import class_names, make_image_folder, make_split_folder, make_t
 __all__ = [
     "AugmentConfig", "CIFAR_ARCHIVES", "DataError", "DataSplits", "ImageFileDataset", "InMemoryLoader", "KNOWN_STATS",
     "StreamingLoader", "TensorImageDataset", "augment_batch", "cache_root", "class_names", "compute_mean_std",
-    "cutout", "fetch_cifar", "load_data", "load_eval", "make_image_folder", "make_loader", "make_split_folder",
+    "cutout", "fetch_cifar", "load_data", "load_eval", "load_eval_image", "make_image_folder", "make_loader",
+    "make_split_folder",
     "make_tensor_dataset", "map_folder_classes", "random_crop", "random_flip", "random_resized_crop",
     "read_cifar_folder", "safe_extract", "scan_image_folder", "stratified_split", "synthetic_images", "verify_md5",
 ]

@@ -16,6 +16,7 @@ So ``set_epoch(e)`` then ``skip_batches(k)`` yields exactly the batches k, k+1, 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Iterator
 
@@ -24,11 +25,37 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig, augment_batch, cutout
 from .datasets import ImageFileDataset, TensorImageDataset
+from .errors import DataError
 from .seeding import derive_seed, generator_for
 
-__all__ = ["InMemoryLoader", "StreamingLoader", "make_loader"]
+__all__ = ["InMemoryLoader", "StreamingLoader", "load_eval_image", "make_loader"]
 
 EVAL_CROP_FRACTION = 0.875  # resize to size / 0.875 (256 for 224), then centre-crop: the ImageNet convention
+
+
+def load_eval_image(path: str | os.PathLike, image_size: int | None) -> torch.Tensor:
+    """One image file as an RGB uint8 3 x S x S tensor, prepared as evaluation prepares it.
+
+    Larger images: shorter side resized to ``image_size / EVAL_CROP_FRACTION``, then centre-cropped (what the
+    streaming evaluation loader does); smaller ones are resized up to ``image_size`` and centre-cropped; an
+    image already S x S (CIFAR) is left alone. ``image_size=None`` keeps the image as it is. Raises
+    :class:`DataError` naming the file when it is missing, empty, truncated or not an image.
+    """
+    from torchvision.transforms import v2
+
+    from .folder import open_rgb
+
+    try:
+        image = open_rgb(path)
+    except FileNotFoundError:
+        raise DataError(f"image {str(path)!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {str(path)!r} as an image ({exc})") from None
+    steps = [v2.PILToTensor()]
+    if image_size and image.size != (image_size, image_size):
+        shorter = round(image_size / EVAL_CROP_FRACTION) if min(image.size) > image_size else image_size
+        steps = [v2.Resize(shorter, antialias=True), v2.CenterCrop(image_size)] + steps  # on PIL, as the loader
+    return v2.Compose(steps)(image)
 
 
 class _EpochLoader:
