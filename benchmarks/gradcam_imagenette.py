@@ -31,7 +31,7 @@ def train(minutes: float, device: str) -> None:
 
 
 def gallery(device: str) -> None:
-    from resnets.data import load_data
+    from resnets.data import load_data, make_loader
     from resnets.evaluate.robustness import pixel_model_from_checkpoint
     from resnets.explain.gradcam import grad_cam, save_gallery
     from resnets.cli import main
@@ -44,8 +44,11 @@ def gallery(device: str) -> None:
     picks = []
     for c in range(len(splits.classes)):
         picks.extend((val.labels == c).nonzero().flatten()[:2].tolist())
-    x = torch.stack([val[i][0] for i in picks]).float().div(255).to(device)
-    y = torch.tensor([val[i][1] for i in picks])
+    # The evaluation pipeline itself (resize, centre crop), in pixels: the model sees what `eval` showed it.
+    pick_loader = make_loader(val.subset(torch.tensor(picks)), len(picks), train=False, mean=(0.0, 0.0, 0.0),
+                              std=(1.0, 1.0, 1.0), workers=0, device=device)
+    x, y = next(iter(pick_loader))
+    y = y.cpu()
     cams, predicted = grad_cam(model, x)
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), 1)
@@ -69,7 +72,6 @@ def gallery(device: str) -> None:
     sal, _ = saliency(model, x[:4], predicted[:4])
     for i in range(4):
         save_explanation(cams_dir / f"gradcam_{i}.png", x[i].cpu(), cams[i].cpu(), sal[i].cpu(), title=titles[i])
-    from resnets.data import make_loader
     from resnets.evaluate import evaluate
 
     held_out = make_loader(val, 200, train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), workers=0, device=device)
