@@ -99,6 +99,10 @@ def make_inference_model(model: nn.Module, precision: Precision = "fp32", channe
         raise ValueError(f"precision={precision!r} is not supported here; use 'fp32' or 'bf16' "
                          "(int8 goes through resnets.deploy.quantize_int8)")
     net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    if precision == "bf16" and fold:
+        # Cast the weights once: autocast would re-cast every fp32 weight on every call (about 10% of a
+        # ResNet-50 batch-1 forward here). With BatchNorm left in, its statistics stay fp32 under autocast.
+        net = net.to(torch.bfloat16)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile:
