@@ -192,18 +192,21 @@ class TrainConfig:
         adv = self.adversarial
         if not adv:
             return
+        from ..evaluate.robustness import ADV_TRAINING, parse_epsilons
+
         unknown = sorted(set(adv) - set(ADVERSARIAL_KEYS))
         need(not unknown, f"adversarial.{unknown[0] if unknown else ''} is unknown; keys: {', '.join(ADVERSARIAL_KEYS)}")
-        need(adv.get("method") in ("pgd", "fgsm_rs"),
-             f"adversarial.method={adv.get('method')!r}: set adversarial.method=pgd or fgsm_rs")
+        need(adv.get("method") in ADV_TRAINING,
+             f"adversarial.method={adv.get('method')!r}: set adversarial.method={' or '.join(ADV_TRAINING)}")
         for key in ("eps", "alpha"):
             value = adv.get(key)
-            if isinstance(value, str) and "/" in value:  # "8/255" from YAML or --set
-                num, den = value.split("/", 1)
+            if isinstance(value, str):  # "8/255" from YAML or --set
                 try:
-                    value = adv[key] = float(num) / float(den)
+                    [value] = parse_epsilons(value)
                 except ValueError:
-                    pass
+                    pass  # reported just below, with the key's name
+                else:
+                    adv[key] = value
             need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1),
                  f"adversarial.{key}={value!r} must be a number in (0, 1] in pixel units (e.g. 8/255)")
         steps = adv.get("steps")

@@ -128,8 +128,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         if config.adversarial:  # the recipe option; an explicitly passed AdversarialTraining is not doubled
             if not any(isinstance(c, AdversarialTraining) for c in self.callbacks):
-                adv = {"eps": 8 / 255, "steps": 7, **config.adversarial}
-                self.callbacks.append(AdversarialTraining(adv["method"], adv["eps"], adv["steps"], adv.get("alpha")))
+                self.callbacks.append(AdversarialTraining(**config.adversarial))  # keys validated by the config
         self.loss_fn = loss_fn
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
