@@ -1,5 +1,5 @@
 """Residual blocks: basic and bottleneck, post-activation (He et al. 2015) and pre-activation
-(He et al. 2016), each built from a ``ResNetSpec``.
+(He et al. 2016), and the conv-pool block of the fast CIFAR-10 nets, each built from a ``ResNetSpec``.
 
 Attribute names follow torchvision (``conv1``, ``bn1``, ..., ``downsample``) so checkpoints move
 freely. Every block exposes ``last_norm`` (what zero-init touches) and ``add`` (the residual add).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import DropPath, Residual, SqueezeExcite, conv1x1, conv3x3, make_shortcut, norm
+from .layers import DropPath, Residual, SqueezeExcite, activation, conv1x1, conv3x3, make_shortcut, norm
 from .spec import ResNetSpec
 
 
@@ -23,10 +23,10 @@ class _Block(nn.Module):
     expansion = 1
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int, dilation: int,
-                 first_dilation: int, drop_path: float) -> None:
+                 first_dilation: int, drop_path: float, shortcut: bool = True) -> None:
         super().__init__()
         self.out_planes = planes * self.expansion
-        self.downsample = make_shortcut(spec, in_planes, self.out_planes, stride)
+        self.downsample = make_shortcut(spec, in_planes, self.out_planes, stride) if shortcut else None
         self.residual = spec.residual
         self.add = Residual() if spec.residual else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -178,11 +178,51 @@ class PreActBottleneck(_Block):
         return out
 
 
+class ConvPoolBlock(_Block):
+    """conv3x3 -> (2x2 max-pool) -> norm -> act, then ``y + act(norm(conv3x3(y)))``.
+
+    The layout of ResNet-9 (Page 2018) and airbench (Jordan 2024): each stage convolves at its input
+    resolution and pools afterwards instead of striding, and the residual branch is added to the
+    pooled activation, so no projection shortcut is needed. Both convolutions start as a partial
+    identity (Dirac init on their first ``in_channels`` filters), as airbench does.
+    """
+
+    def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
+        super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path, shortcut=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2) if stride == 2 else nn.Identity()
+        self.bn1 = norm(spec, planes)
+        self.act1 = activation(spec)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = norm(spec, planes)
+        self.act2 = activation(spec)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default conv init plus a Dirac identity on the first ``in_channels`` filters."""
+        for conv in (self.conv1, self.conv2):
+            conv.reset_parameters()
+            with torch.no_grad():
+                nn.init.dirac_(conv.weight[:conv.in_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.pool(self.conv1(x))))
+        out = self.act2(self.bn2(self.conv2(self.dropout(x))))
+        if self.add is not None:
+            return self.add(self.drop_path(out), x)
+        return out
+
+
 BLOCKS: dict[str, type[_Block]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
     "preact_basic": PreActBasicBlock,
     "preact_bottleneck": PreActBottleneck,
+    "conv_pool": ConvPoolBlock,
 }
 
 

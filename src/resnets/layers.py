@@ -52,10 +52,21 @@ def conv1x1(spec: ResNetSpec, in_planes: int, out_planes: int, stride: int = 1) 
 
 
 def norm(spec: ResNetSpec, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if spec.conv_type == "2d" else nn.BatchNorm3d(channels)
+    """BatchNorm with the spec's momentum; with ``norm_scale=False`` its scale is fixed at 1 (not trained)."""
+    layer = (nn.BatchNorm2d if spec.conv_type == "2d" else nn.BatchNorm3d)(channels, momentum=spec.norm_momentum)
+    if not spec.norm_scale:
+        layer.weight.requires_grad_(False)
+    return layer
+
+
+def activation(spec: ResNetSpec) -> nn.Module:
+    """The spec's activation (conv_pool blocks and the patch stem; the papers' blocks use ReLU)."""
+    return nn.GELU() if spec.act == "gelu" else nn.ReLU(inplace=True)
 
 
 def pool_layer(spec: ResNetSpec) -> nn.Module:
+    if spec.head_pool == "max":
+        return nn.AdaptiveMaxPool2d(1) if spec.conv_type == "2d" else nn.AdaptiveMaxPool3d(1)
     return nn.AdaptiveAvgPool2d(1) if spec.conv_type == "2d" else nn.AdaptiveAvgPool3d(1)
 
 

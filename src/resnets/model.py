@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .blocks import block_class
-from .layers import norm, pool_layer
+from .layers import activation, norm, pool_layer
 from .spec import ResNetSpec
 
 
@@ -29,6 +29,10 @@ def _stem(spec: ResNetSpec) -> dict[str, nn.Module]:
         parts["conv1"] = nn.Conv2d(spec.in_chans, width, 7, stride=2, padding=3, bias=False)
     elif spec.stem == "cifar":
         parts["conv1"] = nn.Conv2d(spec.in_chans, width, 3, stride=1, padding=1, bias=False)
+    elif spec.stem == "patch":  # no norm: the conv is a (data-initialised) whitening filter with a bias
+        parts["conv1"] = nn.Conv2d(spec.in_chans, width, 2, stride=1, padding=0, bias=True)
+        parts["bn1"], parts["relu"], parts["maxpool"] = nn.Identity(), activation(spec), nn.Identity()
+        return parts
     elif spec.stem == "deep":
         half = width // 2
         parts["conv1"] = nn.Sequential(
@@ -121,9 +125,37 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for block in self.blocks():
+            if hasattr(block, "reset_parameters"):  # blocks with an init of their own (conv_pool)
+                block.reset_parameters()
         if self.spec.zero_init_last and self.spec.residual:
             for block in self.blocks():
                 block.zero_init_last()
+
+    @torch.no_grad()
+    def init_patch_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the ``patch`` stem to whiten the 2x2 patches of ``images`` (normalised N x C x H x W).
+
+        The filters are the eigenvectors of the patch covariance scaled by 1/sqrt(eigenvalue + eps),
+        and their negatives, so the activation after the stem keeps both signs (Jordan 2024, after
+        Coates & Ng 2011). Training usually freezes these weights (``whiten_stem`` in the recipe).
+        """
+        spec = self.spec
+        patch_dim = spec.in_chans * 4
+        if spec.stem != "patch" or spec.stem_width != 2 * patch_dim:
+            raise ValueError(f"patch whitening needs stem='patch' with stem_width={2 * patch_dim} (2 x {patch_dim} "
+                             f"patch values); this model has stem={spec.stem!r}, stem_width={spec.stem_width}")
+        if images.ndim != 4 or images.shape[1] != spec.in_chans or min(images.shape[-2:]) < 2:
+            raise ValueError(f"patch whitening needs a normalised N x {spec.in_chans} x H x W batch, "
+                             f"got shape {tuple(images.shape)}")
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N, C, H-1, W-1, 2, 2
+        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patch_dim).double()
+        covariance = flat.T @ flat / flat.shape[0]
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+        order = eigenvalues.argsort(descending=True)
+        filters = (eigenvectors[:, order].T / torch.sqrt(eigenvalues[order] + eps)[:, None])
+        filters = filters.reshape(patch_dim, spec.in_chans, 2, 2).to(self.conv1.weight.dtype)
+        self.conv1.weight.copy_(torch.cat([filters, -filters]))
 
     def blocks(self) -> list[nn.Module]:
         return [b for name in self.stage_names for b in getattr(self, name)]
@@ -157,7 +189,10 @@ class ResNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
         x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        x = self.fc(x)
+        return x * self.spec.logit_scale if self.spec.logit_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -13,17 +13,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BlockKind = Literal["basic", "bottleneck", "preact_basic", "preact_bottleneck"]
-StemKind = Literal["imagenet", "cifar", "deep", "video"]
+BlockKind = Literal["basic", "bottleneck", "preact_basic", "preact_bottleneck", "conv_pool"]
+StemKind = Literal["imagenet", "cifar", "deep", "video", "patch"]
 ShortcutKind = Literal["A", "B", "C", "D"]
 StrideOn = Literal["3x3", "1x1"]
 ConvType = Literal["2d", "3d", "2plus1d"]
+Activation = Literal["relu", "gelu"]
+HeadPool = Literal["avg", "max"]
 
-BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
-STEM_KINDS = ("imagenet", "cifar", "deep", "video")
+BLOCK_KINDS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck", "conv_pool")
+STEM_KINDS = ("imagenet", "cifar", "deep", "video", "patch")
 SHORTCUT_KINDS = ("A", "B", "C", "D")
 STRIDE_ON = ("3x3", "1x1")
 CONV_TYPES = ("2d", "3d", "2plus1d")
+ACTIVATIONS = ("relu", "gelu")
+HEAD_POOLS = ("avg", "max")
+SMALL_INPUT_STEMS = ("cifar", "patch")
 
 
 class SpecError(ValueError):
@@ -38,14 +43,20 @@ class ResNetSpec:
     options A/B/C), He et al. 2016 (pre-activation), Zagoruyko & Komodakis 2016 (wide nets,
     dropout in blocks), Xie et al. 2017 (ResNeXt groups), He et al. 2019 "Bag of Tricks"
     (deep stem "C", avg-pool shortcut "D"), Hu et al. 2018 (squeeze-excitation),
-    Huang et al. 2016 (stochastic depth) and Tran et al. 2018 (3-D and (2+1)-D video nets).
+    Huang et al. 2016 (stochastic depth), Tran et al. 2018 (3-D and (2+1)-D video nets) and the fast
+    CIFAR-10 nets of Page 2018 (ResNet-9) and Jordan 2024 (airbench): ``conv_pool`` blocks, a 2x2
+    ``patch`` stem that training initialises as a whitening filter, scale-free norms, max-pool head.
     """
 
     block: BlockKind = "basic"
+    """``conv_pool``: 3x3 conv at the input resolution, 2x2 max-pool in stride-2 stages, norm, activation,
+    then a 3x3 conv-norm-activation branch added back (ResNet-9 / airbench layout)."""
     layers: tuple[int, ...] = (2, 2, 2, 2)
     widths: tuple[int, ...] = (64, 128, 256, 512)
     """Base width ("planes") of each stage; a bottleneck stage outputs 4x this."""
     stem: StemKind = "imagenet"
+    """``patch``: a 2x2 convolution with bias and no padding (32 px in, 31 px out), then the activation;
+    with ``stem_width = 2 x 4 x in_chans`` its weights can be a whitening of the data's 2x2 patches."""
     stem_width: int = 64
     shortcut: ShortcutKind = "B"
     stride_on: StrideOn = "3x3"
@@ -76,6 +87,16 @@ class ResNetSpec:
     block_widths: tuple[int, ...] | None = None
     """Inner width of each block, in order (pruned nets): a basic block's conv1 output, a
     bottleneck's conv1/conv2 width. None uses the width the stage implies."""
+    act: Activation = "relu"
+    """Activation of ``conv_pool`` blocks and the ``patch`` stem (the papers' blocks use ReLU)."""
+    head_pool: HeadPool = "avg"
+    """Global pooling before the classifier."""
+    logit_scale: float = 1.0
+    """Multiplies the logits (airbench: 1/9, a fixed softmax temperature)."""
+    norm_scale: bool = True
+    """False: every BatchNorm's scale stays at 1 and is not trained (only its shift is)."""
+    norm_momentum: float = 0.1
+    """BatchNorm running-statistics momentum (PyTorch's convention: the weight of the new batch)."""
     paper: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +161,20 @@ class ResNetSpec:
             need(self.conv_type == "2d", "block_widths is supported for 2-D networks only")
         if self.se_ratio > 0:
             need(not self.is_preact, "squeeze-excitation is defined here for post-activation blocks only")
+        need(self.act in ACTIVATIONS, f"act={self.act!r} is unknown; choose one of {ACTIVATIONS}")
+        need(self.act == "relu" or self.block == "conv_pool" or self.stem == "patch",
+             f"act={self.act!r} applies to conv_pool blocks and the patch stem; the {self.block} blocks use ReLU "
+             "as in their papers")
+        need(self.head_pool in HEAD_POOLS, f"head_pool={self.head_pool!r} is unknown; choose one of {HEAD_POOLS}")
+        need(self.logit_scale > 0, f"logit_scale={self.logit_scale} must be positive")
+        need(0.0 < self.norm_momentum <= 1.0, f"norm_momentum={self.norm_momentum} must be in (0, 1]")
+        if self.block == "conv_pool":
+            need(self.conv_type == "2d" and self.se_ratio == 0 and self.shortcut == "B" and self.block_widths is None
+                 and self.output_stride is None,
+                 "conv_pool blocks are 2-D, without squeeze-excitation, pruning widths or dilation, and their "
+                 "shortcut is the pooled activation itself (leave shortcut='B')")
+        if self.stem == "patch":
+            need(self.conv_type == "2d", "the patch stem is 2-D only")
 
     # ------------------------------------------------------------ derived facts
     @property
@@ -162,7 +197,12 @@ class ResNetSpec:
 
     @property
     def stem_stride(self) -> int:
-        return {"imagenet": 4, "deep": 4, "cifar": 1, "video": 2}[self.stem]
+        return {"imagenet": 4, "deep": 4, "cifar": 1, "patch": 1, "video": 2}[self.stem]
+
+    @property
+    def default_image_size(self) -> int:
+        """The input side the net was designed for: 32 px for CIFAR-style stems, else 224."""
+        return 32 if self.stem in SMALL_INPUT_STEMS else 224
 
     @property
     def natural_stride(self) -> int:

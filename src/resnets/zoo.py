@@ -115,6 +115,14 @@ register("resnet_fast", ResNetSpec(block="basic", layers=(1, 1, 1), widths=(64, 
                                    stem="cifar", stem_width=32, shortcut="B", num_classes=10),
          CIFAR_INPUT, "this repository: a fast CIFAR-10 ResNet in the spirit of airbench (Jordan 2024)")
 
+# airbench's network (Jordan 2024) with residual branches: a whitening 2x2 patch stem (24 filters), three
+# conv_pool stages 64/256/256 that convolve at 31, 15 and 7 px and pool after, scale-free BatchNorm
+# with momentum 0.4, GELU, a global max-pool and logits scaled by 1/9. The `cifar-fast` recipe.
+register("resnet_airbench", ResNetSpec(block="conv_pool", layers=(1, 1, 1), widths=(64, 256, 256), strides=(2, 2, 2),
+                                       stem="patch", stem_width=24, act="gelu", head_pool="max", logit_scale=1 / 9,
+                                       norm_scale=False, norm_momentum=0.4, num_classes=10),
+         CIFAR_INPUT, "Jordan 2024 (airbench94), with a residual branch in each stage; Page 2018 (ResNet-9)")
+
 # -------------------------------------------------------------------- video
 _VIDEO = ResNetSpec(block="basic", layers=(2, 2, 2, 2), stem="video", conv_type="3d", num_classes=400)
 register("r3d_18", _VIDEO, VIDEO_INPUT, TRAN, torchvision="r3d_18")

@@ -86,3 +86,24 @@ def test_config_from_dict_and_validation():
         AugmentConfig(crop_padding=4, translate=2)
     with pytest.raises(ValueError, match="rrc_scale"):
         AugmentConfig(rrc_scale=(0.5, 2.0))
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
+    from resnets.data import TensorImageDataset, make_loader
+
+    images = torch.zeros(16, 3, 4, 4, dtype=torch.uint8)
+    images[..., 0] = 255  # a bright left column: flipped images have it on the right
+    dataset = TensorImageDataset(images, torch.arange(16) % 2, ["a", "b"])
+    loader = make_loader(dataset, batch_size=4, train=True, augment={"flip": "alternate"}, device="cpu", seed=5,
+                         workers=0, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+    def flipped_by_sample(epoch):
+        loader.set_epoch(epoch)
+        out = torch.cat([batch for batch, _ in loader])
+        return dict(zip(loader.epoch_indices(epoch).tolist(), (out[:, 0, 0, -1] > 0).tolist()))
+
+    first, second, third = (flipped_by_sample(e) for e in range(3))
+    assert 0 < sum(first.values()) < 16  # epoch 0: a random half, or so
+    assert all(second[i] != first[i] for i in first) and third == first
+    with pytest.raises(ValueError, match="must be true, false or 'alternate'"):
+        AugmentConfig(flip="sometimes")

@@ -47,7 +47,7 @@ def test_every_shipped_recipe_resolves_and_states_its_expected_accuracy():
 def test_set_overrides_merge_and_type_check():
     overrides = parse_set(["lr=0.2", "augment.cutout_size=8", "model_options.drop_path_rate=0.1", "tta=flip"])
     config = resolve_config("cifar-fast", overrides)
-    assert config.lr == 0.2 and config.augment["cutout_size"] == 8 and config.augment["translate"] == 2
+    assert config.lr == 0.2 and config.augment["cutout_size"] == 8 and config.augment["crop_padding"] == 2
     assert config.model_options == {"drop_path_rate": 0.1} and config.tta == "flip"
     with pytest.raises(ConfigError, match="did you mean 'label_smoothing'"):
         parse_set(["label_smothing=0.1"])

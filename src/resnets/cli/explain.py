@@ -79,7 +79,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
 
     model, ckpt = pixel_model_from_checkpoint(args.checkpoint, args.device)
     spec = model.model.spec
-    size = args.image_size or ckpt.metadata.get("image_size") or (32 if spec.stem == "cifar" else 224)
+    size = args.image_size or ckpt.metadata.get("image_size") or spec.default_image_size
     classes = ckpt.metadata.get("classes") or [str(i) for i in range(spec.num_classes)]
     target = None
     if args.target is not None:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
     default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
     out = Path(args.out) if args.out else default
-    size = (model.spec.in_chans, ckpt.metadata.get("image_size") or (32 if model.spec.stem == "cifar" else 224))
+    size = (model.spec.in_chans, ckpt.metadata.get("image_size") or model.spec.default_image_size)
     kwargs = dict(input_size=(size[0], size[1], size[1]), verify=not args.no_verify, tolerance=args.tolerance,
                   int8=args.int8, calibration_data=calibration)
     if args.format == "onnx":

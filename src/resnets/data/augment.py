@@ -26,7 +26,9 @@ class AugmentConfig:
       random offset (He et al. 2016 CIFAR: 4, zeros).
     - ``translate``: shift by up to this many pixels, vacated pixels zero (same as crop_padding with
       zeros; the name used by airbench-style recipes). Use one of the two.
-    - ``flip``: horizontal flip with probability 1/2.
+    - ``flip``: horizontal flip with probability 1/2; ``alternate`` (in-memory data): each image is
+      flipped at random in epoch 0 and then flipped in every other epoch, so consecutive epochs show
+      both orientations (airbench's alternating flip).
     - ``cutout_size``: zero (after normalisation: the mean) a random square of this side.
     - ``random_resized_crop``: Inception-style crop of a random area ``rrc_scale`` and aspect ratio
       ``rrc_ratio``, resized back to the image size (the standard ImageNet training augmentation).
@@ -35,7 +37,7 @@ class AugmentConfig:
     crop_padding: int = 0
     pad_mode: str = "reflect"
     translate: int = 0
-    flip: bool = False
+    flip: bool | str = False
     cutout_size: int = 0
     random_resized_crop: bool = False
     rrc_scale: tuple[float, float] = (0.08, 1.0)
@@ -46,6 +48,8 @@ class AugmentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"augment.{name} must be a non-negative integer, not {value!r}")
+        if self.flip not in (True, False, "alternate"):
+            raise ValueError(f"augment.flip must be true, false or 'alternate', not {self.flip!r}")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"augment.pad_mode must be one of {PAD_MODES}, not {self.pad_mode!r}")
         if self.crop_padding and self.translate:
@@ -72,12 +76,12 @@ class AugmentConfig:
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
         """Named settings: ``none``, ``he2015`` (CIFAR: pad 4 zeros + flip), ``cifar`` (pad 4 reflect +
-        flip), ``airbench`` (translate 2 + flip), ``imagenet`` (random resized crop + flip)."""
+        flip), ``airbench`` (pad 2 reflect + alternating flip), ``imagenet`` (random resized crop + flip)."""
         presets = {
             "none": cls(),
             "he2015": cls(crop_padding=4, pad_mode="zeros", flip=True),
             "cifar": cls(crop_padding=4, pad_mode="reflect", flip=True),
-            "airbench": cls(translate=2, flip=True),
+            "airbench": cls(crop_padding=2, pad_mode="reflect", flip="alternate"),
             "imagenet": cls(random_resized_crop=True, flip=True),
         }
         if name not in presets:
@@ -216,3 +220,14 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     if erase and config.cutout_size:
         images = cutout(images, config.cutout_size, generator, fill)
     return images
+
+
+def alternating_flip(images: torch.Tensor, indices: torch.Tensor, epoch: int, seed: int,
+                     dataset_size: int) -> torch.Tensor:
+    """airbench's alternating flip: sample ``i`` is flipped in epoch ``e`` iff ``base(i) xor (e odd)``,
+    where ``base`` is one fixed coin per sample of the dataset, drawn from ``seed``."""
+    from .seeding import generator_for
+
+    base = torch.rand(dataset_size, generator=generator_for(seed, "alternating-flip")) < 0.5
+    flip = (base[indices.cpu()] ^ bool(epoch % 2)).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)

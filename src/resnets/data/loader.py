@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import replace
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import AugmentConfig, augment_batch, cutout
+from .augment import AugmentConfig, alternating_flip, augment_batch, cutout
 from .datasets import ImageFileDataset, TensorImageDataset
 from .errors import DataError
 from .seeding import derive_seed, generator_for
@@ -156,8 +157,12 @@ class InMemoryLoader(_EpochLoader):
             indices = indices.to(self.device)
             images = self._images[indices]
             if self.train:
-                images = augment_batch(images, self.augment, generator_for(self.seed, "augment", self.epoch,
-                                                                           self.rank, batch), erase=False)
+                alternate = self.augment.flip == "alternate"
+                config = replace(self.augment, flip=False) if alternate else self.augment
+                images = augment_batch(images, config, generator_for(self.seed, "augment", self.epoch,
+                                                                     self.rank, batch), erase=False)
+                if alternate:
+                    images = alternating_flip(images, indices, self.epoch, self.seed, len(self.dataset))
             yield self._finish(images, batch), self._labels[indices]
 
 
@@ -256,6 +261,9 @@ class StreamingLoader(_EpochLoader):
     def __init__(self, dataset: ImageFileDataset, workers: int = 2, image_size: int | None = None,
                  normalize_in_workers: bool | None = None, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
+        if self.train and self.augment.flip == "alternate":
+            raise ValueError("augment.flip='alternate' needs images held in memory (32-64 px); for images "
+                             "streamed from files use flip=true")
         self.image_size = image_size or dataset.image_size
         self.skipped: list[str] = []
         self.normalize_in_workers = self.device.type == "cpu" if normalize_in_workers is None else normalize_in_workers

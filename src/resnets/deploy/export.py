@@ -73,7 +73,7 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     spec = getattr(model, "spec", None)
     if spec is None:
         return (3, 224, 224)
-    side = 32 if spec.stem == "cifar" else 224
+    side = spec.default_image_size
     return (spec.in_chans, side, side)
 
 

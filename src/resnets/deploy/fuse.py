@@ -43,18 +43,26 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
     model.eval()
     for module in list(model.modules()):
-        _fold_in(module, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
-                 if not _is_preact_block(module) else [])
+        _fold_in(module, _block_pairs(module))
         if isinstance(module, nn.Sequential):
             names = [name for name, _ in module.named_children()]
             _fold_in(module, list(zip(names[:-1], names[1:])))
     return model
 
 
-def _is_preact_block(module: nn.Module) -> bool:
-    from ..blocks import PreActBasicBlock, PreActBottleneck
+def _block_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """The (conv, norm) pairs of one block that fold exactly."""
+    from ..blocks import ConvPoolBlock, PreActBasicBlock, PreActBottleneck
 
-    return isinstance(module, (PreActBasicBlock, PreActBottleneck))
+    if isinstance(module, (PreActBasicBlock, PreActBottleneck)):
+        return []
+    if isinstance(module, ConvPoolBlock) and not isinstance(module.pool, nn.Identity):
+        # conv1 -> max-pool -> bn1: the norm moves before the pool only where its per-channel scale is
+        # positive (max-pooling commutes with x -> a*x + b for a > 0 only).
+        bn = module.bn1
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return [("conv2", "bn2")] + ([("conv1", "bn1")] if bool((scale > 0).all()) else [])
+    return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
 
 
 def count_batchnorms(model: nn.Module) -> int:
@@ -153,7 +161,8 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     model = model.eval()
     if example_input is None:
         spec = getattr(model, "spec", None)
-        size = (3, 32, 32) if spec is not None and spec.stem == "cifar" else (3, 224, 224)
+        side = spec.default_image_size if spec is not None else 224
+        size = (3, side, side)
         if spec is not None:
             size = (spec.in_chans,) + size[1:]
         example_input = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))

@@ -198,7 +198,7 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
         raise CheckpointError(f"{str(path)!r} is not an int8 model saved by resnets (save_quantized)")
     spec = ResNetSpec.from_dict(payload["spec"])
     float_model = ResNet(spec).eval()
-    size = (spec.in_chans, 32, 32) if spec.stem == "cifar" else (spec.in_chans, 224, 224)
+    size = (spec.in_chans, spec.default_image_size, spec.default_image_size)
     prepared = _fx_prepare(float_model, torch.zeros(1, *size))
     from torch.ao.quantization.quantize_fx import convert_fx
 

@@ -73,8 +73,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     no_decay_norm_bias: bool = False
     """Exempt normalisation weights and all biases from weight decay."""
-    bias_lr_scale: float = 1.0
-    """Learning-rate multiplier for norm and bias parameters (airbench uses a larger one)."""
+    norm_lr_scale: float = 1.0
+    """Learning-rate multiplier for the shifts (biases) of normalisation layers (airbench: 64)."""
     grad_clip: float | None = None
     # --- schedule (all resolved to optimizer steps)
     schedule: str = "step"
@@ -105,6 +105,18 @@ class TrainConfig:
     ema_every: int = 1
     ema_warmup_steps: int = 0
     """Copy the weights (no averaging) until this step, so the average starts from trained weights."""
+    lookahead_every: int = 0
+    """Lookahead (``train.optim.Lookahead``): every this many steps the weights restart from a slow
+    average whose decay ramps up cubically to ``lookahead_decay``; 0 turns it off."""
+    lookahead_decay: float = 0.95 ** 5
+    # --- data-dependent initialisation (patch stems)
+    whiten_stem: bool = False
+    """Set a ``patch`` stem to the whitening of ``whiten_images`` training images' 2x2 patches and
+    freeze its weights (airbench); models without a patch stem are left as they are (the run log says
+    so). A resumed run keeps its checkpoint's weights."""
+    whiten_images: int = 5000
+    stem_bias_epochs: int | None = None
+    """Train the stem's bias only for this many epochs, then freeze it (airbench: 3); null: always."""
     # --- adversarial training (resnets.evaluate.robustness.AdversarialTraining)
     adversarial: dict = field(default_factory=dict)
     """Empty: off. ``method`` (``pgd``: PGD-AT, ``fgsm_rs``: fast FGSM with random start), ``eps``
@@ -172,6 +184,12 @@ class TrainConfig:
         need(0 <= self.mix_prob <= 1, f"mix_prob={self.mix_prob} must be in [0, 1]")
         need(0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1) (0 turns EMA off)")
         need(self.ema_every >= 1, f"ema_every={self.ema_every} must be at least 1")
+        need(self.lookahead_every >= 0, f"lookahead_every={self.lookahead_every} must be >= 0 (0 turns it off)")
+        need(0 <= self.lookahead_decay < 1, f"lookahead_decay={self.lookahead_decay} must be in [0, 1)")
+        need(self.whiten_images >= 1, f"whiten_images={self.whiten_images} must be at least 1")
+        need(self.stem_bias_epochs is None or self.stem_bias_epochs >= 0,
+             f"stem_bias_epochs={self.stem_bias_epochs} must be >= 0 (or null)")
+        need(self.norm_lr_scale > 0, f"norm_lr_scale={self.norm_lr_scale} must be positive")
         need(self.precision in PRECISIONS, f"precision={self.precision!r} is unknown; choose one of {PRECISIONS}")
         need(self.tta in TTA_MODES, f"tta={self.tta!r} is unknown; choose one of {TTA_MODES}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive (or null)")

@@ -16,30 +16,34 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["LRSchedule", "ModelEMA", "build_optimizer", "param_groups", "set_learning_rate"]
+__all__ = ["LRSchedule", "Lookahead", "ModelEMA", "build_optimizer", "param_groups", "set_learning_rate"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True,
-                 bias_lr_scale: float = 1.0) -> list[dict]:
+                 norm_lr_scale: float = 1.0) -> list[dict]:
     """Split trainable parameters into ``decay`` (conv/linear weights) and ``no_decay`` (norm weights,
-    every bias). Each group carries ``name`` and ``lr_scale`` (multiplied into the scheduled rate)."""
-    decay, no_decay = [], []
+    every bias). Each group carries ``name`` and ``lr_scale`` (multiplied into the scheduled rate).
+    With ``norm_lr_scale != 1`` the normalisation shifts (biases) get a group of their own, ``norm``, at that
+    multiple of the rate (airbench trains its BatchNorm shifts 64x faster than the weights)."""
+    decay, no_decay, norms = [], [], []
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            if isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
+            if isinstance(module, _NORM_TYPES) and name == "bias" and norm_lr_scale != 1.0:
+                norms.append(param)
+            elif isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
                 no_decay.append(param)
             else:
                 decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay", "lr_scale": 1.0}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0 if no_decay_norm_bias else weight_decay,
-                       "name": "no_decay", "lr_scale": bias_lr_scale})
+    exempt = 0.0 if no_decay_norm_bias else weight_decay
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay", "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": exempt, "name": "no_decay", "lr_scale": 1.0},
+              {"params": norms, "weight_decay": exempt, "name": "norm", "lr_scale": norm_lr_scale}]
     return [g for g in groups if g["params"]]
 
 
@@ -155,3 +159,49 @@ class ModelEMA:
     def copy_to(self, model: nn.Module) -> nn.Module:
         model.load_state_dict(self.state)
         return model
+
+
+class Lookahead:
+    """Lookahead weight averaging (Zhang et al. 2019) as airbench schedules it.
+
+    Every ``every`` steps the slow copy moves toward the trained weights, ``slow = lerp(slow, fast,
+    1 - d)``, and the trained weights restart from it. ``d = decay x progress**3`` grows from 0 (no
+    averaging early, while the weights move fast) to ``decay`` at the end, where the weights become
+    the slow copy. Floating-point state only (parameters and BatchNorm statistics); parameters that do
+    not require gradients (a frozen stem) are left alone.
+    """
+
+    def __init__(self, model: nn.Module, every: int, decay: float) -> None:
+        if every < 1 or not 0.0 <= decay < 1.0:
+            raise ValueError(f"lookahead needs every >= 1 and 0 <= decay < 1, got every={every}, decay={decay}")
+        self.every, self.decay = every, decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Call after optimizer step ``step`` (0-based) of ``total_steps``."""
+        done = step + 1
+        last = done >= total_steps
+        if done % self.every and not last:
+            return
+        decay = self.decay * (done / total_steps) ** 3
+        frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+        for key, value in model.state_dict().items():
+            slow = self.state.get(key)
+            if slow is None:
+                continue
+            if key in frozen:  # a frozen parameter stays as it is; its slow copy follows it
+                slow.copy_(value)
+            else:
+                slow.lerp_(value.detach().to(slow.dtype), 1.0 - decay)
+                value.copy_(slow)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.state) - set(state)
+        if missing:
+            raise KeyError(f"lookahead state lacks {sorted(missing)[:5]}")
+        for key, value in state.items():
+            self.state[key].copy_(value)

@@ -44,7 +44,7 @@ from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from .config import ConfigError, TrainConfig
 from .mixing import mix_batch, soft_cross_entropy
-from .optim import LRSchedule, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
+from .optim import LRSchedule, Lookahead, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
 from .distributed import forward_backward
 from .process import ProcessContext
 
@@ -141,6 +141,8 @@ class Trainer:
         self.classes = list(self.splits.classes)
         self.num_classes = len(self.classes)
         self.model = model if model is not None else self._build_model()
+        if config.whiten_stem:
+            self._whiten_stem()
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -151,11 +153,13 @@ class Trainer:
         groups = param_groups(self.model) if callable(param_groups) else param_groups
         if groups is None:
             groups = default_param_groups(self.model, config.weight_decay, config.no_decay_norm_bias,
-                                          config.bias_lr_scale)
+                                          config.norm_lr_scale)
         self.optimizer = build_optimizer(groups, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup_steps) if config.ema_decay > 0 else None
         self.eval_model = copy.deepcopy(self.model) if self.ema is not None else self.model
+        self.lookahead = (Lookahead(self.model, config.lookahead_every, config.lookahead_decay)
+                          if config.lookahead_every else None)
 
         # one loader batch per optimizer step; forward_backward splits it into accum_steps micro-batches
         self.train_loader = self._make_loader(self.splits.train, config.batch_size * config.accum_steps, train=True)
@@ -212,6 +216,35 @@ class Trainer:
                            device=self.device, seed=c.seed, rank=self.process.rank, world_size=self.process.world_size,
                            drop_last=train, workers=c.workers, channels_last=c.channels_last,
                            mean=self.splits.mean, std=self.splits.std)
+
+    def _whiten_stem(self) -> None:
+        """airbench's data-dependent stem: whiten the training images' 2x2 patches, then freeze it."""
+        c, train = self.config, self.splits.train
+        init = getattr(self.model, "init_patch_whitening", None)
+        if init is None or getattr(self.spec, "stem", None) != "patch":
+            self.log(f"whiten_stem: {c.model} has no patch stem to whiten (resnet_airbench has one); "
+                     "its stem keeps the usual initialisation")
+            return
+        if not getattr(train, "in_memory", False):
+            raise ConfigError("whiten_stem=true needs small images held in memory (32-64 px); these stream from "
+                              "files: set whiten_stem=false")
+        if c.stem_bias_epochs is not None and self.process.world_size > 1:
+            raise ConfigError("stem_bias_epochs freezes a parameter mid-run, which DistributedDataParallel does "
+                              "not allow: set stem_bias_epochs=null for several processes")
+        mean = torch.tensor(self.splits.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.splits.std).view(1, -1, 1, 1)
+        images = (train.images[:c.whiten_images].float() / 255.0 - mean) / std
+        try:
+            init(images)
+        except ValueError as exc:
+            raise ConfigError(f"whiten_stem: {exc}") from None
+        self.model.conv1.weight.requires_grad_(False)
+
+    def _freeze_stem_bias(self) -> None:
+        """``stem_bias_epochs``: the stem's bias trains for that many epochs, then stays fixed."""
+        bias = getattr(getattr(self.model, "conv1", None), "bias", None)
+        if self.config.stem_bias_epochs is not None and isinstance(bias, nn.Parameter):
+            bias.requires_grad_(self.epoch < self.config.stem_bias_epochs)
 
     def _reset_epoch_sums(self) -> None:
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, seen
@@ -277,6 +310,8 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None and (self.step + 1) % c.ema_every == 0:
             self.ema.update(self.model, self.step)
+        if self.lookahead is not None and self.total_steps:  # (not during a time-budget probe)
+            self.lookahead.step(self.model, self.step, self.total_steps)
         with torch.no_grad():
             loss_value = loss.detach().float()
             wrong = (logits.detach().argmax(1) != labels).sum()
@@ -427,6 +462,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["state_dict_ema"] = {k: v.detach().cpu() for k, v in self.ema.state.items()}
+        if self.lookahead is not None:
+            state["lookahead"] = {k: v.detach().cpu() for k, v in self.lookahead.state.items()}
         return state
 
     def save_last(self) -> None:
@@ -444,6 +481,8 @@ class Trainer:
             self.scaler.load_state_dict(body["scaler"])
             if self.ema is not None:
                 self.ema.load_state_dict(body["state_dict_ema"])
+            if self.lookahead is not None:
+                self.lookahead.load_state_dict(body["lookahead"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"the checkpoint does not match this run's model/optimizer: {exc}") from None
         if list(body["classes"]) != self.classes:
@@ -539,6 +578,7 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 self.train_loader.set_epoch(self.epoch)
+                self._freeze_stem_bias()
                 if self.batch_in_epoch:
                     self.train_loader.skip_batches(self.batch_in_epoch)
                 for callback in self.callbacks:
