@@ -44,7 +44,8 @@ from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from .config import ConfigError, TrainConfig
 from .mixing import mix_batch, soft_cross_entropy
-from .optim import LRSchedule, Lookahead, ModelEMA, build_optimizer, param_groups as default_param_groups, set_learning_rate
+from .optim import (LRSchedule, Lookahead, ModelEMA, build_optimizer, param_groups as default_param_groups,
+                    set_learning_rate)
 from .distributed import forward_backward
 from .process import ProcessContext
 
@@ -141,6 +142,9 @@ class Trainer:
         self.classes = list(self.splits.classes)
         self.num_classes = len(self.classes)
         self.model = model if model is not None else self._build_model()
+        if config.stem_bias_epochs is not None and self.process.world_size > 1:
+            raise ConfigError("stem_bias_epochs freezes a parameter mid-run, which DistributedDataParallel does "
+                              "not allow: set stem_bias_epochs=null for several processes")
         if config.whiten_stem:
             self._whiten_stem()
         self.model.to(self.device)
@@ -228,9 +232,6 @@ class Trainer:
         if not getattr(train, "in_memory", False):
             raise ConfigError("whiten_stem=true needs small images held in memory (32-64 px); these stream from "
                               "files: set whiten_stem=false")
-        if c.stem_bias_epochs is not None and self.process.world_size > 1:
-            raise ConfigError("stem_bias_epochs freezes a parameter mid-run, which DistributedDataParallel does "
-                              "not allow: set stem_bias_epochs=null for several processes")
         mean = torch.tensor(self.splits.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.splits.std).view(1, -1, 1, 1)
         images = (train.images[:c.whiten_images].float() / 255.0 - mean) / std
