@@ -26,7 +26,6 @@ SETTINGS = {"model": "resnet20", "steps": 4, "lr": 0.02, "val_split": 0.25, "wor
 class _Spy(AdversarialTraining):
     def on_batch(self, trainer, images, labels):
         adv, labels = super().on_batch(trainer, images, labels)
-        mean = torch.tensor(trainer.splits.mean).view(1, -1, 1, 1)
         std = torch.tensor(trainer.splits.std).view(1, -1, 1, 1)
         moved = ((adv.float() - images.float()) * std).abs().amax().item()  # in pixel units
         self.moved = max(getattr(self, "moved", 0.0), moved)

@@ -3,8 +3,6 @@ weights-only last.pt, schedules, no-decay groups, time budgets, callbacks."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -14,7 +12,7 @@ from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
 from resnets.train import (Callback, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
                            param_groups, resolve_config, train)
 from resnets.train import checkpoint as checkpoint_module
-from resnets.weights import CheckpointError, model_from_checkpoint
+from resnets.weights import model_from_checkpoint
 
 CLASSES = ["cat", "dog", "eel"]
 

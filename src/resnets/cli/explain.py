@@ -134,7 +134,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.model.split(",") if n.strip()]
     if args.steps < 0:
         raise UserError("--steps must be >= 0")
-    batches = None
+    loader = None
     num_classes = args.num_classes
     if args.data:
         from ..data import load_data, make_loader
@@ -143,12 +143,12 @@ def run_gradflow(args: argparse.Namespace) -> int:
         num_classes = len(splits.classes)
         loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0)
 
-        def batches():
-            epoch = 0
-            while True:
-                loader.set_epoch(epoch)
-                yield from loader
-                epoch += 1
+    def data_batches():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
     runs: dict[str, list] = {}
     for name in names:
         torch.manual_seed(args.seed)
@@ -160,7 +160,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
         except UnknownModelError as exc:
             raise UserError(str(exc)) from None
         model.train()
-        stream = batches() if batches is not None else None
+        stream = data_batches() if loader is not None else None
         gen = torch.Generator().manual_seed(args.seed)
 
         def next_batch():
