@@ -205,6 +205,11 @@ class ResNetSpec:
         return 32 if self.stem in SMALL_INPUT_STEMS else 224
 
     @property
+    def default_input_size(self) -> tuple[int, int, int]:
+        """(channels, side, side) of one image at ``default_image_size``."""
+        return (self.in_chans, self.default_image_size, self.default_image_size)
+
+    @property
     def natural_stride(self) -> int:
         total = self.stem_stride
         for s in self.stage_strides:

@@ -222,12 +222,14 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     return images
 
 
-def alternating_flip(images: torch.Tensor, indices: torch.Tensor, epoch: int, seed: int,
-                     dataset_size: int) -> torch.Tensor:
-    """airbench's alternating flip: sample ``i`` is flipped in epoch ``e`` iff ``base(i) xor (e odd)``,
-    where ``base`` is one fixed coin per sample of the dataset, drawn from ``seed``."""
+def alternating_flip_coins(dataset_size: int, seed: int) -> torch.Tensor:
+    """One fixed coin per sample of the dataset (bool, CPU), drawn from ``seed``: epoch 0's flips."""
     from .seeding import generator_for
 
-    base = torch.rand(dataset_size, generator=generator_for(seed, "alternating-flip")) < 0.5
-    flip = (base[indices.cpu()] ^ bool(epoch % 2)).to(images.device)
+    return torch.rand(dataset_size, generator=generator_for(seed, "alternating-flip")) < 0.5
+
+
+def alternating_flip(images: torch.Tensor, indices: torch.Tensor, epoch: int, coins: torch.Tensor) -> torch.Tensor:
+    """airbench's alternating flip: sample ``i`` is flipped in epoch ``e`` iff ``coins[i] xor (e odd)``."""
+    flip = (coins[indices.cpu()] ^ bool(epoch % 2)).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import AugmentConfig, alternating_flip, augment_batch, cutout
+from .augment import AugmentConfig, alternating_flip, alternating_flip_coins, augment_batch, cutout
 from .datasets import ImageFileDataset, TensorImageDataset
 from .errors import DataError
 from .seeding import derive_seed, generator_for
@@ -151,18 +151,20 @@ class InMemoryLoader(_EpochLoader):
         super().__init__(dataset, **kwargs)
         self._images = dataset.images.to(self.device)
         self._labels = dataset.labels.to(self.device)
+        # alternating flip: the batch augmentation runs without flips, the per-sample coins do them
+        self._flip_coins = (alternating_flip_coins(len(dataset), self.seed)
+                            if self.augment.flip == "alternate" else None)
+        self._batch_augment = replace(self.augment, flip=False) if self._flip_coins is not None else self.augment
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, indices in self._batches():
             indices = indices.to(self.device)
             images = self._images[indices]
             if self.train:
-                alternate = self.augment.flip == "alternate"
-                config = replace(self.augment, flip=False) if alternate else self.augment
-                images = augment_batch(images, config, generator_for(self.seed, "augment", self.epoch,
-                                                                     self.rank, batch), erase=False)
-                if alternate:
-                    images = alternating_flip(images, indices, self.epoch, self.seed, len(self.dataset))
+                images = augment_batch(images, self._batch_augment, generator_for(self.seed, "augment", self.epoch,
+                                                                                  self.rank, batch), erase=False)
+                if self._flip_coins is not None:
+                    images = alternating_flip(images, indices, self.epoch, self._flip_coins)
             yield self._finish(images, batch), self._labels[indices]
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..profile import profile
+from .export import default_input_size
 from .fuse import make_inference_model
 from .timing import time_round_robin
 
@@ -142,7 +143,7 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
     """Time every variant of ``model`` at each batch size beside torchvision's eager fp32 twin."""
     spec = getattr(model, "spec", None)
     if input_size is None:
-        input_size = (spec.in_chans, spec.default_image_size, spec.default_image_size) if spec is not None else (3, 224, 224)
+        input_size = default_input_size(model)
     prof = profile(model, input_size)
     matmuls = {dtype: (torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype), torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype))
                for dtype in (torch.float32, torch.bfloat16)}

@@ -70,11 +70,9 @@ def _import_onnxruntime():
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """One image's (C, H, W) at the model's design size (spec-less modules: ImageNet's 3 x 224 x 224)."""
     spec = getattr(model, "spec", None)
-    if spec is None:
-        return (3, 224, 224)
-    side = spec.default_image_size
-    return (spec.in_chans, side, side)
+    return spec.default_input_size if spec is not None else (3, 224, 224)
 
 
 def _inputs(model: nn.Module, input_size: Sequence[int] | None, batch: int, seed: int) -> torch.Tensor:

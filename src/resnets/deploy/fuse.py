@@ -160,12 +160,9 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
         raise ValueError(f"precision={precision!r}: choose 'auto', 'fp32' or 'bf16' (int8: quantize_int8)")
     model = model.eval()
     if example_input is None:
-        spec = getattr(model, "spec", None)
-        side = spec.default_image_size if spec is not None else 224
-        size = (3, side, side)
-        if spec is not None:
-            size = (spec.in_chans,) + size[1:]
-        example_input = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        from .export import default_input_size
+
+        example_input = torch.randn(2, *default_input_size(model), generator=torch.Generator().manual_seed(0))
     device_bf16 = bf16_supported() if example_input.device.type == "cpu" else True
     precisions: list[Precision] = ["fp32"]
     if precision in ("bf16", "auto"):

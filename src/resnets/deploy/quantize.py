@@ -198,7 +198,7 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
         raise CheckpointError(f"{str(path)!r} is not an int8 model saved by resnets (save_quantized)")
     spec = ResNetSpec.from_dict(payload["spec"])
     float_model = ResNet(spec).eval()
-    size = (spec.in_chans, spec.default_image_size, spec.default_image_size)
+    size = spec.default_input_size
     prepared = _fx_prepare(float_model, torch.zeros(1, *size))
     from torch.ao.quantization.quantize_fx import convert_fx
 

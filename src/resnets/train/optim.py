@@ -125,12 +125,31 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: 
     return base_lr * factor
 
 
-class ModelEMA:
+class _AveragedState:
+    """A copy of a model's state that training averages into; saved and restored as a plain dict."""
+
+    state: dict[str, torch.Tensor]
+    label = "averaged"
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.state) - set(state)
+        if missing:
+            raise KeyError(f"{self.label} state lacks {sorted(missing)[:5]}")
+        for key, value in state.items():
+            self.state[key].copy_(value)
+
+
+class ModelEMA(_AveragedState):
     """Exponential moving average of a model's floating-point state (parameters and BN statistics).
 
     Integer buffers (``num_batches_tracked``) are copied. Before ``warmup_steps`` the average is a
     copy of the weights, so it does not start from the random initialisation.
     """
+
+    label = "EMA"
 
     def __init__(self, model: nn.Module, decay: float, warmup_steps: int = 0) -> None:
         self.decay, self.warmup_steps = decay, warmup_steps
@@ -146,22 +165,12 @@ class ModelEMA:
             else:
                 average.lerp_(value.detach().to(average.dtype), 1.0 - self.decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.state) - set(state)
-        if missing:
-            raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
-        for key, value in state.items():
-            self.state[key].copy_(value)
-
     def copy_to(self, model: nn.Module) -> nn.Module:
         model.load_state_dict(self.state)
         return model
 
 
-class Lookahead:
+class Lookahead(_AveragedState):
     """Lookahead weight averaging (Zhang et al. 2019) as airbench schedules it.
 
     Every ``every`` steps the slow copy moves toward the trained weights, ``slow = lerp(slow, fast,
@@ -170,6 +179,8 @@ class Lookahead:
     the slow copy. Floating-point state only (parameters and BatchNorm statistics); parameters that do
     not require gradients (a frozen stem) are left alone.
     """
+
+    label = "lookahead"
 
     def __init__(self, model: nn.Module, every: int, decay: float) -> None:
         if every < 1 or not 0.0 <= decay < 1.0:
@@ -195,13 +206,3 @@ class Lookahead:
             else:
                 slow.lerp_(value.detach().to(slow.dtype), 1.0 - decay)
                 value.copy_(slow)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.state) - set(state)
-        if missing:
-            raise KeyError(f"lookahead state lacks {sorted(missing)[:5]}")
-        for key, value in state.items():
-            self.state[key].copy_(value)
