@@ -52,3 +52,12 @@ def test_set_overrides_merge_and_type_check():
     with pytest.raises(ConfigError, match="did you mean 'label_smoothing'"):
         parse_set(["label_smothing=0.1"])
     assert load_recipe("he2015-cifar")["steps"] == 64000
+
+
+def test_a_run_saved_before_an_option_was_retired_still_loads():
+    """Resuming an older run must not fail on an option it set to 'off'; a live value is refused, not dropped."""
+    from resnets.train import TrainConfig
+    saved = {**resolve_config("he2015-cifar").to_dict(), "bias_lr_scale": 1.0}
+    assert TrainConfig.from_dict(saved).lr == 0.1
+    with pytest.raises(ConfigError, match="bias_lr_scale=2.0 .* no longer supported.*norm_lr_scale"):
+        TrainConfig.from_dict({**saved, "bias_lr_scale": 2.0})

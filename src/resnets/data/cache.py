@@ -63,7 +63,8 @@ def decode_entries(entries: Sequence[FileEntry], size: int, *, workers: int | No
                    desc: str = "decoding") -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """Decode files to (uint8 N x 3 x size x size, int64 labels, skipped [(path, reason)]).
 
-    Large lists are decoded by a pool of processes in chunks, with a tqdm progress bar.
+    Large lists are decoded by a pool of processes in chunks, with a tqdm progress bar on a terminal
+    (none in logs: ``disable=None`` turns it off when stderr is not a TTY).
     """
     from tqdm.auto import tqdm
 
@@ -73,7 +74,7 @@ def decode_entries(entries: Sequence[FileEntry], size: int, *, workers: int | No
     chunk_size = 256
     arrays: list[np.ndarray] = []
     errors: list[str | None] = []
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 1000, leave=False) as bar:
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=True if len(paths) < 1000 else None, leave=False) as bar:
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 for array, chunk_errors in pool.map(_decode_chunk, list(chunks(paths, chunk_size)),

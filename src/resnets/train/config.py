@@ -264,7 +264,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        values = dict(values)
+        values = _drop_retired(dict(values), source)
         _check_keys(values, source)
         hints = typing.get_type_hints(cls)
         coerced = {key: _coerce(key, value, hints[key], source) for key, value in values.items()}
@@ -277,6 +277,23 @@ class TrainConfig:
 _FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 MAPPING_KEYS = ("augment", "model_options", "adversarial")
 """Options that are mappings: ``--set KEY.SUB=V`` sets one entry and overrides merge entry by entry."""
+
+
+_RETIRED_KEYS = {
+    "bias_lr_scale": (1.0, "it was replaced by norm_lr_scale, which scales the learning rate of norm shifts only"),
+}
+"""Options older runs may hold: ``key -> (value that meant 'off', why it went)``. A run saved with the 'off'
+value resumes unchanged; any other value cannot be honoured and is refused rather than silently ignored."""
+
+
+def _drop_retired(values: dict[str, Any], source: str) -> dict[str, Any]:
+    for key, (neutral, why) in _RETIRED_KEYS.items():
+        if key in values:
+            value = values.pop(key)
+            if value != neutral:
+                raise ConfigError(f"{key}={value} in {source} is no longer supported: {why}; "
+                                  f"set {key} to {neutral} or remove it")
+    return values
 
 
 def _check_keys(values: Mapping[str, Any], source: str) -> None:
