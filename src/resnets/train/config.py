@@ -117,6 +117,15 @@ class TrainConfig:
     whiten_images: int = 5000
     stem_bias_epochs: int | None = None
     """Train the stem's bias only for this many epochs, then freeze it (airbench: 3); null: always."""
+    # --- progressive resizing (train.resolution)
+    progressive_min_size: int | None = None
+    """Train early steps on images downscaled to this size, growing to the full size between the fractions
+    ``progressive_ramp`` of the run (cheaper early epochs; FFCV, fast.ai DAWNBench); null: off."""
+    progressive_ramp: list = field(default_factory=lambda: [0.5, 0.5])
+    """[start, end] fractions of the run: ``progressive_min_size`` until start, full size from end, a
+    linear ramp between (equal values: one jump)."""
+    progressive_size_step: int = 4
+    """Sizes on the ramp are rounded down to multiples of this (fewer shapes for oneDNN and compile)."""
     # --- adversarial training (resnets.evaluate.robustness.AdversarialTraining)
     adversarial: dict = field(default_factory=dict)
     """Empty: off. ``method`` (``pgd``: PGD-AT, ``fgsm_rs``: fast FGSM with random start), ``eps``
@@ -198,6 +207,13 @@ class TrainConfig:
         need(self.val_split >= 0, f"val_split={self.val_split} must be >= 0")
         need(self.error_warmup_lr is None or self.error_warmup_lr > 0, "error_warmup_lr must be positive (or null)")
         need(0 < self.error_warmup_until <= 1, "error_warmup_until is a training error in (0, 1]")
+        need(self.progressive_min_size is None or self.progressive_min_size >= 8,
+             f"progressive_min_size={self.progressive_min_size} must be at least 8 pixels (or null: off)")
+        ramp = self.progressive_ramp
+        need(len(ramp) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ramp)
+             and 0 <= ramp[0] <= ramp[1] <= 1,
+             f"progressive_ramp={ramp} must be [start, end] fractions of the run with 0 <= start <= end <= 1")
+        need(self.progressive_size_step >= 1, f"progressive_size_step={self.progressive_size_step} must be >= 1")
         self._validate_adversarial(need)
         try:
             from ..data import AugmentConfig

@@ -48,6 +48,7 @@ from .optim import (LRSchedule, Lookahead, ModelEMA, build_optimizer, param_grou
                     set_learning_rate)
 from .distributed import forward_backward
 from .process import ProcessContext
+from .resolution import ResolutionSchedule, resize_batch
 
 __all__ = ["Callback", "NonFiniteLossError", "RunResult", "Trainer", "resume", "train"]
 
@@ -170,6 +171,9 @@ class Trainer:
         self.val_loader = (self._make_loader(self.splits.val, config.eval_batch_size, train=False)
                            if self.splits.val is not None and len(self.splits.val) else None)
         self.steps_per_epoch = len(self.train_loader)
+        self.resolution = ResolutionSchedule(int(self.splits.image_size), config.progressive_min_size,
+                                             *config.progressive_ramp, config.progressive_size_step)
+        self._probe_size: int | None = None  # the size the time-budget probe is timing
 
         # progress state (all of it goes into last.pt)
         self.step = 0
@@ -287,8 +291,16 @@ class Trainer:
             return self.config.error_warmup_lr / self.config.base_lr
         return self.schedule(self.step)
 
+    def train_image_size(self) -> int:
+        """The size this step trains at (progressive resizing; the full size when it is off)."""
+        if self._probe_size is not None:
+            return self._probe_size
+        return self.resolution.size_at(self.step, self.total_steps)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if self.resolution.active:
+            images = resize_batch(images, self.train_image_size())
         for callback in self.callbacks:
             replaced = callback.on_batch(self, images, labels)
             if replaced is not None:
@@ -360,24 +372,29 @@ class Trainer:
         ema_state = {k: v.clone() for k, v in self.ema.state.items()} if self.ema else None
         scaler_state = copy.deepcopy(self.scaler.state_dict())
         rng = capture_rng_state()
-        warm, timed = 2, max(4, min(12, spe))
+        timed = max(3, min(6, spe))
         self.schedule = LRSchedule("constant", 1)
         saved_active = self.error_warmup_active
         self.error_warmup_active = False
         batches = iter(self.train_loader)
         self.train_loader.set_epoch(0)
-        samples = []
-        for index in range(warm + timed):
-            try:
-                images, labels = next(batches)
-            except StopIteration:
-                batches = iter(self.train_loader)
-                images, labels = next(batches)
-            start = time.perf_counter()
-            loss = self.train_step(images, labels)
-            float(loss)
-            samples.append(time.perf_counter() - start)
-        step_seconds = float(np.median(samples[warm:]))
+        seconds_by_size: dict[int, float] = {}
+        for position, size in enumerate(self.resolution.sizes()):  # one size unless progressive resizing
+            self._probe_size = size
+            samples = []
+            for index in range((2 if position == 0 else 1) + timed):
+                try:
+                    images, labels = next(batches)
+                except StopIteration:
+                    batches = iter(self.train_loader)
+                    images, labels = next(batches)
+                start = time.perf_counter()
+                loss = self.train_step(images, labels)
+                float(loss)
+                samples.append(time.perf_counter() - start)
+            seconds_by_size[size] = float(np.median(samples[-timed:]))
+        self._probe_size = None
+        step_seconds = self.resolution.cost(seconds_by_size, 0, 10_000, 10_000) / 10_000  # the run's mean step
         eval_seconds = 0.0
         if self.val_loader is not None:
             images, _ = next(iter(self.val_loader))
@@ -409,7 +426,8 @@ class Trainer:
                                 warmup=fitted.warmup_steps, warmup_unit="steps", time_budget=c.time_budget)
         self.total_steps = total
         self.schedule = LRSchedule.from_config(self.config, spe, total)
-        self.budget_fit = {"step_seconds": step_seconds, "eval_seconds": eval_seconds, "nominal_steps": nominal,
+        self.budget_fit = {"step_seconds": step_seconds, "seconds_by_size": seconds_by_size,
+                           "eval_seconds": eval_seconds, "nominal_steps": nominal,
                            "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
                            "probe_seconds": time.perf_counter() - probe_start, "refits": []}
         self._fitted_schedule = self.schedule
@@ -426,8 +444,18 @@ class Trainer:
         seconds_per_step = self.elapsed / self.step  # training and per-epoch evaluation, as it really went
         remaining = self.config.time_budget * 60.0 * 0.97 - fit["probe_seconds"] - self.elapsed \
             - fit["final_eval_seconds"]
-        total = self.step + max(0, int(remaining / seconds_per_step))
-        total = max(self.step + 1, min(total, int(fit["fitted_steps"] * 1.5)))  # one more step: a last evaluation
+        # the probe's per-size step times predict the steps done; their ratio to the clock (evaluations, a
+        # slower machine) scales the prediction of the steps left (with one size: elapsed / step per step)
+        by_size, cost = fit["seconds_by_size"], self.resolution.cost
+        pace = self.elapsed / max(cost(by_size, 0, self.step, self.total_steps), 1e-9)
+        low, high = self.step + 1, max(self.step + 1, int(fit["fitted_steps"] * 1.5))  # one more step: a last evaluation
+        while low < high:  # the longest run whose remaining steps fit what is left of the budget
+            middle = (low + high + 1) // 2
+            if pace * cost(by_size, self.step, middle, middle) <= remaining:
+                low = middle
+            else:
+                high = middle - 1
+        total = low
         if abs(total - self.total_steps) <= max(1, 0.02 * self.total_steps):
             return
         self.total_steps = total
