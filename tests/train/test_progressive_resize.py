@@ -52,13 +52,16 @@ class SizeSpy(Callback):
         self.sizes.append(images.shape[-1])
 
 
-def test_trainer_trains_early_steps_small_and_evaluates_at_full_size():
+def test_trainer_trains_early_steps_small_and_evaluates_at_full_size(capsys):
     spy = SizeSpy()
     config = tiny_config(epochs=2, progressive_min_size=8, progressive_ramp=[0.5, 0.5])
     trainer = Trainer(config, splits=tiny_splits(size=16), callbacks=[spy])
     result = trainer.fit()
     assert spy.sizes == [8, 8, 8, 16, 16, 16]  # 6 steps, the second half at the full 16 px
     assert result.final.count == 12 and np.isfinite(result.history[-1]["train_loss"])
+    assert "progressive resizing: 8 -> 16 px, full size from 50% of the steps" in capsys.readouterr().err
+    Trainer(tiny_config(epochs=1, progressive_min_size=16), splits=tiny_splits(size=16)).fit()
+    assert "progressive resizing off: progressive_min_size=16 is not below the images' 16 px" in capsys.readouterr().err
 
 
 def test_time_budget_probes_each_size_and_refits_with_the_cost_model():

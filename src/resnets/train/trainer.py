@@ -598,6 +598,12 @@ class Trainer:
                      f"{len(self.splits.val) if self.splits.val is not None else 0}: {self.total_steps} steps = "
                      f"{self.total_steps / self.steps_per_epoch:.1f} epochs of {self.steps_per_epoch}, "
                      f"{c.precision}{', channels_last' if c.channels_last else ''} on {self.device}")
+            if self.resolution.active:
+                self.log(f"progressive resizing: {' -> '.join(map(str, self.resolution.sizes()))} px, full size "
+                         f"from {c.progressive_ramp[1]:.0%} of the steps")
+            elif c.progressive_min_size is not None:
+                self.log(f"progressive resizing off: progressive_min_size={c.progressive_min_size} is not below "
+                         f"the images' {self.resolution.full_size} px")
         else:
             self.log(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}) of "
                      f"{self.total_steps}")
