@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 
+_GRID = 10_000
+"""Steps of the notional run on which run-length-free quantities (the sizes, the mean step) are read."""
+
+
 @dataclass(frozen=True)
 class ResolutionSchedule:
     full_size: int
@@ -50,15 +54,18 @@ class ResolutionSchedule:
         """Every size a run can see, smallest first (the time-budget probe times each)."""
         if not self.active:
             return [self.full_size]
-        return sorted(set(self.sizes_at(np.arange(10_001), 10_000).tolist()))
+        return sorted(set(self.sizes_at(np.arange(_GRID + 1), _GRID).tolist()))
 
     def cost(self, seconds_by_size: Mapping[int, float], first: int, stop: int, total_steps: int) -> float:
         """Seconds for steps ``first..stop-1`` of a ``total_steps`` run at the given per-size step times."""
         if stop <= first:
             return 0.0
-        sizes = self.sizes_at(np.arange(first, stop), total_steps)
-        lookup = {size: seconds_by_size[size] for size in np.unique(sizes).tolist()}
-        return float(sum(lookup[size] * count for size, count in zip(*np.unique(sizes, return_counts=True))))
+        sizes, counts = np.unique(self.sizes_at(np.arange(first, stop), total_steps), return_counts=True)
+        return float(sum(seconds_by_size[int(size)] * int(count) for size, count in zip(sizes, counts)))
+
+    def mean_step_seconds(self, seconds_by_size: Mapping[int, float]) -> float:
+        """The average step time over a whole run (independent of its length, up to rounding)."""
+        return self.cost(seconds_by_size, 0, _GRID, _GRID) / _GRID
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:

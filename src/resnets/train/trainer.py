@@ -382,7 +382,7 @@ class Trainer:
         for position, size in enumerate(self.resolution.sizes()):  # one size unless progressive resizing
             self._probe_size = size
             samples = []
-            for index in range((2 if position == 0 else 1) + timed):
+            for _ in range((2 if position == 0 else 1) + timed):
                 try:
                     images, labels = next(batches)
                 except StopIteration:
@@ -394,7 +394,7 @@ class Trainer:
                 samples.append(time.perf_counter() - start)
             seconds_by_size[size] = float(np.median(samples[-timed:]))
         self._probe_size = None
-        step_seconds = self.resolution.cost(seconds_by_size, 0, 10_000, 10_000) / 10_000  # the run's mean step
+        step_seconds = self.resolution.mean_step_seconds(seconds_by_size)
         eval_seconds = 0.0
         if self.val_loader is not None:
             images, _ = next(iter(self.val_loader))
