@@ -84,6 +84,27 @@ def test_time_budget_probes_each_size_and_refits_with_the_cost_model():
     assert trainer.total_steps == expected == 97
 
 
+def test_probe_times_the_end_sizes_and_interpolates_the_ramp_between():
+    ramp = ResolutionSchedule(32, 20, 0.0, 0.7)
+    assert ramp.sizes() == [20, 24, 28, 32] and ramp.probe_sizes() == [20, 32]
+    assert ResolutionSchedule(32, 24, 0.5, 0.5).probe_sizes() == [24, 32]
+    seconds = ramp.interpolate_step_seconds({20: 0.39, 32: 1.05})  # measured here: 24 px 0.57 s, 28 px 0.79 s
+    assert seconds[20] == 0.39 and seconds[32] == 1.05
+    assert seconds[24] == pytest.approx(0.39 + 0.66 * (576 - 400) / 624)
+    assert abs(seconds[24] - 0.57) < 0.02 and abs(seconds[28] - 0.79) < 0.02
+    assert ResolutionSchedule(32).interpolate_step_seconds({32: 0.2}) == {32: 0.2}
+    config = tiny_config(epochs=None, time_budget=0.05, progressive_min_size=8, progressive_ramp=[0.0, 1.0])
+    trainer = Trainer(config, splits=tiny_splits(size=16))
+    spy = SizeSpy()
+    trainer.callbacks.append(spy)
+    trainer.fit_time_budget()
+    fit = trainer.budget_fit
+    assert fit["probed_sizes"] == [8, 16] and set(fit["seconds_by_size"]) == {8, 12, 16}
+    assert set(spy.sizes) == {8, 16}  # no step spent timing 12 px
+    assert min(fit["seconds_by_size"][8], fit["seconds_by_size"][16]) <= fit["seconds_by_size"][12] \
+        <= max(fit["seconds_by_size"][8], fit["seconds_by_size"][16])
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"progressive_min_size": 4}, "progressive_min_size=4 must be at least 8"),
     ({"progressive_ramp": [0.7, 0.3]}, "progressive_ramp=[0.7, 0.3] must be [start, end]"),

@@ -378,8 +378,8 @@ class Trainer:
         self.error_warmup_active = False
         batches = iter(self.train_loader)
         self.train_loader.set_epoch(0)
-        seconds_by_size: dict[int, float] = {}
-        for position, size in enumerate(self.resolution.sizes()):  # one size unless progressive resizing
+        measured: dict[int, float] = {}
+        for position, size in enumerate(self.resolution.probe_sizes()):  # one size unless progressive resizing
             self._probe_size = size
             samples = []
             for _ in range((2 if position == 0 else 1) + timed):
@@ -392,8 +392,9 @@ class Trainer:
                 loss = self.train_step(images, labels)
                 float(loss)
                 samples.append(time.perf_counter() - start)
-            seconds_by_size[size] = float(np.median(samples[-timed:]))
+            measured[size] = float(np.median(samples[-timed:]))
         self._probe_size = None
+        seconds_by_size = self.resolution.interpolate_step_seconds(measured)
         step_seconds = self.resolution.mean_step_seconds(seconds_by_size)
         eval_seconds = 0.0
         if self.val_loader is not None:
@@ -427,6 +428,7 @@ class Trainer:
         self.total_steps = total
         self.schedule = LRSchedule.from_config(self.config, spe, total)
         self.budget_fit = {"step_seconds": step_seconds, "seconds_by_size": seconds_by_size,
+                           "probed_sizes": sorted(measured),
                            "eval_seconds": eval_seconds, "nominal_steps": nominal,
                            "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
                            "probe_seconds": time.perf_counter() - probe_start, "refits": []}
