@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<20} {'params':>9} {'GMACs':>8}  {'input':<13} paper")
+    width = max([20] + [len(r["name"]) for r in rows])  # the name column fits the longest name
+    print(f"{'model':<{width}} {'params':>9} {'GMACs':>8}  {'input':<13} paper")
     for r in rows:
         g = f"{r['gmacs']:.3f}" if r["gmacs"] is not None else "-"
-        print(f"{r['name']:<20} {r['params'] / 1e6:>8.2f}M {g:>8}  {r['input']:<13} {r['paper']}")
+        print(f"{r['name']:<{width}} {r['params'] / 1e6:>8.2f}M {g:>8}  {r['input']:<13} {r['paper']}")
     return 0
