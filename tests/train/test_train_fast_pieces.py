@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnets import create_model
+from resnets import create_model, get_spec
 from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
 from resnets.train import Callback, Trainer, TrainConfig, param_groups, resolve_config
 from resnets.train.optim import Lookahead
@@ -33,11 +33,12 @@ def fast_config(**changes) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def test_cifar_fast_recipe_is_airbench_on_resnet_airbench():
+def test_cifar_fast_recipe_is_airbench_on_the_narrow_resnet_airbench():
     config = resolve_config("cifar-fast")
-    assert config.model == "resnet_airbench" and config.whiten_stem and config.stem_bias_epochs == 3
+    assert config.model == "resnet_airbench_narrow" and config.whiten_stem and config.stem_bias_epochs == 3
+    assert get_spec("resnet_airbench_narrow") == get_spec("resnet_airbench").replace(widths=(48, 192, 192))
     assert (config.batch_size, config.lr, config.momentum, config.lookahead_every, config.norm_lr_scale) == (
-        512, 0.75, 0.85, 5, 64)
+        512, 1.0, 0.85, 5, 64)
     assert config.lookahead_decay == pytest.approx(0.95 ** 5)
 
 
