@@ -14,6 +14,13 @@ def test_models_table_lists_params_macs_and_paper(capsys):
     assert "resnet18" not in out
 
 
+def test_models_table_columns_line_up_past_long_names(capsys):
+    assert main(["models", "resnet_airbench*", "--no-macs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["model", "resnet_airbench", "resnet_airbench_narrow"]
+    assert len({line.index("M ") for line in lines[1:]}) == 1 and lines[0].index("params") + 6 == lines[1].index("M ") + 1
+
+
 def test_models_json(capsys):
     assert main(["models", "resnet20", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
