@@ -123,8 +123,9 @@ _AIRBENCH = ResNetSpec(block="conv_pool", layers=(1, 1, 1), widths=(64, 256, 256
                        norm_momentum=0.4, num_classes=10)
 register("resnet_airbench", _AIRBENCH, CIFAR_INPUT,
          "Jordan 2024 (airbench94), with a residual branch in each stage; Page 2018 (ResNet-9)")
-# The same at widths 48/192/192, for short CPU budgets (the `cifar-fast` recipe): about 30% cheaper a step, so a
-# 7.5-minute budget holds about 11 epochs instead of 6.4, which outweighs the narrower layers (docs/benchmarks.md).
+# The same at widths 48/192/192, for short CPU budgets (the `cifar-fast` recipe): a step costs about a third
+# less, so a 7.5-minute budget holds about 11 epochs instead of 6.4, which outweighs the narrower layers
+# (docs/benchmarks.md).
 register("resnet_airbench_narrow", _AIRBENCH.replace(widths=(48, 192, 192)), CIFAR_INPUT,
          "this repository: resnet_airbench narrowed to 48/192/192 for CPU time budgets")
 
