@@ -1,7 +1,9 @@
 """The cifar-fast machinery in the trainer: a whitened, frozen patch stem, its bias trained for a few
-epochs only, Lookahead, and the norm-shift learning-rate group."""
+epochs only, Lookahead, the norm-shift learning-rate group, and Muon for the filters."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -104,3 +106,96 @@ def test_distributed_runs_refuse_a_mid_run_freeze():
 
     with pytest.raises(ConfigError, match="stem_bias_epochs=null"):
         Trainer(fast_config(), splits=splits16(), process=ProcessContext(rank=0, world_size=2))
+
+
+def test_orthogonalize_pushes_every_singular_value_of_a_filter_bank_near_one():
+    from resnets.train.optim import orthogonalize
+
+    torch.manual_seed(0)
+    wide = torch.randn(16, 8, 3, 3) * torch.logspace(-2, 0, 16).view(16, 1, 1, 1)  # conditioning about 100
+    tall = torch.randn(40, 6) @ torch.diag(torch.logspace(-2, 0, 6))
+    for matrix in (wide, tall):
+        result = orthogonalize(matrix, steps=5)
+        assert result.shape == matrix.shape and result.dtype == torch.bfloat16
+        singular = torch.linalg.svdvals(result.float().reshape(len(matrix), -1))
+        assert singular.min() > 0.6 and singular.max() < 1.25, singular
+        before = torch.linalg.svdvals(matrix.reshape(len(matrix), -1))
+        assert before.max() / before.min() > 50  # the input was far from orthogonal
+
+
+def test_muon_trains_the_filters_and_leaves_everything_else_to_sgd():
+    from resnets.train import build_optimizer
+    from resnets.train.optim import MuonSGD
+
+    model = create_model("resnet_airbench", widths=[8, 16, 16])
+    model.conv1.weight.requires_grad_(False)  # a frozen (whitened) stem stays out of every group
+    config = fast_config(optimizer="muon", muon_lr=0.05, muon_momentum=0.6, muon_normalize=True)
+    groups = param_groups(model, 1e-3, no_decay_norm_bias=True, norm_lr_scale=4.0, orthogonal_filters=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert by_name["filters"] == {f"layer{i}.0.conv{j}.weight" for i in (1, 2, 3) for j in (1, 2)}
+    assert by_name["decay"] == {"fc.weight"}
+    optimizer = build_optimizer(groups, config)
+    assert isinstance(optimizer, MuonSGD)
+    filters = next(g for g in optimizer.param_groups if g["name"] == "filters")
+    assert filters["lr"] == pytest.approx(0.05) and filters["momentum"] == 0.6 and filters["weight_decay"] == 0.0
+
+    # From the same weights, the SGD groups step exactly as torch.optim.SGD would; the filters move by an
+    # orthogonalized step taken from weights rescaled to norm sqrt(out_channels).
+    twin = create_model("resnet_airbench", widths=[8, 16, 16])
+    twin.load_state_dict(model.state_dict())
+    twin_params = dict(twin.named_parameters())
+    reference = torch.optim.SGD([{"params": [twin_params[n] for n in by_name[name]], "lr": g["lr"],
+                                  "weight_decay": g["weight_decay"]} for name, g in
+                                 ((g["name"], g) for g in optimizer.param_groups) if name != "filters"],
+                                lr=0.2, momentum=0.85, nesterov=True)
+    images = torch.randn(6, 3, 16, 16)
+    for net, opt in ((model, optimizer), (twin, reference)):
+        net(images).logsumexp(1).mean().backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    for name in by_name["decay"] | by_name["norm"] | by_name["no_decay"]:
+        assert torch.allclose(params[name], twin_params[name], atol=1e-6), name
+    conv = params["layer2.0.conv2.weight"]
+    assert not torch.allclose(conv, twin_params["layer2.0.conv2.weight"])
+    step_size = (conv.norm() - 16 ** 0.5).abs() / 16 ** 0.5
+    assert step_size < 0.1  # rescaled to sqrt(16) before the step; one 0.05-rate step moves it little
+
+
+def test_a_muon_run_trains_and_unknown_optimizers_are_refused():
+    from resnets.train import ConfigError
+
+    result = Trainer(fast_config(optimizer="muon", muon_lr=0.05, muon_normalize=True, muon_ns_steps=3),
+                     splits=splits16()).fit()
+    assert result.final.loss == result.final.loss and result.steps == 9  # finite; 3 epochs of 3 steps
+    with pytest.raises(ConfigError, match="optimizer='adam' is unknown"):
+        fast_config(optimizer="adam")
+
+
+def test_muon_state_round_trips_so_a_resumed_step_equals_the_uninterrupted_one():
+    from resnets.train import build_optimizer
+
+    config = fast_config(optimizer="muon", muon_lr=0.05, muon_momentum=0.6, muon_normalize=True)
+    images = torch.randn(6, 3, 16, 16)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = create_model("resnet_airbench", widths=[8, 16, 16])
+        return model, build_optimizer(param_groups(model, 1e-3, orthogonal_filters=True), config)
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        model(images).logsumexp(1).mean().backward()
+        optimizer.step()
+
+    model, optimizer = fresh()
+    for _ in range(2):
+        step(model, optimizer)
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    step(model, optimizer)
+    resumed, resumed_optimizer = fresh()
+    resumed.load_state_dict(saved[0])
+    resumed_optimizer.load_state_dict(saved[1])
+    step(resumed, resumed_optimizer)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key

@@ -23,6 +23,7 @@ __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "loa
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
+OPTIMIZERS = ("sgd", "muon")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 UNITS = ("steps", "epochs")
@@ -62,6 +63,9 @@ class TrainConfig:
     time_budget: float | None = None
     """Wall-clock minutes: measure a few steps, then fit the schedule so the run ends in time."""
     # --- optimizer
+    optimizer: str = "sgd"
+    """``sgd``, or ``muon``: convolution filters take Muon's orthogonalized steps (``train.optim.MuonSGD``),
+    everything else SGD with the settings below."""
     lr: float = 0.1
     lr_reference_batch: int | None = None
     """When set, ``lr`` is per this batch size and scales linearly (Goyal et al.: 0.1 per 256)."""
@@ -75,6 +79,14 @@ class TrainConfig:
     """Exempt normalisation weights and all biases from weight decay."""
     norm_lr_scale: float = 1.0
     """Learning-rate multiplier for the shifts (biases) of normalisation layers (airbench: 64)."""
+    muon_lr: float = 0.05
+    """optimizer=muon: the filters' rate at the schedule's peak (the schedule's factor applies; batch scaling
+    does not)."""
+    muon_momentum: float = 0.95
+    muon_ns_steps: int = 5
+    """Newton-Schulz iterations per orthogonalization (airbench94_muon: 3)."""
+    muon_normalize: bool = False
+    """Hold each filter bank at norm sqrt(out_channels) (for convolutions followed by a norm layer)."""
     grad_clip: float | None = None
     # --- schedule (all resolved to optimizer steps)
     schedule: str = "step"
@@ -174,6 +186,10 @@ class TrainConfig:
         need(self.steps is None or self.steps >= 1, f"steps={self.steps} must be at least 1")
         need(self.time_budget is None or self.time_budget > 0, f"time_budget={self.time_budget} must be positive minutes")
         need(self.lr > 0, f"lr={self.lr} must be positive")
+        need(self.optimizer in OPTIMIZERS, f"optimizer={self.optimizer!r} is unknown; choose one of {OPTIMIZERS}")
+        need(self.muon_lr > 0, f"muon_lr={self.muon_lr} must be positive")
+        need(0 <= self.muon_momentum < 1, f"muon_momentum={self.muon_momentum} must be in [0, 1)")
+        need(self.muon_ns_steps >= 1, f"muon_ns_steps={self.muon_ns_steps} must be at least 1")
         need(0 <= self.momentum < 1, f"momentum={self.momentum} must be in [0, 1)")
         need(not self.nesterov or self.momentum > 0, "nesterov=true needs momentum > 0")
         need(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")

@@ -1,5 +1,5 @@
-"""Optimizer pieces: parameter groups (no decay on norm/bias), SGD, learning-rate schedules as pure
-functions of the step, and a weight EMA.
+"""Optimizer pieces: parameter groups (no decay on norm/bias), SGD or Muon-for-filters, learning-rate
+schedules as pure functions of the step, and weight averaging (EMA, Lookahead).
 
 Schedules are functions ``step -> factor`` rather than ``torch.optim.lr_scheduler`` objects so their
 state is a single integer (the step), which checkpoints as data and resumes exactly.
@@ -14,20 +14,25 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from torch.optim.sgd import sgd
+
 from .config import TrainConfig
 
-__all__ = ["LRSchedule", "Lookahead", "ModelEMA", "build_optimizer", "param_groups", "set_learning_rate"]
+__all__ = ["LRSchedule", "Lookahead", "ModelEMA", "MuonSGD", "build_optimizer", "orthogonalize", "param_groups",
+           "set_learning_rate"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True,
-                 norm_lr_scale: float = 1.0) -> list[dict]:
+                 norm_lr_scale: float = 1.0, orthogonal_filters: bool = False) -> list[dict]:
     """Split trainable parameters into ``decay`` (conv/linear weights) and ``no_decay`` (norm weights,
     every bias). Each group carries ``name`` and ``lr_scale`` (multiplied into the scheduled rate).
     With ``norm_lr_scale != 1`` the normalisation shifts (biases) get a group of their own, ``norm``, at that
-    multiple of the rate (airbench trains its BatchNorm shifts 64x faster than the weights)."""
-    decay, no_decay, norms = [], [], []
+    multiple of the rate (airbench trains its BatchNorm shifts 64x faster than the weights).
+    With ``orthogonal_filters`` the convolution filters (4-D weights) form a group ``filters`` flagged
+    ``orthogonalize`` for ``MuonSGD``; the classifier and every vector stay with SGD, as in Muon's recipe."""
+    decay, no_decay, norms, filters = [], [], [], []
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -38,10 +43,14 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
                 norms.append(param)
             elif isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
                 no_decay.append(param)
+            elif orthogonal_filters and param.ndim == 4:
+                filters.append(param)
             else:
                 decay.append(param)
     exempt = 0.0 if no_decay_norm_bias else weight_decay
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay", "lr_scale": 1.0},
+    groups = [{"params": filters, "weight_decay": weight_decay, "name": "filters", "lr_scale": 1.0,
+               "orthogonalize": True},
+              {"params": decay, "weight_decay": weight_decay, "name": "decay", "lr_scale": 1.0},
               {"params": no_decay, "weight_decay": exempt, "name": "no_decay", "lr_scale": 1.0},
               {"params": norms, "weight_decay": exempt, "name": "norm", "lr_scale": norm_lr_scale}]
     return [g for g in groups if g["params"]]
@@ -49,7 +58,10 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (Nesterov optional) over ``groups``; groups keep their own weight decay and
-    ``lr_scale``. Plain parameter iterables become one group with the config's weight decay."""
+    ``lr_scale``. Plain parameter iterables become one group with the config's weight decay.
+
+    ``config.optimizer == "muon"`` returns ``MuonSGD``: groups flagged ``orthogonalize`` step at
+    ``muon_lr`` (times the schedule's factor) with ``muon_momentum``, the others as SGD."""
     groups = list(groups)
     if groups and isinstance(groups[0], torch.Tensor):
         groups = [{"params": groups, "name": "all"}]
@@ -61,10 +73,92 @@ def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: Tra
         group.setdefault("weight_decay", config.weight_decay)
         group.setdefault("lr_scale", 1.0)
         group.setdefault("name", f"group{index}")
+        if group.get("orthogonalize"):
+            if config.optimizer != "muon":
+                raise ValueError(f"group {group['name']!r} asks for orthogonalized steps; set optimizer=muon")
+            group["lr_scale"] = config.muon_lr / config.base_lr
+            group["momentum"] = config.muon_momentum
+            group["normalize"] = config.muon_normalize
+            if config.muon_normalize:
+                group["weight_decay"] = 0.0  # decay means nothing to filters held at a fixed norm
         group["lr"] = config.base_lr * group["lr_scale"]
         prepared.append(group)
+    if config.optimizer == "muon":
+        return MuonSGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
+                       weight_decay=config.weight_decay, ns_steps=config.muon_ns_steps)
     return torch.optim.SGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
                            weight_decay=config.weight_decay)
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately ``U V^T`` of ``matrix``'s SVD (every singular value pushed to about 1) by the quintic
+    Newton-Schulz iteration of Muon (Jordan et al. 2024; its coefficients trade exactness for speed: the
+    singular values land in roughly [0.7, 1.2]). A 4-D filter bank is treated as out x (in*kh*kw). It runs in
+    bfloat16, as Muon does: the iteration tolerates it, and it halves the cost on CPU (about 10 ms a step for
+    resnet_airbench_narrow's filters on 2 cores)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix.reshape(len(matrix), -1).bfloat16()
+    x = x / (x.norm() + 1e-7)
+    wide = x.shape[0] <= x.shape[1]
+    if not wide:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if not wide:
+        x = x.T
+    return x.reshape(matrix.shape)
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024) for the groups flagged ``orthogonalize``, SGD for the rest, in one optimizer.
+
+    A Muon group keeps SGD's (Nesterov) momentum, then replaces the step's direction by its orthogonalized
+    form (``orthogonalize``): every direction of a filter bank moves at the same rate, whatever the
+    gradient's scale. With ``normalize`` the filters are rescaled to norm sqrt(out_channels) before each
+    step, as airbench94_muon does for convolutions followed by BatchNorm (scale-invariant), so the step
+    size relative to the weights stays what the schedule says. ``torch.optim.Muon`` accepts only 2-D
+    parameters and trains nothing else, hence this class: one optimizer, one state dict, one scaler step.
+    """
+
+    def __init__(self, params: Iterable[dict] | Iterable[nn.Parameter], lr: float, momentum: float = 0.9,
+                 nesterov: bool = False, weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        orthogonalize=False, normalize=False, ns_steps=ns_steps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["orthogonalize"]:
+                buffers = [self.state[p].get("momentum_buffer") for p in params]
+                sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"],
+                    maximize=False)
+                for param, buffer in zip(params, buffers):
+                    self.state[param]["momentum_buffer"] = buffer
+                continue
+            momentum = group["momentum"]
+            for param in params:
+                grad = param.grad
+                if group["weight_decay"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    state["momentum_buffer"].mul_(momentum).add_(grad)
+                buffer = state["momentum_buffer"]
+                direction = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+                if group["normalize"]:
+                    param.mul_(math.sqrt(len(param)) / param.norm().clamp_min(1e-12))
+                param.add_(orthogonalize(direction, group["ns_steps"]).to(param.dtype), alpha=-group["lr"])
+        return loss
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ class Trainer:
         groups = param_groups(self.model) if callable(param_groups) else param_groups
         if groups is None:
             groups = default_param_groups(self.model, config.weight_decay, config.no_decay_norm_bias,
-                                          config.norm_lr_scale)
+                                          config.norm_lr_scale, orthogonal_filters=config.optimizer == "muon")
         self.optimizer = build_optimizer(groups, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup_steps) if config.ema_decay > 0 else None
