@@ -1,0 +1,87 @@
+"""How close a model's convolutions train to this machine's peak: each convolution of the model, timed alone
+(forward, and forward + backward) at the training batch in bf16 autocast and channels-last, as GFLOP/s beside
+a bf16 matmul measured in the same run. Answers "is the step slow, or is the hardware the limit?".
+
+    .venv/bin/python benchmarks/conv_efficiency.py --model resnet_airbench_narrow --batch 512 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def median_seconds(fn, repeats: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv_inputs(model: nn.Module, image_size: int) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Every Conv2d with the input shape it sees in one forward pass (batch 1)."""
+    seen: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, tuple(args[0].shape))))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, image_size, image_size))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet_airbench_narrow")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from resnets import create_model
+
+    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
+    peak = 2 * 1024 ** 3 / median_seconds(lambda: a @ b, 10) / 1e9
+    print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.threads} threads; "
+          f"bf16 matmul (1024^3): {peak:.0f} GFLOP/s")
+    print(f"{'convolution':32s} {'fwd ms':>8s} {'GFLOP/s':>8s} {'f+b ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    total_ms = total_flop = 0.0
+    for conv, shape in conv_inputs(create_model(args.model), args.image_size):
+        conv = conv.train().to(memory_format=torch.channels_last)
+        # the first convolution sees the images, whose gradient training never computes
+        x = torch.randn(args.batch, *shape[1:]).to(memory_format=torch.channels_last).requires_grad_(shape[1] != 3)
+
+        def forward():
+            with torch.autocast("cpu", torch.bfloat16):
+                return conv(x)
+
+        out = forward()
+        grad = torch.randn_like(out)
+
+        def forward_backward():
+            forward().backward(grad)
+
+        macs = args.batch * out.shape[2] * out.shape[3] * conv.weight.numel()
+        fwd, both = median_seconds(forward, args.repeats), median_seconds(forward_backward, args.repeats)
+        flop = (6 if x.requires_grad else 4) * macs  # forward, weight gradient, input gradient
+        label = f"{conv.in_channels}->{conv.out_channels} k{conv.kernel_size[0]} @{shape[2]}px"
+        print(f"{label:32s} {fwd * 1e3:8.1f} {2 * macs / fwd / 1e9:8.0f} {both * 1e3:8.1f} "
+              f"{flop / both / 1e9:8.0f} {flop / both / 1e9 / peak:8.0%}")
+        total_ms += both * 1e3
+        total_flop += flop
+    print(f"{'all convolutions':32s} {'':8s} {'':8s} {total_ms:8.1f} {total_flop / total_ms / 1e6:8.0f} "
+          f"{total_flop / total_ms / 1e6 / peak:8.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
