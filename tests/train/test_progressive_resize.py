@@ -64,6 +64,18 @@ def test_trainer_trains_early_steps_small_and_evaluates_at_full_size(capsys):
     assert "progressive resizing off: progressive_min_size=16 is not below the images' 16 px" in capsys.readouterr().err
 
 
+def test_a_fractional_min_size_is_a_share_of_the_full_size():
+    assert ResolutionSchedule.from_setting(32, 0.625).min_size == 20
+    assert ResolutionSchedule.from_setting(224, 0.625).min_size == 140
+    assert ResolutionSchedule.from_setting(32, 20).min_size == 20
+    assert ResolutionSchedule.from_setting(32, 0.1).min_size == 8  # never below 8 px
+    assert not ResolutionSchedule.from_setting(32, None).active
+    spy = SizeSpy()
+    Trainer(tiny_config(epochs=2, progressive_min_size=0.5, progressive_ramp=[0.5, 0.5]), splits=tiny_splits(size=16),
+            callbacks=[spy]).fit()
+    assert spy.sizes == [8, 8, 8, 16, 16, 16]
+
+
 def test_time_budget_probes_each_size_and_refits_with_the_cost_model():
     config = tiny_config(epochs=None, time_budget=0.05, progressive_min_size=8, progressive_ramp=[0.5, 0.5])
     trainer = Trainer(config, splits=tiny_splits(size=16))
@@ -106,7 +118,9 @@ def test_probe_times_the_end_sizes_and_interpolates_the_ramp_between():
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"progressive_min_size": 4}, "progressive_min_size=4 must be at least 8"),
+    ({"progressive_min_size": 4}, "progressive_min_size=4 must be whole pixels .at least 8. or a fraction"),
+    ({"progressive_min_size": 12.5}, "progressive_min_size=12.5 must be whole pixels"),
+    ({"progressive_min_size": 0}, "progressive_min_size=0 must be whole pixels"),
     ({"progressive_ramp": [0.7, 0.3]}, "progressive_ramp=[0.7, 0.3] must be [start, end]"),
     ({"progressive_ramp": [0.5]}, "progressive_ramp=[0.5] must be [start, end]"),
     ({"progressive_size_step": 0}, "progressive_size_step=0 must be >= 1"),

@@ -131,9 +131,10 @@ class TrainConfig:
     stem_bias_epochs: int | None = None
     """Train the stem's bias only for this many epochs, then freeze it (airbench: 3); null: always."""
     # --- progressive resizing (train.resolution)
-    progressive_min_size: int | None = None
-    """Train early steps on images downscaled to this size, growing to the full size between the fractions
-    ``progressive_ramp`` of the run (cheaper early epochs; FFCV, fast.ai DAWNBench); null: off."""
+    progressive_min_size: float | None = None
+    """Train early steps on images downscaled to this size (pixels, at least 8; or below 1, a fraction of the
+    full size), growing to the full size between the fractions ``progressive_ramp`` of the run (cheaper early
+    epochs; FFCV, fast.ai DAWNBench); null: off."""
     progressive_ramp: list = field(default_factory=lambda: [0.5, 0.5])
     """[start, end] fractions of the run: ``progressive_min_size`` until start, full size from end, a
     linear ramp between (equal values: one jump)."""
@@ -224,8 +225,14 @@ class TrainConfig:
         need(self.val_split >= 0, f"val_split={self.val_split} must be >= 0")
         need(self.error_warmup_lr is None or self.error_warmup_lr > 0, "error_warmup_lr must be positive (or null)")
         need(0 < self.error_warmup_until <= 1, "error_warmup_until is a training error in (0, 1]")
-        need(self.progressive_min_size is None or self.progressive_min_size >= 8,
-             f"progressive_min_size={self.progressive_min_size} must be at least 8 pixels (or null: off)")
+        size = self.progressive_min_size
+        number = isinstance(size, (int, float)) and not isinstance(size, bool)
+        pixels = number and size >= 8 and float(size).is_integer()
+        fraction = number and 0 < size < 1
+        if size is not None:
+            shown = f"{size:g}" if number else repr(size)
+            need(pixels or fraction, f"progressive_min_size={shown} must be whole pixels (at least 8) or a fraction "
+                                     "of the full size in (0, 1), e.g. 20 or 0.625 (or null: off)")
         ramp = self.progressive_ramp
         need(len(ramp) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ramp)
              and 0 <= ramp[0] <= ramp[1] <= 1,

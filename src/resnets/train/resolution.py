@@ -31,6 +31,15 @@ class ResolutionSchedule:
     ramp_end: float = 0.5
     size_step: int = 4
 
+    @classmethod
+    def from_setting(cls, full_size: int, min_size: float | None, ramp_start: float = 0.5, ramp_end: float = 0.5,
+                     size_step: int = 4) -> "ResolutionSchedule":
+        """``min_size`` as a config gives it: pixels (8 or more), or a fraction of the full size below 1
+        (0.625: 20 px of CIFAR's 32, 140 px of a 224 px crop), so one recipe carries across image sizes."""
+        if min_size is not None and 0 < min_size < 1:
+            min_size = max(8, int(round(min_size * full_size)))
+        return cls(full_size, None if min_size is None else int(min_size), ramp_start, ramp_end, size_step)
+
     @property
     def active(self) -> bool:
         return self.min_size is not None and self.min_size < self.full_size

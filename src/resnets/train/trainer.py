@@ -171,8 +171,8 @@ class Trainer:
         self.val_loader = (self._make_loader(self.splits.val, config.eval_batch_size, train=False)
                            if self.splits.val is not None and len(self.splits.val) else None)
         self.steps_per_epoch = len(self.train_loader)
-        self.resolution = ResolutionSchedule(int(self.splits.image_size), config.progressive_min_size,
-                                             *config.progressive_ramp, config.progressive_size_step)
+        self.resolution = ResolutionSchedule.from_setting(int(self.splits.image_size), config.progressive_min_size,
+                                                          *config.progressive_ramp, config.progressive_size_step)
         self._probe_size: int | None = None  # the size the time-budget probe is timing
 
         # progress state (all of it goes into last.pt)
@@ -604,7 +604,7 @@ class Trainer:
                 self.log(f"progressive resizing: {' -> '.join(map(str, self.resolution.sizes()))} px, full size "
                          f"from {c.progressive_ramp[1]:.0%} of the steps")
             elif c.progressive_min_size is not None:
-                self.log(f"progressive resizing off: progressive_min_size={c.progressive_min_size} is not below "
+                self.log(f"progressive resizing off: progressive_min_size={c.progressive_min_size:g} is not below "
                          f"the images' {self.resolution.full_size} px")
         else:
             self.log(f"resuming at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}) of "
