@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from resnets import create_model
+    from resnets.deploy.bench import matmul_peak_gflops
 
-    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
-    peak = 2 * 1024 ** 3 / median_seconds(lambda: a @ b, 10) / 1e9
+    peak = matmul_peak_gflops(torch.bfloat16)  # the same peak `resnets bench` reports shares of
     print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.threads} threads; "
           f"bf16 matmul (1024^3): {peak:.0f} GFLOP/s")
     print(f"{'convolution':32s} {'fwd ms':>8s} {'GFLOP/s':>8s} {'f+b ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
@@ -80,7 +80,37 @@ def main(argv: list[str] | None = None) -> int:
         total_flop += flop
     print(f"{'all convolutions':32s} {'':8s} {'':8s} {total_ms:8.1f} {total_flop / total_ms / 1e6:8.0f} "
           f"{total_flop / total_ms / 1e6 / peak:8.0%}")
+    for index, (label, step_ms) in enumerate(whole_steps(args).items()):
+        share = f"  (the convolutions above: {total_ms / step_ms:.0%} of it)" if index == 0 else ""
+        print(f"whole training step, {label:30s} {step_ms:8.1f} ms{share}")
     return 0
+
+
+def whole_steps(args: argparse.Namespace) -> dict[str, float]:
+    """Milliseconds per SGD step of the whole model (cross-entropy, batch ``args.batch``) in three layouts."""
+    from resnets import create_model
+
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, 10, (args.batch,))
+    result = {}
+    for label, memory_format, pure_bf16 in (("bf16 autocast, channels-last", torch.channels_last, False),
+                                            ("bf16 autocast, NCHW", torch.contiguous_format, False),
+                                            ("bf16 weights, channels-last", torch.channels_last, True)):
+        model = create_model(args.model).train().to(memory_format=memory_format)
+        x = images.to(memory_format=memory_format)
+        if pure_bf16:
+            model, x = model.bfloat16(), x.bfloat16()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step():
+            with torch.autocast("cpu", torch.bfloat16, enabled=not pure_bf16):
+                loss = nn.functional.cross_entropy(model(x).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        result[label] = median_seconds(step, args.repeats) * 1e3
+    return result
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-
 from torch.optim.sgd import sgd
 
 from .config import TrainConfig
@@ -150,7 +149,7 @@ class MuonSGD(torch.optim.Optimizer):
                     grad = grad.add(param, alpha=group["weight_decay"])
                 state = self.state[param]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grad.detach().clone()
+                    state["momentum_buffer"] = grad.clone()
                 else:
                     state["momentum_buffer"].mul_(momentum).add_(grad)
                 buffer = state["momentum_buffer"]
