@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="cifar-fast")
     parser.add_argument("--out", default=None, help="keep each seed's run folder under this folder")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--jsonl", default=None, help="append the results as one line to this file (sweeps)")
+    parser.add_argument("--label", default=None, help="a name for this run in the results")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on the shared 2-core machine two threads collapse whenever other "
                              "jobs run, because torch's parallel regions wait for descheduled threads)")
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     accs = [r["val_top1_tta"] for r in runs]
     minutes = [r["minutes"] for r in runs]
     summary = {
-        "recipe": args.recipe, "data": str(args.data), "device": args.device,
+        "label": args.label, "recipe": args.recipe, "data": str(args.data), "device": args.device,
+        "epochs_override": args.epochs,
         "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "time_budget": args.time_budget,
         "overrides": args.set, "runs": runs,
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
+    if args.jsonl:
+        Path(args.jsonl).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.jsonl, "a") as f:
+            f.write(json.dumps(summary) + "\n")
     return 0
 
 
