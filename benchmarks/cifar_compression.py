@@ -10,6 +10,7 @@ docs/benchmarks.md came from running these in order under one hold of the shared
     python benchmarks/cifar_compression.py train --model resnet56 --minutes 7
     python benchmarks/cifar_compression.py quantize --model resnet56
     python benchmarks/cifar_compression.py distill --teacher resnet56 --student resnet20
+    python benchmarks/cifar_compression.py openvino --model resnet20      # (and resnet56) OpenVINO fp32 / bf16 / int8
 
 The distilled student gets exactly the optimizer steps the resnet20 baseline took (same budget).
 Validation is a seeded, stratified 5,000-image hold-out of the shared training set (never trained on).
@@ -131,6 +132,20 @@ def cmd_quantize(args) -> None:
         "fp32_bytes": (out / "fp32.pt").stat().st_size, "int8_bytes": (out / "int8.pt").stat().st_size})
 
 
+def cmd_openvino(args) -> None:
+    from resnets.deploy.openvino import compile_openvino
+
+    model = _load(args, args.model)
+    size = tuple(model.spec.default_input_size)
+    record = {"fp32_top1": _val_accuracy(model, args), "eager_bf16_top1": _val_accuracy(model, args, "bf16")}
+    calib = _calibration(args, args.calib_images)
+    for precision in ("fp32", "bf16", "int8"):
+        compiled = compile_openvino(model, precision, input_size=size, calibration_data=calib)
+        record[f"openvino_{precision}_top1"] = _val_accuracy(compiled, args)
+        record[f"openvino_{precision}_delta_points"] = 100 * (record[f"openvino_{precision}_top1"] - record["fp32_top1"])
+    _record(Path(args.out), f"openvino/{args.model}", record)
+
+
 def cmd_prune(args) -> None:
     from resnets.deploy.prune import prune_model
 
@@ -186,6 +201,10 @@ def main() -> None:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--calib-images", type=int, default=512)
     p.set_defaults(func=cmd_quantize)
+    p = sub.add_parser("openvino")
+    p.add_argument("--model", required=True)
+    p.add_argument("--calib-images", type=int, default=512)
+    p.set_defaults(func=cmd_openvino)
     p = sub.add_parser("prune")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--fraction", type=float, default=0.5)

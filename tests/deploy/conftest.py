@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnets import ResNet, get_spec
+from resnets import ResNet, get_spec, save_weights
+from resnets.cli import main
+from resnets.data import make_image_folder
 
 CLASSES = 4
 SIZE = 16
@@ -57,3 +59,19 @@ def trained_bottleneck() -> ResNet:
 @pytest.fixture()
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return color_batch(64, seed=1234)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, trained_tiny):
+    root = tmp_path_factory.mktemp("deploy_cli")
+    data = make_image_folder(root / "data", classes=4, per_class=12, size=16)
+    checkpoint = save_weights(trained_tiny, root / "tiny.safetensors",
+                              {"model_name": "resnet20", "image_size": 16,
+                               "classes": sorted(p.name for p in data.iterdir())})
+    return root, data, checkpoint
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the CLI expecting a usage error (exit 2); its stderr."""
+    assert main(argv) == 2
+    return capsys.readouterr().err

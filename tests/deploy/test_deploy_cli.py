@@ -2,27 +2,12 @@
 
 import json
 
-import pytest
 import torch
 
-from resnets import model_from_checkpoint, save_weights
+from resnets import model_from_checkpoint
 from resnets.cli import main
-from resnets.data import make_image_folder
 
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, trained_tiny):
-    root = tmp_path_factory.mktemp("deploy_cli")
-    data = make_image_folder(root / "data", classes=4, per_class=12, size=16)
-    checkpoint = save_weights(trained_tiny, root / "tiny.safetensors",
-                              {"model_name": "resnet20", "image_size": 16,
-                               "classes": sorted(p.name for p in data.iterdir())})
-    return root, data, checkpoint
-
-
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    return capsys.readouterr().err
+from conftest import cli_error as _error
 
 
 def test_export_cli_writes_verified_files(workspace, capsys):

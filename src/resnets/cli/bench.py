@@ -13,10 +13,10 @@ def _csv(text: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "bench", help="benchmark inference (fp32/bf16/int8, compile, onnxruntime) against torchvision",
+        "bench", help="benchmark inference (fp32/bf16/int8, compile, onnxruntime, OpenVINO) against torchvision",
         description="Time a model's inference forms round-robin in one process: torchvision's eager fp32 NCHW "
                     "model of the same architecture (the baseline), ours eager, channels-last + folded BN, bf16, "
-                    "int8 (FX x86; PT2E + torch.compile with --compile), optionally compiled and onnxruntime. "
+                    "int8 (FX x86; PT2E + torch.compile with --compile), optionally compiled, onnxruntime and OpenVINO. "
                     "Reports p50/p90 latency, images/s, achieved GFLOP/s (2 x MACs), its share of the matmul peak "
                     "measured in the same run, and the speed-up over the baseline. --compare prints a latency/"
                     "params/MACs table of several backbones (ours and torchvision's).",
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, int8")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (slow to build)")
     p.add_argument("--onnxruntime", action="store_true", help="also time onnxruntime on the exported fp32 model")
+    p.add_argument("--openvino", action="store_true", help="also time OpenVINO on the exported ONNX model, in each of "
+                   "--precision's fp32, bf16 and int8 (int8: the ONNX QDQ file, calibrated like the int8 rows)")
     p.add_argument("--calib-data", metavar="DIR", help="images to calibrate int8 with")
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each variant (round-robin)")
     p.add_argument("--input-size", type=int, metavar="PIXELS", help="image side (default: 224, or 32 for CIFAR nets)")
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
             calibration = load_deploy_data(args.calib_data, metadata, 256).calibration
         rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
-                              onnxruntime=args.onnxruntime, rounds=args.rounds, calibration=calibration,
+                              onnxruntime=args.onnxruntime, openvino=args.openvino, rounds=args.rounds, calibration=calibration,
                               input_size=(model.spec.in_chans, args.input_size, args.input_size)
                               if args.input_size else None,
                               log=lambda m: print(m, flush=True))

@@ -1,4 +1,4 @@
-"""`resnets export`: write a checkpoint as ONNX or a torch.export program, verified after writing."""
+"""`resnets export`: write a checkpoint as ONNX, a torch.export program or OpenVINO IR, verified after writing."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX or a torch.export program (.pt2), verified",
+        "export", help="export a checkpoint to ONNX, a torch.export program (.pt2) or OpenVINO IR, verified",
         description="Export a resnets checkpoint with a dynamic batch dimension. Right after writing, the file is "
-                    "reloaded (onnxruntime / torch.export.load) and compared with the eager model on the same "
+                    "reloaded (onnxruntime / torch.export.load / OpenVINO) and compared with the eager model on the same "
                     "inputs; the command fails with the max absolute difference when it exceeds --tolerance. "
                     "--int8 quantizes first (ONNX: onnxruntime static QDQ; exported-program: PT2E x86), "
                     "calibrated on --calib-data.",
         epilog="example: resnets export --checkpoint runs/r20/best.safetensors --format onnx --out r20.onnx")
     p.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors / .pt / run folder)")
-    p.add_argument("--format", required=True, help="onnx or exported-program")
-    p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx / .pt2)")
+    p.add_argument("--format", required=True, help="onnx, exported-program or openvino")
+    p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx / .pt2 / .xml + .bin)")
     p.add_argument("--int8", action="store_true", help="quantize to int8 (needs --calib-data)")
     p.add_argument("--calib-data", metavar="DIR", help="training images for int8 calibration (ImageFolder or cifar10)")
     p.add_argument("--calib-images", type=int, default=512)
@@ -38,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calib_data:
         raise UserError("--int8 needs calibration images: add --calib-data DIR (a few hundred training images "
                         "in an ImageFolder tree, or cifar10)")
-    if args.format == "exported-program" and args.opset is not None:
+    if args.format != "onnx" and args.opset is not None:
         raise UserError("--opset applies to --format onnx only")
+    if args.format == "openvino" and args.int8:
+        raise UserError("--int8 is not built for --format openvino: use --format onnx --int8 (OpenVINO runs that "
+                        "file too) or --format exported-program --int8")
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     calibration = None
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.data import load_deploy_data
 
         calibration = load_deploy_data(args.calib_data, ckpt.metadata, args.calib_images).calibration
-    suffix = ".onnx" if args.format == "onnx" else ".pt2"
+    suffix = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}[args.format]
     source = Path(args.checkpoint)
     default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
     out = Path(args.out) if args.out else default

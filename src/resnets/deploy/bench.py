@@ -90,11 +90,12 @@ def _torchvision_twin(name: str, num_classes: int | None = None) -> nn.Module | 
 
 def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: bool, example: torch.Tensor,
                    calibration: Sequence[torch.Tensor] | None = None, onnxruntime: bool = False,
-                   int8_flow: str = "fx") -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+                   int8_flow: str = "fx", openvino: bool = False) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The runnable forms of ``model`` to time, by name."""
     from .fuse import bf16_supported
 
     model = model.eval()
+    calib = list(calibration) if calibration is not None else [torch.randn_like(example) for _ in range(4)]
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours fp32 eager NCHW": model}
     for precision in precisions:
         if precision == "fp32":
@@ -113,7 +114,6 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
         elif precision == "int8":
             from .quantize import quantize_int8
 
-            calib = list(calibration) if calibration is not None else [torch.randn_like(example) for _ in range(4)]
             quantized = quantize_int8(model, calib, flow="fx")
             variants["ours int8 fx eager"] = _channels_last_input(quantized)
             if use_compile or int8_flow == "pt2e":
@@ -126,6 +126,14 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
 
         session, input_name = onnxruntime_session(model, example)
         variants["onnxruntime fp32"] = lambda x: session.run(None, {input_name: x.numpy()})[0]
+    if openvino:
+        from .openvino import compile_openvino, openvino_bf16_supported
+
+        size, batch = tuple(example.shape[1:]), example.shape[0]
+        for precision in ("fp32", "bf16", "int8"):
+            if precision in precisions and (precision != "bf16" or openvino_bf16_supported()):
+                variants[f"openvino {precision}"] = compile_openvino(model, precision, input_size=size, batch=batch,
+                                                                     calibration_data=calib)
     return variants
 
 
@@ -137,7 +145,8 @@ def _channels_last_input(net: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
 
 
 def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: Sequence[str] = ("fp32", "bf16"),
-              use_compile: bool = False, onnxruntime: bool = False, rounds: int = 10, min_seconds: float = 0.0,
+              use_compile: bool = False, onnxruntime: bool = False, openvino: bool = False, rounds: int = 10,
+              min_seconds: float = 0.0,
               input_size: Sequence[int] | None = None, calibration: Sequence[torch.Tensor] | None = None,
               baseline: bool = True, log: Callable[[str], None] | None = None) -> tuple[list[BenchRow], dict]:
     """Time every variant of ``model`` at each batch size beside torchvision's eager fp32 twin."""
@@ -153,7 +162,7 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
     for batch in batches:
         example = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(batch))
         calib = calibration if calibration is not None else None
-        variants = build_variants(model, precisions, use_compile, example, calib, onnxruntime)
+        variants = build_variants(model, precisions, use_compile, example, calib, onnxruntime, openvino=openvino)
         timed: dict[str, Callable[[], object]] = {}
         if twin is not None:
             timed["torchvision fp32 eager NCHW"] = lambda tw=twin, x=example: tw(x)

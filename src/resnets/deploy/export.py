@@ -1,4 +1,5 @@
-"""Export to ONNX and to ``torch.export`` programs (.pt2), each verified right after writing it.
+"""Export to ONNX, ``torch.export`` programs (.pt2) and OpenVINO IR (``openvino.py``), each verified right after
+writing it.
 
 Verification reloads the written file (onnxruntime for ONNX, ``torch.export.load`` for .pt2), runs
 it and the eager model on the same inputs, at a batch size different from the traced one so the
@@ -21,8 +22,8 @@ from typing import Iterable, Literal, Sequence
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "exported-program")
-ExportFormat = Literal["onnx", "exported-program"]
+FORMATS = ("onnx", "exported-program", "openvino")
+ExportFormat = Literal["onnx", "exported-program", "openvino"]
 DEFAULT_OPSET = 18
 """The newest opset the dynamo exporter targets natively in torch 2.x, and one onnxruntime >= 1.14 runs."""
 
@@ -223,11 +224,19 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, format: str, **kwargs) -> ExportReport:
-    """``export_onnx`` or ``export_program`` by format name."""
+    """``export_onnx``, ``export_program`` or ``export_openvino`` by format name."""
     if format == "onnx":
         return export_onnx(model, path, **kwargs)
     if format == "exported-program":
         return export_program(model, path, **kwargs)
+    if format == "openvino":
+        from .openvino import export_openvino
+
+        if kwargs.pop("int8", False):
+            raise ExportError("int8 OpenVINO IR is not built here: export --format onnx --int8 (onnxruntime QDQ, which "
+                              "OpenVINO also runs) or --format exported-program --int8")
+        kwargs.pop("calibration_data", None)
+        return export_openvino(model, path, **kwargs)
     raise ExportError(f"format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
 
 

@@ -146,7 +146,7 @@ class OptimizationReport:
 def optimize_for_inference(model: nn.Module, precision: str = "auto", example_input: torch.Tensor | None = None,
                            compile: bool | str = False, repeats: int = 5,
                            fp32_tolerance: float = 1e-3, min_top1_agreement: float = 0.9,
-                           return_report: bool = False):
+                           return_report: bool = False, openvino: bool = False):
     """The fastest safe combination of BN folding, channels-last, bf16 and ``torch.compile`` here.
 
     Each candidate is timed on ``example_input`` and checked against the original model on the
@@ -154,7 +154,9 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     bf16 ones must keep the top-1 class of at least ``min_top1_agreement`` of the batch.
     ``precision``: ``"fp32"`` (exact), ``"bf16"`` (only if the CPU has native bf16, else it warns
     and stays fp32), or ``"auto"`` (bf16 where native). ``compile``: False, True, or ``"auto"``
-    (also time compiled candidates; compiling costs tens of seconds per candidate).
+    (also time compiled candidates; compiling costs tens of seconds per candidate). ``openvino=True``
+    also times OpenVINO's runtime in the same precisions (CPU only; the result may then be an
+    ``OpenVINOModel``, called like the module but not one).
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision={precision!r}: choose 'auto', 'fp32' or 'bf16' (int8: quantize_int8)")
@@ -176,16 +178,20 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     scale = reference.abs().max().item() or 1.0
     candidates: list[Candidate] = []
     built: dict[str, tuple[InferenceModel, float, float, bool]] = {}
-    for prec in precisions:
-        for channels_last in (False, True):
-            for use_compile in compiles:
-                net = make_inference_model(model, prec, channels_last, fold=True, compile=use_compile)
-                with torch.inference_mode():
-                    out = net(example_input).float()
-                diff = (out - reference).abs().max().item()
-                agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
-                safe = diff <= fp32_tolerance * scale if prec == "fp32" else agree >= min_top1_agreement
-                built[net.description] = (net, diff, agree, safe)
+    nets = [make_inference_model(model, prec, channels_last, fold=True, compile=use_compile)
+            for prec in precisions for channels_last in (False, True) for use_compile in compiles]
+    if openvino and example_input.device.type == "cpu":
+        from .openvino import compile_openvino
+
+        size = tuple(example_input.shape[1:])
+        nets += [compile_openvino(model, prec, input_size=size, batch=example_input.shape[0]) for prec in precisions]
+    for net in nets:
+        with torch.inference_mode():
+            out = net(example_input).float()
+        diff = (out - reference).abs().max().item()
+        agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
+        safe = diff <= fp32_tolerance * scale if net.precision == "fp32" else agree >= min_top1_agreement
+        built[net.description] = (net, diff, agree, safe)
     times = time_round_robin({name: (lambda n=entry[0]: n(example_input)) for name, entry in built.items()},
                              rounds=repeats, warmup=1)
     best: tuple[float, InferenceModel] | None = None

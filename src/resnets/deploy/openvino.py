@@ -1,0 +1,139 @@
+"""OpenVINO: a CPU runtime that runs a ResNet faster than eager PyTorch at small batches (its CPU plugin fuses
+each convolution with its bias, activation and residual add and picks oneDNN blockings per layer; bf16 on
+CPUs with AVX-512 BF16 or AMX).
+
+The network reaches OpenVINO through the same ONNX export ``resnets export --format onnx`` writes (one
+conversion path, dynamic batch), so what runs here is what the ONNX file holds. ``export_openvino`` writes
+OpenVINO's IR (an ``.xml`` graph + ``.bin`` weights, fp32 weights kept) and checks it like every export:
+reloaded, run, and compared with the eager model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .export import ExportError, ExportReport, _compare, _inputs, _unwrap, default_input_size, export_onnx
+
+PRECISIONS = ("fp32", "bf16", "int8")
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""OpenVINO's inference precision per mode; int8 graphs run their quantized convolutions in int8 (VNNI) whatever
+the hint, and the few unquantized operations stay fp32."""
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ExportError("openvino is not installed: pip install openvino (or pip install 'resnets[deploy]')") from None
+    return openvino
+
+
+def openvino_bf16_supported() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (it reports BF16 among its capabilities)."""
+    ov = _import_openvino()
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _read(model: nn.Module, input_size: Sequence[int] | None, calibration_data: Iterable[torch.Tensor] | None = None):
+    """The OpenVINO graph of ``model`` (dynamic batch), read from its ONNX export: fp32, or int8 (onnxruntime's
+    static QDQ quantization, the same file ``resnets export --format onnx --int8`` writes) when calibration
+    images are given."""
+    ov = _import_openvino()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx_path, input_size=input_size, verify=False, int8=calibration_data is not None,
+                    calibration_data=calibration_data)
+        return ov.Core().read_model(str(onnx_path))  # held in memory: the file may go
+
+
+class OpenVINOModel:
+    """A compiled OpenVINO network, called like the module it came from: an NCHW float tensor in, logits out."""
+
+    def __init__(self, compiled, precision: str) -> None:
+        self.compiled = compiled
+        self.precision = precision
+        self._request = compiled.create_infer_request()
+
+    @property
+    def description(self) -> str:
+        return f"openvino {self.precision}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self._request.infer({0: images.detach().float().contiguous().numpy()})
+        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+
+
+def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: Sequence[int] | None = None,
+                     batch: int | None = None, threads: int | None = None,
+                     calibration_data: Iterable[torch.Tensor] | None = None) -> OpenVINOModel:
+    """``model`` compiled by OpenVINO for this CPU, tuned for latency.
+
+    ``precision``: "fp32" keeps fp32 arithmetic (OpenVINO would otherwise lower it to bf16 on bf16-capable
+    CPUs), "bf16", or "int8" (static quantization calibrated on ``calibration_data``, a few hundred training
+    images). ``batch`` fixes the batch size (faster; None keeps it dynamic). ``threads`` defaults to torch's
+    thread count, so both runtimes use the same cores.
+    """
+    from .quantize import CalibrationError
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"OpenVINO precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calibration_data is None:
+        raise CalibrationError("OpenVINO int8 needs calibration images (a few hundred training images): pass "
+                               "calibration_data")
+    ov = _import_openvino()
+    if precision == "bf16" and not openvino_bf16_supported():
+        raise ExportError("this CPU has no native bf16 (no AVX-512 BF16 or AMX), so OpenVINO would run fp32: "
+                          "use precision='fp32'")
+    model = _unwrap(model)
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    graph = _read(model, size, calibration_data if precision == "int8" else None)
+    if batch is not None:
+        graph.reshape([batch, *size])
+    config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+    return OpenVINOModel(ov.Core().compile_model(graph, "CPU", config), precision)
+
+
+def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
+                    verify: bool = True, tolerance: float = 1e-4) -> ExportReport:
+    """Write OpenVINO IR (``path`` ending in .xml, weights beside it in .bin) and check the reloaded pair.
+
+    The pair is written to a temporary folder beside ``path`` and moved into place (.bin first, then .xml),
+    so an interrupted export never leaves a half-written file under the final names.
+    """
+    ov = _import_openvino()
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ExportError(f"{path}: OpenVINO IR is an .xml graph with a .bin of weights beside it; give a path "
+                          "ending in .xml")
+    model = _unwrap(model)
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    graph = _read(model, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
+    try:
+        ov.save_model(graph, str(staging / path.name), compress_to_fp16=False)
+        for suffix in (".bin", ".xml"):
+            with open(staging / path.with_suffix(suffix).name, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staging / path.with_suffix(suffix).name, path.with_suffix(suffix))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    check = _inputs(model, size, 3, seed=1)
+    diff, agree = float("nan"), float("nan")
+    if verify:
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = OpenVINOModel(compiled, "fp32")(check)
+        with torch.no_grad():
+            want = model(check)
+        diff, agree = _compare(f"OpenVINO IR {path}", got, want, tolerance)
+    size_bytes = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    return ExportReport(path, "openvino", False, diff, tolerance, agree, check.shape[0], size_bytes)
