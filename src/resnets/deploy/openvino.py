@@ -10,6 +10,7 @@ reloaded, run, and compared with the eager model.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -35,22 +36,27 @@ def _import_openvino():
     return openvino
 
 
+@functools.lru_cache(maxsize=None)
+def _core():
+    """One OpenVINO Core for the process: graphs read by a Core's frontends must not outlive it (the frontend
+    libraries it loaded hold their code), so every read and compile goes through this one."""
+    return _import_openvino().Core()
+
+
 def openvino_bf16_supported() -> bool:
     """Whether OpenVINO's CPU plugin runs bf16 natively here (it reports BF16 among its capabilities)."""
-    ov = _import_openvino()
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _read(model: nn.Module, input_size: Sequence[int] | None, calibration_data: Iterable[torch.Tensor] | None = None):
     """The OpenVINO graph of ``model`` (dynamic batch), read from its ONNX export: fp32, or int8 (onnxruntime's
     static QDQ quantization, the same file ``resnets export --format onnx --int8`` writes) when calibration
     images are given."""
-    ov = _import_openvino()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, input_size=input_size, verify=False, int8=calibration_data is not None,
                     calibration_data=calibration_data)
-        return ov.Core().read_model(str(onnx_path))  # held in memory: the file may go
+        return _core().read_model(str(onnx_path))  # held in memory: the file may go
 
 
 class OpenVINOModel:
@@ -87,7 +93,7 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
     if precision == "int8" and calibration_data is None:
         raise CalibrationError("OpenVINO int8 needs calibration images (a few hundred training images): pass "
                                "calibration_data")
-    ov = _import_openvino()
+    _import_openvino()  # a clear error before the export work
     if precision == "bf16" and not openvino_bf16_supported():
         raise ExportError("this CPU has no native bf16 (no AVX-512 BF16 or AMX), so OpenVINO would run fp32: "
                           "use precision='fp32'")
@@ -98,7 +104,7 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
         graph.reshape([batch, *size])
     config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-    return OpenVINOModel(ov.Core().compile_model(graph, "CPU", config), precision)
+    return OpenVINOModel(_core().compile_model(graph, "CPU", config), precision)
 
 
 def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
@@ -129,8 +135,7 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     check = _inputs(model, size, 3, seed=1)
     diff, agree = float("nan"), float("nan")
     if verify:
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = _core().compile_model(_core().read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         got = OpenVINOModel(compiled, "fp32")(check)
         with torch.no_grad():
             want = model(check)
