@@ -100,6 +100,13 @@ def test_export_cli_writes_openvino_ir(workspace, capsys):
     assert "--int8 is not built for --format openvino" in err
 
 
+def test_bench_cli_without_openvino_says_how_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    err = cli_error(capsys, ["bench", "--model", "resnet20", "--batch", "1", "--precision", "fp32", "--rounds", "1",
+                             "--input-size", "16", "--openvino"])
+    assert "openvino is not installed: pip install openvino" in err and "Traceback" not in err
+
+
 def test_optimize_for_inference_weighs_openvino(trained_tiny):
     from resnets.deploy import optimize_for_inference
 

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.bench import benchmark, compare_architectures, format_compare, format_rows
+    from ..deploy.export import ExportError
     from ..factory import create_model
     from . import UserError
 
@@ -79,11 +80,15 @@ def run(args: argparse.Namespace) -> int:
             from ..deploy.data import load_deploy_data
 
             calibration = load_deploy_data(args.calib_data, metadata, 256).calibration
-        rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
-                              onnxruntime=args.onnxruntime, openvino=args.openvino, rounds=args.rounds, calibration=calibration,
-                              input_size=(model.spec.in_chans, args.input_size, args.input_size)
-                              if args.input_size else None,
-                              log=lambda m: print(m, flush=True))
+        try:
+            rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
+                                  onnxruntime=args.onnxruntime, openvino=args.openvino, rounds=args.rounds,
+                                  calibration=calibration,
+                                  input_size=(model.spec.in_chans, args.input_size, args.input_size)
+                                  if args.input_size else None,
+                                  log=lambda m: print(m, flush=True))
+        except ExportError as exc:  # a runtime asked for (onnxruntime, openvino) is missing
+            raise UserError(str(exc)) from None
         print(format_rows(rows))
         print(f"machine: {env['cpu']}, {env['threads']} threads, torch {env['torch']}; matmul peak "
               f"fp32 {env['peak_fp32_gflops']:.0f} GFLOP/s, bf16 {env['peak_bf16_gflops']:.0f} GFLOP/s")
