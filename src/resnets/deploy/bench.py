@@ -2,8 +2,9 @@
 measured matmul peak, for each precision/layout of a model, beside torchvision's eager fp32 NCHW
 model of the same architecture timed in the same process, as ratios.
 
-Variants are timed round-robin (one call of each per round) so that load from other processes on a
-shared machine hits all of them alike; medians are reported.
+Variants are timed round-robin (one timed call of each per round, after an untimed one of its own:
+``time_round_robin``) so that load from other processes on a shared machine hits all of them alike;
+medians are reported.
 """
 
 from __future__ import annotations
