@@ -38,8 +38,9 @@ def _import_openvino():
 
 @functools.lru_cache(maxsize=None)
 def _core():
-    """One OpenVINO Core for the process: graphs read by a Core's frontends must not outlive it (the frontend
-    libraries it loaded hold their code), so every read and compile goes through this one."""
+    """One OpenVINO Core for the process, for every read and compile. Graphs read through short-lived Cores
+    corrupted the heap later (the test suite segfaulted in a subprocess call after an OpenVINO compile); a
+    graph evidently must not outlive the Core, and the frontend libraries it loaded, that made it."""
     return _import_openvino().Core()
 
 
@@ -72,7 +73,7 @@ class OpenVINOModel:
         return f"openvino {self.precision}"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        self._request.infer({0: images.detach().float().contiguous().numpy()})
+        self._request.infer({0: images.detach().cpu().float().contiguous().numpy()})
         return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
 
 
