@@ -96,7 +96,9 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
     from .fuse import bf16_supported
 
     model = model.eval()
-    calib = list(calibration) if calibration is not None else [torch.randn_like(example) for _ in range(4)]
+    calib = None
+    if "int8" in precisions:  # random images when none are given: speed only
+        calib = list(calibration) if calibration is not None else [torch.randn_like(example) for _ in range(4)]
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ours fp32 eager NCHW": model}
     for precision in precisions:
         if precision == "fp32":

@@ -76,9 +76,12 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     return spec.default_input_size if spec is not None else (3, 224, 224)
 
 
+def _input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
+    return tuple(input_size) if input_size is not None else default_input_size(model)
+
+
 def _inputs(model: nn.Module, input_size: Sequence[int] | None, batch: int, seed: int) -> torch.Tensor:
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
-    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, *_input_size(model, input_size), generator=torch.Generator().manual_seed(seed))
 
 
 def _compare(what: str, got: torch.Tensor, want: torch.Tensor, tolerance: float) -> tuple[float, float]:

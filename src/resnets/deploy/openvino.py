@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .export import ExportError, ExportReport, _compare, _inputs, _unwrap, default_input_size, export_onnx
+from ..weights import atomic_write
+from .export import ExportError, ExportReport, _compare, _input_size, _inputs, _unwrap, export_onnx
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -99,7 +100,7 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
         raise ExportError("this CPU has no native bf16 (no AVX-512 BF16 or AMX), so OpenVINO would run fp32: "
                           "use precision='fp32'")
     model = _unwrap(model)
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    size = _input_size(model, input_size)
     graph = _read(model, size, calibration_data if precision == "int8" else None)
     if batch is not None:
         graph.reshape([batch, *size])
@@ -112,8 +113,9 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
                     verify: bool = True, tolerance: float = 1e-4) -> ExportReport:
     """Write OpenVINO IR (``path`` ending in .xml, weights beside it in .bin) and check the reloaded pair.
 
-    The pair is written to a temporary folder beside ``path`` and moved into place (.bin first, then .xml),
-    so an interrupted export never leaves a half-written file under the final names.
+    The pair is written to a temporary folder beside ``path`` and each file moved into place with
+    ``atomic_write`` (.bin first, then .xml), so an interrupted export never leaves a half-written file under
+    the final names.
     """
     ov = _import_openvino()
     path = Path(path)
@@ -121,16 +123,15 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
         raise ExportError(f"{path}: OpenVINO IR is an .xml graph with a .bin of weights beside it; give a path "
                           "ending in .xml")
     model = _unwrap(model)
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    size = _input_size(model, input_size)
     graph = _read(model, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
         ov.save_model(graph, str(staging / path.name), compress_to_fp16=False)
         for suffix in (".bin", ".xml"):
-            with open(staging / path.with_suffix(suffix).name, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staging / path.with_suffix(suffix).name, path.with_suffix(suffix))
+            staged = staging / path.with_suffix(suffix).name
+            atomic_write(path.with_suffix(suffix), lambda tmp, src=staged: os.replace(src, tmp))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     check = _inputs(model, size, 3, seed=1)
