@@ -15,7 +15,8 @@ def time_round_robin(variants: dict[str, Callable[[], object]], rounds: int, war
     Each timed call follows ``settle_calls`` untimed calls of the same variant, so it is measured in the
     steady state a deployment runs in: the previous variant's worker threads (PyTorch's OpenMP threads
     spin-wait after a parallel region, OpenVINO's TBB workers likewise) are not billed to it. Without
-    them, OpenVINO timed right after a PyTorch variant at batch 1 measured about 10% slower.
+    them, OpenVINO fp32 at batch 1 timed right after PyTorch variants took 41.8-42.5 ms instead of 37.6 ms
+    (ResNet-50, docs/benchmarks.md runs 5-7).
     """
     with torch.inference_mode():
         for fn in variants.values():
