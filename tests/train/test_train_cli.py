@@ -24,6 +24,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     (["--recipe", "cifar-fast", "--set", "batch_size=many"], "batch_size='many'"),
     (["--recipe", "cifar-fast", "--data", "/nonexistent/images", "--no-progress"], "no dataset at /nonexistent/images"),
     (["--resume", "/nonexistent/run"], "no training checkpoint at"),
+    (["--recipe", "cifar-fast", "--set", "compile_mode=fast"], "compile_mode='fast' is unknown"),
+    (["--recipe", "cifar-fast", "--compile", "reduce-overhead"], "set progressive_min_size=null"),
 ])
 def test_user_errors_are_one_line_with_exit_2(capsys, argv, words):
     code, err = run_cli(capsys, "train", *argv)
@@ -61,3 +63,16 @@ def test_a_run_saved_before_an_option_was_retired_still_loads():
     assert TrainConfig.from_dict(saved).lr == 0.1
     with pytest.raises(ConfigError, match="bias_lr_scale=2.0 .* no longer supported.*norm_lr_scale"):
         TrainConfig.from_dict({**saved, "bias_lr_scale": 2.0})
+
+
+def test_compile_flag_takes_an_optional_mode():
+    from resnets.cli import build_parser
+    from resnets.cli.train import _overrides
+
+    parser = build_parser()
+    plain = _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar", "--compile"]))
+    graphs = _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar", "--compile", "reduce-overhead"]))
+    assert (plain["compile"], plain["compile_mode"]) == (True, "default")
+    assert (graphs["compile"], graphs["compile_mode"]) == (True, "reduce-overhead")
+    assert "compile" not in _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar"]))
+    assert resolve_config("he2015-cifar", graphs).compile_mode == "reduce-overhead"

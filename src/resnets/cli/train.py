@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..train.config import COMPILE_MODES
+
 # flag -> TrainConfig key, for the common overrides (everything else through --set key=value)
 _FLAGS = {
     "model": "model", "data": "data", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
@@ -46,7 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training forward")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   choices=COMPILE_MODES, help="torch.compile the training forward and backward; MODE "
+                   f"({', '.join(COMPILE_MODES)}): reduce-overhead replays CUDA graphs, the fast choice for small "
+                   "nets on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     dist = p.add_argument_group("several processes (docs/distributed.md; under torchrun: torchrun ... -m resnets train ...)")
     dist.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (launches torchrun)")
@@ -73,7 +78,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.channels_last:
         overrides["channels_last"] = True
     if args.compile:
-        overrides["compile"] = True
+        overrides.update(compile=True, compile_mode=args.compile)
     if args.sync_bn:
         overrides["sync_bn"] = True
     if args.no_progress:

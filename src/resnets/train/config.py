@@ -26,6 +26,7 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "muon")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 UNITS = ("steps", "epochs")
 ADVERSARIAL_KEYS = ("method", "eps", "steps", "alpha")
 
@@ -150,6 +151,10 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
+    """``torch.compile`` mode when ``compile`` is on. ``reduce-overhead`` replays the training forward and
+    backward as CUDA graphs: for small CIFAR nets on a GPU, whose steps are bound by kernel launches, it is
+    the mode that pays (it needs a fixed batch shape, so no progressive resizing)."""
     # --- several processes (train/distributed.py, docs/distributed.md)
     accum_steps: int = 1
     """Gradient accumulation: micro-batches of ``batch_size`` per optimizer step, per process."""
@@ -218,6 +223,12 @@ class TrainConfig:
              f"stem_bias_epochs={self.stem_bias_epochs} must be >= 0 (or null)")
         need(self.norm_lr_scale > 0, f"norm_lr_scale={self.norm_lr_scale} must be positive")
         need(self.precision in PRECISIONS, f"precision={self.precision!r} is unknown; choose one of {PRECISIONS}")
+        need(self.compile_mode in COMPILE_MODES,
+             f"compile_mode={self.compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
+        need(not (self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+                  and self.progressive_min_size is not None),
+             f"compile_mode={self.compile_mode} records CUDA graphs for one image size; progressive resizing "
+             "changes it: set progressive_min_size=null or compile_mode=default")
         need(self.tta in TTA_MODES, f"tta={self.tta!r} is unknown; choose one of {TTA_MODES}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive (or null)")
         need(self.eval_every >= 1, f"eval_every={self.eval_every} must be at least 1")

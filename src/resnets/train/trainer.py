@@ -153,7 +153,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.forward_model = self.process.wrap_model(self.model)
         if config.compile:
-            self.forward_model = torch.compile(self.forward_model)
+            self.forward_model = torch.compile(self.forward_model, mode=config.compile_mode)
+        self._cuda_graphs = (config.compile and self.device.type == "cuda"
+                             and config.compile_mode in ("reduce-overhead", "max-autotune"))
 
         groups = param_groups(self.model) if callable(param_groups) else param_groups
         if groups is None:
@@ -313,6 +315,8 @@ class Trainer:
                                         seed_parts=(c.seed, self.epoch, self.batch_in_epoch, self.process.rank))
         self.lr = set_learning_rate(self.optimizer, c.base_lr, self.current_lr_factor())
         self.optimizer.zero_grad(set_to_none=True)
+        if self._cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         loss, logits = forward_backward(self, images, targets)  # accum_steps micro-batches (distributed.py)
         for callback in self.callbacks:
             callback.on_after_backward(self)
