@@ -223,7 +223,7 @@ def test_compiled_training_step_learns_as_eager_does():
     compiled = train(tiny_config(seed=3, compile=True), splits=tiny_splits())
     for a, b in zip(eager.history, compiled.history):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02)
-    gaps = [(a - b).abs().max().item() / (a.abs().max().item() + 1e-6)
-            for a, b in zip(weights(eager.model).values(), weights(compiled.model).values()) if a.is_floating_point()]
-    assert max(gaps) < 0.1
+    flat = [torch.cat([v.flatten() for v in weights(run.model).values() if v.is_floating_point()])
+            for run in (eager, compiled)]
+    assert (flat[0] - flat[1]).norm() < 0.01 * flat[0].norm()  # measured: 0.4% after 6 steps
     assert not hasattr(compiled.model, "_orig_mod") and compiled.config.compile_mode == "default"
