@@ -227,3 +227,17 @@ def test_compiled_training_step_learns_as_eager_does():
             for run in (eager, compiled)]
     assert (flat[0] - flat[1]).norm() < 0.01 * flat[0].norm()  # measured: 0.4% after 6 steps
     assert not hasattr(compiled.model, "_orig_mod") and compiled.config.compile_mode == "default"
+
+
+def test_precision_auto_is_bf16_only_where_native_and_emulated_bf16_warns(monkeypatch):
+    from resnets.precision import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert native_bf16("cpu") is native
+        trainer = Trainer(tiny_config(precision="auto"), splits=tiny_splits())
+        assert trainer.config.precision == ("bf16" if native else "fp32")  # what runs, and what the run records
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        Trainer(tiny_config(precision="bf16"), splits=tiny_splits())

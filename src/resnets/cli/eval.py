@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..precision import PRECISIONS, resolve_precision
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="confusion-matrix figure (default: next to --json as <name>.confusion.png)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="fp32", choices=("auto", *PRECISIONS),
+                   help="default fp32; auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--groups", metavar="FILE.csv",
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     try:
         result = evaluate(model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
-                          precision=args.precision)
+                          precision=resolve_precision(args.precision, device))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}

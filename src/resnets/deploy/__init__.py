@@ -2,7 +2,8 @@
 knowledge distillation, verified export (ONNX, torch.export) and the inference benchmark."""
 
 from .distill import DistillationLoss, distillation_kl, distillation_loss
-from .fuse import InferenceModel, bf16_supported, fold_batchnorm, make_inference_model, optimize_for_inference
+from ..precision import native_bf16 as bf16_supported
+from .fuse import InferenceModel, fold_batchnorm, make_inference_model, optimize_for_inference
 from .prune import PruneResult, PruningError, prune_model
 from .quantize import CalibrationError, QuantizedModel, load_quantized, quantize_int8, save_quantized
 

@@ -93,7 +93,7 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
                    calibration: Sequence[torch.Tensor] | None = None, onnxruntime: bool = False,
                    int8_flow: str = "fx", openvino: bool = False) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The runnable forms of ``model`` to time, by name."""
-    from .fuse import bf16_supported
+    from ..precision import native_bf16
 
     model = model.eval()
     calib = None
@@ -108,7 +108,7 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
                 variants["ours fp32 channels_last+folded+compile"] = make_inference_model(model, "fp32", True, True,
                                                                                           compile=True)
         elif precision == "bf16":
-            if not bf16_supported():
+            if not native_bf16():
                 warnings.warn("this CPU lacks native bf16; the bf16 rows show emulation speed")
             variants["ours bf16 channels_last+folded"] = make_inference_model(model, "bf16", True, True)
             if use_compile:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..precision import native_bf16
 from .timing import time_round_robin
 
 Precision = Literal["fp32", "bf16"]
@@ -67,14 +68,6 @@ def _block_pairs(module: nn.Module) -> list[tuple[str, str]]:
 
 def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def bf16_supported() -> bool:
-    """True when this CPU runs bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class InferenceModel(nn.Module):
@@ -165,7 +158,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
         from .export import default_input_size
 
         example_input = torch.randn(2, *default_input_size(model), generator=torch.Generator().manual_seed(0))
-    device_bf16 = bf16_supported() if example_input.device.type == "cpu" else True
+    device_bf16 = native_bf16() if example_input.device.type == "cpu" else True
     precisions: list[Precision] = ["fp32"]
     if precision in ("bf16", "auto"):
         if device_bf16:

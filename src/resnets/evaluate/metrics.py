@@ -6,7 +6,6 @@ with one reduction before the ratios are taken (``EvalSums.reduce``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,20 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast_context
 from .tta import tta_logits
 
 __all__ = ["EvalResult", "EvalSums", "autocast_context", "evaluate", "save_confusion_png"]
-
-
-def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast for ``precision`` on ``device``, or nothing for fp32."""
-    device = torch.device(device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("fp16 autocast is for CUDA; use precision=bf16 on CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass

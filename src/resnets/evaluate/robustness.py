@@ -342,7 +342,7 @@ class AdversarialTraining(TrainerCallback):
         std = torch.tensor(trainer.splits.std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
         pixels = (images.float() * std + mean).clamp(0, 1)
         pixel_model = Normalized(trainer.model, tuple(trainer.splits.mean), tuple(trainer.splits.std)).to(images.device)
-        from .metrics import autocast_context
+        from ..precision import autocast_context
 
         with autocast_context(trainer.device, trainer.config.precision):
             adv = adversarial_examples(pixel_model, pixels, labels, self.method, self.eps, self.steps, self.alpha)

@@ -18,13 +18,15 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from ..precision import PRECISIONS as ARITHMETIC_PRECISIONS
+
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "load_recipe", "parse_set",
            "recipe_path", "resolve_config"]
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "muon")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *ARITHMETIC_PRECISIONS)
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 UNITS = ("steps", "epochs")
@@ -149,6 +151,8 @@ class TrainConfig:
     # --- speed
     device: str = "cpu"
     precision: str = "fp32"
+    """fp32, bf16 or fp16 (CUDA) autocast; ``auto``: bf16 where the device runs it natively, else fp32
+    (resolved when training starts; the run's config records the result)."""
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"

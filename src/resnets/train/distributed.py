@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..evaluate.metrics import autocast_context
+from ..precision import autocast_context
 from .config import ConfigError
 from .process import ProcessContext
 

@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -38,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.metrics import EvalResult, autocast_context, evaluate
+from ..evaluate.metrics import EvalResult, evaluate
+from ..precision import autocast_context, native_bf16, resolve_precision
 from ..evaluate.robustness import AdversarialTraining
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
@@ -137,6 +139,12 @@ class Trainer:
             raise ConfigError("device=cuda but no CUDA GPU is available; use --device cpu")
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
+        if config.precision == "auto":  # the config (and so the checkpoint) records what runs
+            self.config = config = config.replace(precision=resolve_precision("auto", self.device))
+        elif config.precision == "bf16" and not native_bf16(self.device):
+            warnings.warn(f"precision=bf16 on {self.device.type}, which has no native bf16 (on a CPU: AVX-512 BF16 "
+                          "or AMX): it is emulated and runs slower than fp32. Use --precision fp32 or auto",
+                          UserWarning, stacklevel=2)
         _seed_everything(config.seed)
 
         self.splits = splits if splits is not None else self._load_data()
@@ -194,8 +202,6 @@ class Trainer:
         self.lr = config.base_lr
         self.budget_fit: dict | None = None
         if self.schedule is not None and any(m >= self.total_steps for m in self.schedule.milestones):
-            import warnings
-
             warnings.warn(f"milestones {list(self.schedule.milestones)} (steps) lie at or beyond the run's end "
                           f"({self.total_steps} steps): the learning rate never drops there. Shorten milestones "
                           "with --set milestones=[...] (or use --time-budget, which scales them)", UserWarning)
