@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from resnets.data import load_data
+    from resnets.precision import cpu_name
     from resnets.evaluate import evaluate
     from resnets.train import Trainer, parse_set, resolve_config
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "label": args.label, "recipe": args.recipe, "data": str(args.data), "device": args.device,
         "epochs_override": args.epochs,
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "time_budget": args.time_budget,
         "overrides": args.set, "runs": runs,
         "mean_val_top1_tta": statistics.mean(accs), "min_val_top1_tta": min(accs),

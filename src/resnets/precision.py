@@ -8,12 +8,26 @@ an AVX-512 Xeon without BF16 (docs/benchmarks.md) instead of the 2-3x it gains w
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast_context", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast_context", "cpu_name", "native_bf16", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), recorded beside benchmark figures: CPUs of one
+    architecture differ several-fold in bf16 speed."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -9,7 +9,6 @@ medians are reported.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 import warnings
@@ -19,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..precision import cpu_name, native_bf16
 from ..profile import profile
 from .export import default_input_size
 from .fuse import make_inference_model
@@ -93,7 +93,6 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
                    calibration: Sequence[torch.Tensor] | None = None, onnxruntime: bool = False,
                    int8_flow: str = "fx", openvino: bool = False) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The runnable forms of ``model`` to time, by name."""
-    from ..precision import native_bf16
 
     model = model.eval()
     calib = None
@@ -189,7 +188,7 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
                                  p90_ms=_percentile(samples, 0.9) * 1000, images_per_s=batch / p50,
                                  gflops=gflops, peak_share=gflops / peaks[dtype],
                                  speedup=(base / p50) if base else float("nan"), params=prof.params, macs=prof.macs))
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(), "native_bf16": native_bf16(),
            "peak_fp32_gflops": peaks["fp32"], "peak_bf16_gflops": peaks["bf16"]}
     return rows, env
 
