@@ -1,5 +1,6 @@
 """Inference benchmark: latency p50/p90, images/s, achieved GFLOP/s and share of this machine's
-measured matmul peak, for each precision/layout of a model, beside torchvision's eager fp32 NCHW
+measured matmul peak (int8 rows: of the faster float matmul, so above 100% means int8 beats it), for each
+precision/layout of a model, beside torchvision's eager fp32 NCHW
 model of the same architecture timed in the same process, as ratios.
 
 Variants are timed round-robin (one timed call of each per round, after an untimed one of its own:
@@ -180,9 +181,10 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
         for key in ("fp32", "bf16"):
             peak_samples[key] += times.pop(f"matmul {key}")
         peaks = {key: 2 * PEAK_SIZE ** 3 / statistics.median(v) / 1e9 for key, v in peak_samples.items()}
+        peaks["int8"] = max(peaks.values())  # int8 rows: share of the faster float matmul (bf16 where native)
         for vname, samples in times.items():
             p50 = statistics.median(samples)
-            dtype = "bf16" if ("bf16" in vname or "int8" in vname) else "fp32"
+            dtype = next((key for key in ("bf16", "int8") if key in vname), "fp32")
             gflops = 2 * prof.macs * batch / p50 / 1e9
             rows.append(BenchRow(model=name, variant=vname, batch=batch, p50_ms=p50 * 1000,
                                  p90_ms=_percentile(samples, 0.9) * 1000, images_per_s=batch / p50,
