@@ -1,8 +1,8 @@
 """Arithmetic precision: autocast for a named precision, and whether a device runs bf16 natively.
 
 ``precision="auto"`` (training recipes) means bf16 where the hardware has it and fp32 elsewhere: on a CPU
-without AVX-512 BF16 or AMX, oneDNN emulates bf16, and resnet20 then trained at 0.71x the speed of fp32 on
-an AVX-512 Xeon without BF16 (docs/benchmarks.md) instead of the 2-3x it gains where bf16 is native.
+without AVX-512 BF16 or AMX, oneDNN emulates bf16, and resnet20 and resnet56 then trained at 0.78x and 0.75x the
+speed of fp32 on an AVX-512 Xeon without BF16 (docs/benchmarks.md), instead of the 2-3x it gains where bf16 is native.
 """
 
 from __future__ import annotations
