@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         minutes = (time.perf_counter() - start) / 60
         plain = evaluate(result.model, trainer.val_loader, trainer.num_classes, device=trainer.device,
-                         precision=config.precision)  # outside the clock: the same weights without TTA
+                         precision=trainer.config.precision)  # outside the clock: the same weights without TTA
         run = {"seed": seed, "val_top1_tta": result.final.top1, "val_top1_no_tta": plain.top1,
                "minutes": minutes, "steps": result.steps, "epochs": result.steps / trainer.steps_per_epoch,
                "tta": config.tta, "budget_fit": trainer.budget_fit}

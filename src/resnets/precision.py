@@ -57,8 +57,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast for ``precision`` on ``device``, or nothing for fp32."""
+    """bf16/fp16 autocast for ``precision`` on ``device``, or nothing for fp32 (``auto``: as resolved here)."""
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -230,7 +230,7 @@ def test_compiled_training_step_learns_as_eager_does():
 
 
 def test_precision_auto_is_bf16_only_where_native_and_emulated_bf16_warns(monkeypatch):
-    from resnets.precision import native_bf16
+    from resnets.precision import autocast_context, native_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     for native in (False, True):
@@ -238,6 +238,8 @@ def test_precision_auto_is_bf16_only_where_native_and_emulated_bf16_warns(monkey
         assert native_bf16("cpu") is native
         trainer = Trainer(tiny_config(precision="auto"), splits=tiny_splits())
         assert trainer.config.precision == ("bf16" if native else "fp32")  # what runs, and what the run records
+        with autocast_context("cpu", "auto"):  # evaluation given an unresolved "auto" does the same
+            assert torch.is_autocast_enabled("cpu") is native
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     with pytest.warns(UserWarning, match="no native bf16"):
         Trainer(tiny_config(precision="bf16"), splits=tiny_splits())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..train.config import PRECISIONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -31,8 +33,8 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="default: bf16 on CPU, fp32 elsewhere")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
 
 
@@ -46,7 +48,7 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
     values = {"model": model_name, "data": args.data, "val_split": args.val_split, "batch_size": args.batch_size,
               "lr": args.lr, "schedule": "cosine", "warmup": 0.05, "warmup_unit": "epochs", "nesterov": True,
               "weight_decay": 5e-4, "device": args.device,
-              "precision": args.precision or ("bf16" if args.device == "cpu" else "fp32"),
+              "precision": args.precision or "auto",
               "channels_last": True, "augment": {"crop_padding": 4, "pad_mode": "zeros", "flip": True}
               if data_meta.get("image_size", 32) <= 64 else {"random_resized_crop": True, "flip": True}}
     if args.epochs is not None:
