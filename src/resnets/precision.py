@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast_context", "cpu_name", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "PRECISION_CHOICES", "autocast_context", "cpu_name", "native_bf16", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for; "auto" resolves to one of PRECISIONS
 
 
 def cpu_name() -> str:
@@ -36,7 +37,12 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     where it emulates bf16 at a quarter of the fp32 speed.)"""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        try:  # pre-Ampere GPUs emulate bf16, and by default torch counts that as support
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # an older torch without the argument
+            return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..precision import PRECISIONS, resolve_precision
+from ..precision import PRECISION_CHOICES, resolve_precision
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="confusion-matrix figure (default: next to --json as <name>.confusion.png)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("auto", *PRECISIONS),
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="default fp32; auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
     p.add_argument("--workers", type=int, default=2)

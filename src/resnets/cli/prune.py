@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import PRECISIONS
+from ..precision import PRECISION_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="default auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
 

@@ -94,7 +94,6 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
                    calibration: Sequence[torch.Tensor] | None = None, onnxruntime: bool = False,
                    int8_flow: str = "fx", openvino: bool = False) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The runnable forms of ``model`` to time, by name."""
-
     model = model.eval()
     calib = None
     if "int8" in precisions:  # random images when none are given: speed only

@@ -158,7 +158,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
         from .export import default_input_size
 
         example_input = torch.randn(2, *default_input_size(model), generator=torch.Generator().manual_seed(0))
-    device_bf16 = native_bf16() if example_input.device.type == "cpu" else True
+    device_bf16 = native_bf16(example_input.device)
     precisions: list[Precision] = ["fp32"]
     if precision in ("bf16", "auto"):
         if device_bf16:

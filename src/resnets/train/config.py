@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ..precision import PRECISIONS as ARITHMETIC_PRECISIONS
+from ..precision import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "load_recipe", "parse_set",
            "recipe_path", "resolve_config"]
@@ -26,7 +26,6 @@ __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "loa
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "muon")
-PRECISIONS = ("auto", *ARITHMETIC_PRECISIONS)
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 UNITS = ("steps", "epochs")
@@ -226,7 +225,8 @@ class TrainConfig:
         need(self.stem_bias_epochs is None or self.stem_bias_epochs >= 0,
              f"stem_bias_epochs={self.stem_bias_epochs} must be >= 0 (or null)")
         need(self.norm_lr_scale > 0, f"norm_lr_scale={self.norm_lr_scale} must be positive")
-        need(self.precision in PRECISIONS, f"precision={self.precision!r} is unknown; choose one of {PRECISIONS}")
+        need(self.precision in PRECISION_CHOICES,
+             f"precision={self.precision!r} is unknown; choose one of {PRECISION_CHOICES}")
         need(self.compile_mode in COMPILE_MODES,
              f"compile_mode={self.compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
         need(not (self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
