@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from resnets.data import load_data
-    from resnets.precision import cpu_name
     from resnets.evaluate import evaluate
+    from resnets.precision import cpu_name
     from resnets.train import Trainer, parse_set, resolve_config
 
     base = resolve_config(args.recipe)

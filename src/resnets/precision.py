@@ -1,4 +1,5 @@
-"""Arithmetic precision: autocast for a named precision, and whether a device runs bf16 natively.
+"""Arithmetic precision: autocast for a named precision, whether a device runs bf16 natively, and the CPU's
+name that benchmarks record beside their figures (bf16 speed differs several-fold between CPUs).
 
 ``precision="auto"`` (training recipes) means bf16 where the hardware has it and fp32 elsewhere: on a CPU
 without AVX-512 BF16 or AMX, oneDNN emulates bf16, and resnet20 and resnet56 then trained at 0.78x and 0.75x the

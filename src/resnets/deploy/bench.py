@@ -163,8 +163,8 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
     rows: list[BenchRow] = []
     for batch in batches:
         example = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(batch))
-        calib = calibration if calibration is not None else None
-        variants = build_variants(model, precisions, use_compile, example, calib, onnxruntime, openvino=openvino)
+        variants = build_variants(model, precisions, use_compile, example, calibration, onnxruntime,
+                                  openvino=openvino)
         timed: dict[str, Callable[[], object]] = {}
         if twin is not None:
             timed["torchvision fp32 eager NCHW"] = lambda tw=twin, x=example: tw(x)

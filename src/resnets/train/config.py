@@ -28,6 +28,7 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "muon")
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that record CUDA graphs
 UNITS = ("steps", "epochs")
 ADVERSARIAL_KEYS = ("method", "eps", "steps", "alpha")
 
@@ -229,7 +230,7 @@ class TrainConfig:
              f"precision={self.precision!r} is unknown; choose one of {PRECISION_CHOICES}")
         need(self.compile_mode in COMPILE_MODES,
              f"compile_mode={self.compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
-        need(not (self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+        need(not (self.compile and self.compile_mode in CUDA_GRAPH_MODES
                   and self.progressive_min_size is not None),
              f"compile_mode={self.compile_mode} records CUDA graphs for one image size; progressive resizing "
              "changes it: set progressive_min_size=null or compile_mode=default")

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate.metrics import EvalResult, evaluate
-from ..precision import autocast_context, native_bf16, resolve_precision
 from ..evaluate.robustness import AdversarialTraining
+from ..precision import autocast_context, native_bf16, resolve_precision
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
-from .config import ConfigError, TrainConfig
+from .config import CUDA_GRAPH_MODES, ConfigError, TrainConfig
 from .mixing import mix_batch, soft_cross_entropy
 from .optim import (LRSchedule, Lookahead, ModelEMA, build_optimizer, param_groups as default_param_groups,
                     set_learning_rate)
@@ -162,8 +162,7 @@ class Trainer:
         self.forward_model = self.process.wrap_model(self.model)
         if config.compile:
             self.forward_model = torch.compile(self.forward_model, mode=config.compile_mode)
-        self._cuda_graphs = (config.compile and self.device.type == "cuda"
-                             and config.compile_mode in ("reduce-overhead", "max-autotune"))
+        self._cuda_graphs = config.compile and self.device.type == "cuda" and config.compile_mode in CUDA_GRAPH_MODES
 
         groups = param_groups(self.model) if callable(param_groups) else param_groups
         if groups is None:
