@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a resnets checkpoint with a dynamic batch dimension. Right after writing, the file is "
                     "reloaded (onnxruntime / torch.export.load / OpenVINO) and compared with the eager model on the same "
                     "inputs; the command fails with the max absolute difference when it exceeds --tolerance. "
-                    "--int8 quantizes first (ONNX: onnxruntime static QDQ; exported-program: PT2E x86), "
+                    "--int8 quantizes first (ONNX: onnxruntime static QDQ; exported-program: PT2E x86; openvino: the int8 "
+                    "ONNX graph, int8 weights), "
                     "calibrated on --calib-data.",
         epilog="example: resnets export --checkpoint runs/r20/best.safetensors --format onnx --out r20.onnx")
     p.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors / .pt / run folder)")
@@ -40,9 +41,6 @@ def run(args: argparse.Namespace) -> int:
                         "in an ImageFolder tree, or cifar10)")
     if args.format != "onnx" and args.opset is not None:
         raise UserError("--opset applies to --format onnx only")
-    if args.format == "openvino" and args.int8:
-        raise UserError("--int8 is not built for --format openvino: use --format onnx --int8 (OpenVINO runs that "
-                        "file too) or --format exported-program --int8")
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     calibration = None

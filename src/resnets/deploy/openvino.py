@@ -4,8 +4,8 @@ CPUs with AVX-512 BF16 or AMX).
 
 The network reaches OpenVINO through the same ONNX export ``resnets export --format onnx`` writes (one
 conversion path, dynamic batch), so what runs here is what the ONNX file holds. ``export_openvino`` writes
-OpenVINO's IR (an ``.xml`` graph + ``.bin`` weights, fp32 weights kept) and checks it like every export:
-reloaded, run, and compared with the eager model.
+OpenVINO's IR (an ``.xml`` graph + ``.bin`` weights: fp32 weights kept, or int8 ones from the int8 ONNX
+export) and checks it like every export: reloaded, run, and compared with the eager model.
 """
 
 from __future__ import annotations
@@ -110,21 +110,34 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
 
 
 def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
-                    verify: bool = True, tolerance: float = 1e-4) -> ExportReport:
+                    verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
+                    calibration_data: Iterable[torch.Tensor] | None = None,
+                    int8_tolerance: float | None = None) -> ExportReport:
     """Write OpenVINO IR (``path`` ending in .xml, weights beside it in .bin) and check the reloaded pair.
 
-    The pair is written to a temporary folder beside ``path`` and each file moved into place with
-    ``atomic_write`` (.bin first, then .xml), so an interrupted export never leaves a half-written file under
-    the final names.
+    ``int8=True`` writes the graph of the int8 ONNX export (onnxruntime's static QDQ quantization calibrated on
+    ``calibration_data``): weights stored as int8 and convolutions run in int8 by the CPU plugin. It is checked
+    against the fp32 model like the int8 ONNX file (on calibration images, ``int8_tolerance``, default 25% of
+    the largest logit), with its top-1 agreement reported. The pair is written to a temporary folder beside ``path`` and each file moved
+    into place with ``atomic_write`` (.bin first, then .xml), so an interrupted export never leaves a
+    half-written file under the final names.
     """
+    from .export import int8_check_images, int8_logit_tolerance
+    from .quantize import CalibrationError
+
     ov = _import_openvino()
     path = Path(path)
     if path.suffix != ".xml":
         raise ExportError(f"{path}: OpenVINO IR is an .xml graph with a .bin of weights beside it; give a path "
                           "ending in .xml")
+    if int8 and calibration_data is None:
+        raise CalibrationError("OpenVINO int8 IR needs calibration images (a few hundred training images): pass "
+                               "calibration_data, or --calib-data DIR on the command line")
+    if int8:
+        calibration_data = list(calibration_data)  # read twice: to calibrate and to verify on
     model = _unwrap(model)
     size = _input_size(model, input_size)
-    graph = _read(model, size)
+    graph = _read(model, size, calibration_data if int8 else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
@@ -134,13 +147,15 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
             atomic_write(path.with_suffix(suffix), lambda tmp, src=staged: os.replace(src, tmp))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    check = _inputs(model, size, 3, seed=1)
-    diff, agree = float("nan"), float("nan")
+    check = int8_check_images(calibration_data) if int8 else _inputs(model, size, 3, seed=1)
+    diff, agree, tol = float("nan"), float("nan"), tolerance
     if verify:
         compiled = _core().compile_model(_core().read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        got = OpenVINOModel(compiled, "fp32")(check)
+        got = OpenVINOModel(compiled, "int8" if int8 else "fp32")(check)
         with torch.no_grad():
             want = model(check)
-        diff, agree = _compare(f"OpenVINO IR {path}", got, want, tolerance)
+        if int8:
+            tol = int8_logit_tolerance(want, int8_tolerance)
+        diff, agree = _compare(f"OpenVINO IR {path}", got, want, tol)
     size_bytes = path.stat().st_size + path.with_suffix(".bin").stat().st_size
-    return ExportReport(path, "openvino", False, diff, tolerance, agree, check.shape[0], size_bytes)
+    return ExportReport(path, "openvino", int8, diff, tol, agree, check.shape[0], size_bytes)
