@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resnets.deploy.export import (ExportError, ExportVerificationError, _compare, export_model, export_onnx,
-                                   export_program)
+                                   export_program, fp32_logit_tolerance)
 from resnets.deploy.quantize import CalibrationError
 
 from conftest import color_batch
@@ -44,6 +44,25 @@ def test_int8_onnx_is_smaller_and_agrees(trained_tiny, tmp_path):
                        calibration_data=calibration)
     assert int8.int8 and int8.bytes < 0.6 * fp32.bytes
     assert int8.max_abs_diff <= int8.tolerance
+
+
+def test_fp32_tolerance_scales_with_large_logits(trained_tiny, tmp_path):
+    """Logits of 1e6 (as deep nets give at random initialisation) carry rounding far above 1e-4 absolute; the
+    check scales with them, and stays absolute for ordinary logits."""
+    import copy
+
+    loud = copy.deepcopy(trained_tiny)
+    with torch.no_grad():
+        loud.fc.weight.mul_(1e6)
+        loud.fc.bias.mul_(1e6)
+        scale = loud(torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(1))).abs().max().item()
+    assert scale > 1e5
+    report = export_onnx(loud, tmp_path / "loud.onnx", input_size=SIZE)
+    assert report.tolerance == pytest.approx(1e-4 * scale) and report.max_abs_diff <= report.tolerance
+    assert report.max_abs_diff > 1e-4  # an absolute 1e-4 would have rejected this exact export
+    assert report.top1_agreement == 1.0
+    assert fp32_logit_tolerance(torch.tensor([[0.5, -0.2]]), 1e-4) == 1e-4
+    assert fp32_logit_tolerance(torch.tensor([[50.0, -0.2]]), 1e-4) == pytest.approx(5e-3)
 
 
 def test_verification_fails_loudly_with_the_difference():

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-data", metavar="DIR", help="training images for int8 calibration (ImageFolder or cifar10)")
     p.add_argument("--calib-images", type=int, default=512)
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed for fp32")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max |logit difference| allowed for fp32 (times the largest logit when that is above 1)")
     p.add_argument("--no-verify", action="store_true", help="skip the check (not recommended)")
     p.set_defaults(func=run)
 

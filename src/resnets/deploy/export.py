@@ -106,6 +106,13 @@ def int8_check_images(calibration: Sequence[torch.Tensor], count: int = 16) -> t
     return images
 
 
+def fp32_logit_tolerance(reference: torch.Tensor, tolerance: float) -> float:
+    """``tolerance`` as an absolute logit difference, scaled up by the largest reference logit when that is
+    above 1: float rounding grows with the values, and deep nets at random initialisation (BatchNorm's
+    running statistics untouched) give logits of 1e5 and more, where 1e-4 absolute would reject exact exports."""
+    return tolerance * max(1.0, reference.abs().max().item())
+
+
 def int8_logit_tolerance(reference: torch.Tensor, given: float | None = None) -> float:
     """The largest logit difference an int8 export may show against the fp32 model: ``given``, else 25% of
     the largest reference logit (quantization moves every logit a little; a broken graph moves them a lot)."""
@@ -133,7 +140,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
                 int8_tolerance: float | None = None) -> ExportReport:
     """Write ``model`` as ONNX with a dynamic batch dimension and check it with onnxruntime.
 
-    ``tolerance`` is the max absolute logit difference allowed for fp32. With ``int8=True`` the
+    ``tolerance`` is the max absolute logit difference allowed for fp32 (per unit of the largest logit when
+    that is above 1: ``fp32_logit_tolerance``). With ``int8=True`` the
     fp32 graph is quantized by onnxruntime (static, QDQ, per-channel weights) on ``calibration_data``
     and compared against the fp32 eager model, on calibration images, with ``int8_tolerance`` (default: 25%
     of the largest logit); its top-1 agreement is reported.
@@ -169,8 +177,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
         got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
         with torch.no_grad():
             want = model(check)
-        if int8:
-            tol = int8_logit_tolerance(want, int8_tolerance)
+        tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
         diff, agree = _compare(f"ONNX {path}", got, want, tol)
     return ExportReport(path, "onnx", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
 
@@ -232,16 +239,17 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
 
     atomic_write(path, lambda tmp: torch.export.save(exported, tmp))
     check = _inputs(model, input_size, 3, seed=1)
-    diff, agree = float("nan"), float("nan")
+    diff, agree, tol = float("nan"), float("nan"), tolerance
     if verify:
         loaded = torch.export.load(str(path)).module()
         with torch.no_grad():
             got = loaded(check)
             want = reference(check)
-            diff, agree = _compare(f"exported program {path}", got, want, tolerance)
+            tol = fp32_logit_tolerance(want, tolerance)
+            diff, agree = _compare(f"exported program {path}", got, want, tol)
             if int8:
                 agree = (got.argmax(1) == model(check).argmax(1)).float().mean().item()
-    return ExportReport(path, "exported-program", int8, diff, tolerance, agree, check.shape[0], path.stat().st_size)
+    return ExportReport(path, "exported-program", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, format: str, **kwargs) -> ExportReport:

@@ -122,7 +122,7 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     into place with ``atomic_write`` (.bin first, then .xml), so an interrupted export never leaves a
     half-written file under the final names.
     """
-    from .export import int8_check_images, int8_logit_tolerance
+    from .export import fp32_logit_tolerance, int8_check_images, int8_logit_tolerance
     from .quantize import CalibrationError
 
     ov = _import_openvino()
@@ -154,8 +154,7 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
         got = OpenVINOModel(compiled, "int8" if int8 else "fp32")(check)
         with torch.no_grad():
             want = model(check)
-        if int8:
-            tol = int8_logit_tolerance(want, int8_tolerance)
+        tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
         diff, agree = _compare(f"OpenVINO IR {path}", got, want, tol)
     size_bytes = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     return ExportReport(path, "openvino", int8, diff, tol, agree, check.shape[0], size_bytes)
