@@ -100,10 +100,7 @@ def _compare(what: str, got: torch.Tensor, want: torch.Tensor, tolerance: float)
 def int8_check_images(calibration: Sequence[torch.Tensor], count: int = 16) -> torch.Tensor:
     """Images to verify an int8 export on: the first ``count`` calibration images. Quantization ranges fit
     the data's distribution, so random noise would test clipping rather than the export."""
-    images = torch.cat([batch for batch in calibration])[:count]
-    if images.shape[0] == 0:
-        raise ExportError("the calibration data held no images")
-    return images
+    return torch.cat(list(calibration))[:count]  # (empty calibration data was refused while quantizing)
 
 
 def fp32_logit_tolerance(reference: torch.Tensor, tolerance: float) -> float:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..weights import atomic_write
-from .export import ExportError, ExportReport, _compare, _input_size, _inputs, _unwrap, export_onnx
+from .export import (ExportError, ExportReport, _compare, _input_size, _inputs, _unwrap, export_onnx,
+                     fp32_logit_tolerance, int8_check_images, int8_logit_tolerance)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -118,11 +119,10 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     ``int8=True`` writes the graph of the int8 ONNX export (onnxruntime's static QDQ quantization calibrated on
     ``calibration_data``): weights stored as int8 and convolutions run in int8 by the CPU plugin. It is checked
     against the fp32 model like the int8 ONNX file (on calibration images, ``int8_tolerance``, default 25% of
-    the largest logit), with its top-1 agreement reported. The pair is written to a temporary folder beside ``path`` and each file moved
-    into place with ``atomic_write`` (.bin first, then .xml), so an interrupted export never leaves a
-    half-written file under the final names.
+    the largest logit), with its top-1 agreement reported. The pair is written to a temporary folder beside
+    ``path`` and each file moved into place with ``atomic_write`` (.bin first, then .xml), so an interrupted
+    export never leaves a half-written file under the final names.
     """
-    from .export import fp32_logit_tolerance, int8_check_images, int8_logit_tolerance
     from .quantize import CalibrationError
 
     ov = _import_openvino()
