@@ -12,9 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a resnets checkpoint with a dynamic batch dimension. Right after writing, the file is "
                     "reloaded (onnxruntime / torch.export.load / OpenVINO) and compared with the eager model on the same "
                     "inputs; the command fails with the max absolute difference when it exceeds --tolerance. "
-                    "--int8 quantizes first (ONNX: onnxruntime static QDQ; exported-program: PT2E x86; openvino: the int8 "
-                    "ONNX graph, int8 weights), "
-                    "calibrated on --calib-data.",
+                    "--int8 quantizes first (ONNX: onnxruntime static QDQ; exported-program: PT2E x86; "
+                    "openvino: the int8 ONNX graph, int8 weights), calibrated on --calib-data.",
         epilog="example: resnets export --checkpoint runs/r20/best.safetensors --format onnx --out r20.onnx")
     p.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors / .pt / run folder)")
     p.add_argument("--format", required=True, help="onnx, exported-program or openvino")

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, help="auto: bf16 where the device runs it natively, else fp32")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--seed", type=int)
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the schedule so training ends within this wall-clock budget")

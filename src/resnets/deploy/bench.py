@@ -189,7 +189,8 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
                                  p90_ms=_percentile(samples, 0.9) * 1000, images_per_s=batch / p50,
                                  gflops=gflops, peak_share=gflops / peaks[dtype],
                                  speedup=(base / p50) if base else float("nan"), params=prof.params, macs=prof.macs))
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(), "native_bf16": native_bf16(),
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+           "native_bf16": native_bf16(),
            "peak_fp32_gflops": peaks["fp32"], "peak_bf16_gflops": peaks["bf16"]}
     return rows, env
 
