@@ -1,6 +1,8 @@
 """How close a model's convolutions train to this machine's peak: each convolution of the model, timed alone
-(forward, and forward + backward) at the training batch in bf16 autocast and channels-last, as GFLOP/s beside
-a bf16 matmul measured in the same run. Answers "is the step slow, or is the hardware the limit?".
+(forward, and forward + backward) at the training batch in channels-last, in the precision training uses on
+this machine (bf16 autocast where the CPU has native bf16, fp32 elsewhere, as ``precision: auto`` resolves), as
+GFLOP/s beside a matmul of the same precision measured in the same run; then whole training steps in a few
+layouts (``--compile`` adds a ``torch.compile``d step). Answers "is the step slow, or is the hardware the limit?".
 
     .venv/bin/python benchmarks/conv_efficiency.py --model resnet_airbench_narrow --batch 512 --threads 2
 """
@@ -45,14 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where the CPU runs it natively, else fp32 (what the recipes train in)")
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd whole step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from resnets import create_model
     from resnets.deploy.bench import matmul_peak_gflops
+    from resnets.precision import cpu_name, resolve_precision
 
-    peak = matmul_peak_gflops(torch.bfloat16)  # the same peak `resnets bench` reports shares of
-    print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.threads} threads; "
-          f"bf16 matmul (1024^3): {peak:.0f} GFLOP/s")
+    args.precision = resolve_precision(args.precision, "cpu")
+    bf16 = args.precision == "bf16"
+    peak = matmul_peak_gflops(torch.bfloat16 if bf16 else torch.float32)  # the peak `resnets bench` reports
+    print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.threads} threads, {args.precision}, "
+          f"{cpu_name()}; {args.precision} matmul (1024^3): {peak:.0f} GFLOP/s")
     print(f"{'convolution':32s} {'fwd ms':>8s} {'GFLOP/s':>8s} {'f+b ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
     total_ms = total_flop = 0.0
     for conv, shape in conv_inputs(create_model(args.model), args.image_size):
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(args.batch, *shape[1:]).to(memory_format=torch.channels_last).requires_grad_(shape[1] != 3)
 
         def forward():
-            with torch.autocast("cpu", torch.bfloat16):
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 return conv(x)
 
         out = forward()
@@ -87,24 +95,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def whole_steps(args: argparse.Namespace) -> dict[str, float]:
-    """Milliseconds per SGD step of the whole model (cross-entropy, batch ``args.batch``) in three layouts."""
+    """Milliseconds per SGD step of the whole model (cross-entropy, batch ``args.batch``) in a few layouts."""
     from resnets import create_model
 
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     labels = torch.randint(0, 10, (args.batch,))
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    # (label, memory format, autocast, bf16 weights, compiled)
+    if args.precision == "bf16":
+        layouts = [("bf16 autocast, channels-last", cl, True, False, False),
+                   ("bf16 autocast, NCHW", nchw, True, False, False),
+                   ("bf16 weights, channels-last", cl, False, True, False)]
+    else:
+        layouts = [("fp32, channels-last", cl, False, False, False), ("fp32, NCHW", nchw, False, False, False)]
+    if args.compile:
+        layouts.append((f"{layouts[0][0]}, compiled", cl, layouts[0][2], False, True))
     result = {}
-    for label, memory_format, pure_bf16 in (("bf16 autocast, channels-last", torch.channels_last, False),
-                                            ("bf16 autocast, NCHW", torch.contiguous_format, False),
-                                            ("bf16 weights, channels-last", torch.channels_last, True)):
+    for label, memory_format, autocast, pure_bf16, compiled in layouts:
         model = create_model(args.model).train().to(memory_format=memory_format)
         x = images.to(memory_format=memory_format)
         if pure_bf16:
             model, x = model.bfloat16(), x.bfloat16()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        forward = torch.compile(model) if compiled else model
 
         def step():
-            with torch.autocast("cpu", torch.bfloat16, enabled=not pure_bf16):
-                loss = nn.functional.cross_entropy(model(x).float(), labels)
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                loss = nn.functional.cross_entropy(forward(x).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
