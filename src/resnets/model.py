@@ -2,15 +2,18 @@
 
 The module tree and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``fc``), so a torchvision state dict loads with no renaming. The timm-style API is here too:
-``forward_features``, ``forward_head``, ``reset_classifier``, ``feature_info``.
+``forward_features``, ``forward_head``, ``reset_classifier``, ``feature_info``,
+``set_grad_checkpointing``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import block_class
 from .layers import activation, norm, pool_layer
@@ -90,6 +93,24 @@ def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, 
     return stages, info
 
 
+@contextlib.contextmanager
+def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm running statistics of ``module`` on exit: activation checkpointing re-runs a
+    block's forward during backward, and in train mode that second pass would update them a second time
+    (with ``momentum=0.1``, 19% of the new statistics instead of 10%)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats and m.running_mean is not None]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class ResNet(nn.Module):
     """A residual (or plain) network described entirely by ``spec``."""
 
@@ -112,6 +133,7 @@ class ResNet(nn.Module):
         self.avgpool = pool_layer(spec)
         self.head_drop = nn.Dropout(spec.head_dropout) if spec.head_dropout > 0 else nn.Identity()
         self.fc = nn.Linear(self.num_features, spec.num_classes) if spec.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -164,6 +186,21 @@ class ResNet(nn.Module):
         return [getattr(self, name) for name in self.stage_names]
 
     # --------------------------------------------------------------- forward
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's name): in training, each residual block keeps only its input
+        and recomputes its inner activations during backward. Memory for activations drops to about one
+        tensor per block, for about a third more compute per step; gradients and BatchNorm statistics are
+        the same as without it (stochastic depth replays the same random draws)."""
+        self.grad_checkpointing = bool(enable)
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return stage(x)
+        for block in stage:
+            x = checkpoint(block, x, use_reentrant=False,
+                           context_fn=lambda block=block: (contextlib.nullcontext(), _frozen_norm_stats(block)))
+        return x
+
     def check_input(self, x: torch.Tensor) -> None:
         rank = 4 if self.spec.conv_type == "2d" else 5
         layout = "(N, C, H, W)" if rank == 4 else "(N, C, T, H, W)"
@@ -183,7 +220,7 @@ class ResNet(nn.Module):
         self.check_input(x)
         x = self.maxpool(self.forward_stem(x))
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            x = self._run_stage(getattr(self, name), x)
         return self.final_relu(self.final_bn(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -210,7 +247,7 @@ class ResNet(nn.Module):
         for i, name in enumerate(self.stage_names, start=1):
             if i > last:
                 break
-            x = getattr(self, name)(x)
+            x = self._run_stage(getattr(self, name), x)
             if i == len(self.stage_names):
                 x = self.final_relu(self.final_bn(x))
             if i in wanted:

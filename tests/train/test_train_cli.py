@@ -76,3 +76,14 @@ def test_compile_flag_takes_an_optional_mode():
     assert (graphs["compile"], graphs["compile_mode"]) == (True, "reduce-overhead")
     assert "compile" not in _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar"]))
     assert resolve_config("he2015-cifar", graphs).compile_mode == "reduce-overhead"
+
+
+def test_grad_checkpointing_flag_sets_the_option():
+    from resnets.cli import build_parser
+    from resnets.cli.train import _overrides
+
+    parser = build_parser()
+    on = _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar", "--model", "resnet1202",
+                                       "--grad-checkpointing"]))
+    assert resolve_config("he2015-cifar", on).grad_checkpointing is True
+    assert "grad_checkpointing" not in _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar"]))

@@ -9,7 +9,7 @@ from torch import nn
 
 from resnets import create_model
 from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
-from resnets.train import (Callback, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
+from resnets.train import (Callback, ConfigError, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
                            param_groups, resolve_config, train)
 from resnets.train import checkpoint as checkpoint_module
 from resnets.weights import model_from_checkpoint
@@ -243,3 +243,15 @@ def test_precision_auto_is_bf16_only_where_native_and_emulated_bf16_warns(monkey
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     with pytest.warns(UserWarning, match="no native bf16"):
         Trainer(tiny_config(precision="bf16"), splits=tiny_splits())
+
+
+def test_grad_checkpointing_trains_to_the_same_weights():
+    runs = [train(tiny_config(seed=3, grad_checkpointing=flag, model_options={"drop_path_rate": 0.1}),
+                  splits=tiny_splits()) for flag in (False, True)]
+    assert runs[1].model.grad_checkpointing and not runs[0].model.grad_checkpointing
+    a, b = (weights(r.model) for r in runs)
+    for key in a:  # BatchNorm statistics included: the recompute in backward must not update them again
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-5), key
+    with pytest.raises(ConfigError, match="set_grad_checkpointing"):
+        Trainer(tiny_config(grad_checkpointing=True), splits=tiny_splits(), model=nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)))

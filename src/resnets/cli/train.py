@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute each residual block's activations in backward: far less memory, ~1/3 more compute")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    choices=COMPILE_MODES, help="torch.compile the training forward and backward; MODE "
                    f"({', '.join(COMPILE_MODES)}): reduce-overhead replays CUDA graphs, the fast choice for small "
@@ -79,6 +81,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides["steps"] = None  # a recipe counted in steps yields to an explicit --epochs
     if args.channels_last:
         overrides["channels_last"] = True
+    if args.grad_checkpointing:
+        overrides["grad_checkpointing"] = True
     if args.compile:
         overrides.update(compile=True, compile_mode=args.compile)
     if args.sync_bn:

@@ -159,6 +159,11 @@ class Trainer:
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if config.grad_checkpointing:
+            if not hasattr(self.model, "set_grad_checkpointing"):
+                raise ConfigError(f"grad_checkpointing=true needs a model with set_grad_checkpointing (a resnets "
+                                  f"ResNet or a timm model); {type(self.model).__name__} has none: set it to false")
+            self.model.set_grad_checkpointing(True)
         self.forward_model = self.process.wrap_model(self.model)
         if config.compile:
             self.forward_model = torch.compile(self.forward_model, mode=config.compile_mode)
