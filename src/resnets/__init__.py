@@ -8,14 +8,16 @@ from .factory import create_model, resolve_spec
 from .model import InputError, ResNet, ResNetFeatures
 from .profile import profile
 from .spec import ResNetSpec, SpecError
-from .weights import CheckpointError, load_weights, model_from_checkpoint, read_checkpoint, save_weights
+from .weights import (CheckpointError, load_weights, model_from_checkpoint, pretrained_config, read_checkpoint,
+                      save_weights)
 from .zoo import UnknownModelError, get_entry, get_spec, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "InputError", "ResNet", "ResNetFeatures", "ResNetSpec", "SpecError", "UnknownModelError",
-    "create_model", "get_entry", "get_spec", "list_models", "load_weights", "model_from_checkpoint", "profile",
+    "create_model", "get_entry", "get_spec", "list_models", "load_weights", "model_from_checkpoint",
+    "pretrained_config", "profile",
     "read_checkpoint", "resolve_spec", "save_weights", "optimize_for_inference",
 ]
 

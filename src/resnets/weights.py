@@ -426,6 +426,15 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[Re
 # -------------------------------------------------------- torchvision tags
 def torchvision_state_dict(model_name: str, tag: str) -> dict[str, torch.Tensor]:
     """Fetch torchvision's published weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...) for a model."""
+    weights = _torchvision_weights(model_name, tag)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+        raise CheckpointError(f"could not download {type(weights).__name__}.{weights.name} from {weights.url} ({exc}). "
+                              "When offline, download the file elsewhere and pass its path as weights=PATH.") from None
+
+
+def _torchvision_weights(model_name: str, tag: str):
     from torchvision.models import get_model_weights
 
     from .zoo import get_entry
@@ -435,15 +444,26 @@ def torchvision_state_dict(model_name: str, tag: str) -> dict[str, torch.Tensor]
         raise CheckpointError(f"torchvision publishes no weights for {model_name!r}; pass a checkpoint path instead")
     enum = get_model_weights(tv_name)
     try:
-        weights = enum[tag] if tag != "DEFAULT" else enum.DEFAULT
+        return enum[tag] if tag != "DEFAULT" else enum.DEFAULT
     except KeyError:
         raise CheckpointError(f"torchvision has no weights {tag!r} for {tv_name}; "
                               f"available: {', '.join(['DEFAULT'] + [w.name for w in enum])}") from None
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # noqa: BLE001 - network failures come in many types
-        raise CheckpointError(f"could not download {enum.__name__}.{weights.name} from {weights.url} ({exc}). "
-                              "When offline, download the file elsewhere and pass its path as weights=PATH.") from None
+
+
+def pretrained_config(model_name: str, tag: str = "DEFAULT") -> dict[str, Any]:
+    """How torchvision's published weights ``tag`` for ``model_name`` expect images, and what they output
+    (torchvision's ``weights.transforms()`` and ``weights.meta``; no download): ``classes`` (the 1,000 category
+    names), ``mean``, ``std``, ``image_size`` (the crop), ``crop_fraction`` (crop / resized shorter side:
+    224/256 for V1, 224/232 for V2), ``interpolation``, ``source`` and ``published_top1``. The keys are the
+    checkpoint metadata ``resnets predict`` and ``resnets eval`` read, so
+    ``save_weights(model, path, metadata=model.pretrained_cfg)`` makes a checkpoint they can use directly."""
+    weights = _torchvision_weights(model_name, tag)
+    preset = weights.transforms()
+    metrics = next(iter(weights.meta.get("_metrics", {}).values()), {})
+    return {"classes": list(weights.meta["categories"]), "mean": list(preset.mean), "std": list(preset.std),
+            "image_size": int(preset.crop_size[0]), "crop_fraction": preset.crop_size[0] / preset.resize_size[0],
+            "interpolation": preset.interpolation.value, "source": f"torchvision {type(weights).__name__}."
+            f"{weights.name}", "published_top1": metrics.get("acc@1")}
 
 
 def load_pretrained(model: nn.Module, weights: str | os.PathLike, model_name: str | None = None,
@@ -454,5 +474,9 @@ def load_pretrained(model: nn.Module, weights: str | os.PathLike, model_name: st
         if model_name is None:
             raise CheckpointError(f"weights={text!r} looks like a torchvision weight tag, which needs a model name")
         load_state_dict(model, torchvision_state_dict(model_name, text), adapt=adapt)
+        config = pretrained_config(model_name, text)
+        if getattr(getattr(model, "spec", None), "num_classes", None) != len(config["classes"]):
+            del config["classes"]  # the head was replaced: the published categories no longer apply
+        model.pretrained_cfg = config  # timm's attribute name
         return
     load_weights(model, weights, adapt=adapt)

@@ -1,5 +1,6 @@
 """Checkpoint IO: formats, safety, adaptation, and mismatch messages in words."""
 
+import json
 import os
 import pickle
 
@@ -125,3 +126,44 @@ def test_unknown_torchvision_tag_lists_available():
         resnets.create_model("resnet50", weights="IMAGENET9K_V7")
     with pytest.raises(CheckpointError, match="no weights"):
         resnets.create_model("resnet20", weights="DEFAULT")
+
+
+def test_pretrained_config_states_torchvision_preprocessing_and_categories():
+    v1, v2 = resnets.pretrained_config("resnet50", "IMAGENET1K_V1"), resnets.pretrained_config("resnet50", "DEFAULT")
+    assert len(v2["classes"]) == 1000 and v2["classes"][0] == "tench"
+    assert (v1["image_size"], round(v1["image_size"] / v1["crop_fraction"])) == (224, 256)
+    assert (v2["image_size"], round(v2["image_size"] / v2["crop_fraction"])) == (224, 232)  # V2 evaluates at 232
+    assert v2["mean"] == pytest.approx([0.485, 0.456, 0.406]) and v2["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert v2["source"].endswith("IMAGENET1K_V2") and v2["published_top1"] == pytest.approx(80.858)
+    with pytest.raises(CheckpointError, match="no weights"):
+        resnets.pretrained_config("resnet20")
+
+
+def test_published_weights_carry_their_config_into_a_checkpoint_predict_uses(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from resnets import weights as weights_module
+    from resnets.cli import main
+    from resnets.data import load_eval_image
+
+    published = torchvision.models.resnet18().state_dict()  # stands in for the download
+    monkeypatch.setattr(weights_module, "torchvision_state_dict", lambda name, tag: published)
+    model = resnets.create_model("resnet18", weights="IMAGENET1K_V1")
+    assert model.pretrained_cfg["source"].endswith("ResNet18_Weights.IMAGENET1K_V1")
+    assert "classes" not in resnets.create_model("resnet18", weights="IMAGENET1K_V1", num_classes=5).pretrained_cfg
+
+    path = resnets.save_weights(model, tmp_path / "r18.safetensors", metadata=model.pretrained_cfg)
+    image = tmp_path / "wide.png"
+    Image.fromarray(torch.randint(0, 256, (300, 400, 3), dtype=torch.uint8).numpy()).save(image)
+    assert main(["predict", "--checkpoint", str(path), str(image), "--json", "--top-k", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(top) == 3 and all(t["class"] in model.pretrained_cfg["classes"] for t in top)
+
+    # the stored crop fraction decides the resize before the centre crop (256 vs 232 for a 224 crop)
+    from torchvision.transforms import v2
+    pil = Image.open(image).convert("RGB")
+    for fraction, shorter in ((224 / 256, 256), (224 / 232, 232)):
+        expected = v2.Compose([v2.Resize(shorter, antialias=True), v2.CenterCrop(224), v2.PILToTensor()])(pil)
+        assert torch.equal(load_eval_image(image, 224, fraction), expected)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        load_eval_image(image, 224, 1.5)

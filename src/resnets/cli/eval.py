@@ -36,8 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_for_inference(checkpoint: str, use_ema: bool = False):
-    """(model, classes, mean, std, image_size) from a resnets checkpoint; errors name what is missing."""
+    """(model, classes, mean, std, image_size, crop_fraction) from a resnets checkpoint; errors name what is
+    missing. ``crop_fraction`` is the checkpoint's (published weights saved with ``pretrained_cfg``) or the
+    ImageNet convention's 0.875."""
     from ..cli import UserError
+    from ..data.loader import EVAL_CROP_FRACTION
     from ..model import ResNet
     from ..weights import load_state_dict, read_checkpoint
 
@@ -58,7 +61,8 @@ def load_for_inference(checkpoint: str, use_ema: bool = False):
     load_state_dict(model, state)
     mean = tuple(meta.get("mean") or (0.5, 0.5, 0.5))
     std = tuple(meta.get("std") or (0.25, 0.25, 0.25))
-    return model.eval(), list(classes), mean, std, meta.get("image_size")
+    return model.eval(), list(classes), mean, std, meta.get("image_size"), \
+        float(meta.get("crop_fraction") or EVAL_CROP_FRACTION)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError, load_eval, make_loader
     from ..evaluate import evaluate, save_confusion_png
 
-    model, classes, mean, std, image_size = load_for_inference(args.checkpoint, args.ema)
+    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, args.ema)
     device = torch.device(args.device)
     try:
         dataset = load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std))
         loader = make_loader(dataset, batch_size=args.batch_size, train=False, device=device, workers=args.workers,
-                             mean=mean, std=std)
+                             mean=mean, std=std, crop_fraction=crop_fraction)
     except DataError as exc:
         raise UserError(str(exc)) from None
     try:

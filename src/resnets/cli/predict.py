@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help="print the top-k classes of images under a checkpoint",
         description="Classify image files with a resnets checkpoint (best.safetensors, last.pt or a run folder). "
-                    "Images are converted to RGB, resized (shorter side to size/0.875) and centre-cropped to the "
-                    "checkpoint's image size when larger, and normalised with its statistics.")
+                    "Images are converted to RGB, resized (shorter side to size/0.875, or size/crop_fraction when "
+                    "the checkpoint stores one) and centre-cropped to the checkpoint's image size when larger, and "
+                    "normalised with its statistics.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5)
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
-    model, classes, mean, std, image_size = load_for_inference(args.checkpoint)
+    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint)
     device = torch.device(args.device)
     model.to(device)
     mean_t = torch.tensor(mean).view(3, 1, 1)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with torch.no_grad():
         for path in args.images:
-            image = load_eval_image(path, image_size)
+            image = load_eval_image(path, image_size, crop_fraction)
             x = ((image.float() / 255.0 - mean_t) / std_t)[None].to(device)
             probs = torch.softmax(model(x).float(), dim=1)[0]
             values, indices = probs.topk(k)

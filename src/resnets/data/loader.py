@@ -34,17 +34,28 @@ __all__ = ["InMemoryLoader", "StreamingLoader", "load_eval_image", "make_loader"
 EVAL_CROP_FRACTION = 0.875  # resize to size / 0.875 (256 for 224), then centre-crop: the ImageNet convention
 
 
-def load_eval_image(path: str | os.PathLike, image_size: int | None) -> torch.Tensor:
+def check_crop_fraction(crop_fraction: float) -> float:
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1] (the centre crop's share of the resized shorter side, "
+                         f"0.875 for the ImageNet convention), got {crop_fraction}")
+    return float(crop_fraction)
+
+
+def load_eval_image(path: str | os.PathLike, image_size: int | None,
+                    crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
     """One image file as an RGB uint8 3 x S x S tensor, prepared as evaluation prepares it.
 
-    Larger images: shorter side resized to ``image_size / EVAL_CROP_FRACTION``, then centre-cropped (what the
-    streaming evaluation loader does); smaller ones are resized up to ``image_size`` and centre-cropped; an
-    image already S x S (CIFAR) is left alone. ``image_size=None`` keeps the image as it is. Raises
-    :class:`DataError` naming the file when it is missing, empty, truncated or not an image.
+    Larger images: shorter side resized to ``image_size / crop_fraction`` (256 for 224 by default; torchvision's
+    V2 ImageNet weights use 232), then centre-cropped (what the streaming evaluation loader does); smaller ones
+    are resized up to ``image_size`` and centre-cropped; an image already S x S (CIFAR) is left alone.
+    ``image_size=None`` keeps the image as it is. Raises :class:`DataError` naming the file when it is missing,
+    empty, truncated or not an image.
     """
     from torchvision.transforms import v2
 
     from .folder import open_rgb
+
+    crop_fraction = check_crop_fraction(crop_fraction)
 
     try:
         image = open_rgb(path)
@@ -54,7 +65,7 @@ def load_eval_image(path: str | os.PathLike, image_size: int | None) -> torch.Te
         raise DataError(f"cannot read {str(path)!r} as an image ({exc})") from None
     steps = [v2.PILToTensor()]
     if image_size and image.size != (image_size, image_size):
-        shorter = round(image_size / EVAL_CROP_FRACTION) if min(image.size) > image_size else image_size
+        shorter = round(image_size / crop_fraction) if min(image.size) > image_size else image_size
         steps = [v2.Resize(shorter, antialias=True), v2.CenterCrop(image_size)] + steps  # on PIL, as the loader
     return v2.Compose(steps)(image)
 
@@ -176,7 +187,7 @@ class _TransformedFiles(Dataset):
     """
 
     def __init__(self, files: ImageFileDataset, train: bool, augment: AugmentConfig, image_size: int,
-                 normalize: tuple | None = None) -> None:
+                 normalize: tuple | None = None, crop_fraction: float = EVAL_CROP_FRACTION) -> None:
         from torchvision.transforms import v2
 
         self.files = files
@@ -185,7 +196,7 @@ class _TransformedFiles(Dataset):
             steps = [v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
                                           antialias=True)]
         else:
-            resize_to = round(image_size / EVAL_CROP_FRACTION)
+            resize_to = round(image_size / check_crop_fraction(crop_fraction))
             steps = [v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)]
             self.draft_size = resize_to  # shrinking anyway: let the JPEG decoder skip detail we drop
         if normalize is not None:
@@ -261,7 +272,8 @@ class StreamingLoader(_EpochLoader):
     """
 
     def __init__(self, dataset: ImageFileDataset, workers: int = 2, image_size: int | None = None,
-                 normalize_in_workers: bool | None = None, **kwargs) -> None:
+                 normalize_in_workers: bool | None = None, crop_fraction: float = EVAL_CROP_FRACTION,
+                 **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         if self.train and self.augment.flip == "alternate":
             raise ValueError("augment.flip='alternate' needs images held in memory (32-64 px); for images "
@@ -271,7 +283,7 @@ class StreamingLoader(_EpochLoader):
         self.normalize_in_workers = self.device.type == "cpu" if normalize_in_workers is None else normalize_in_workers
         self._loader = DataLoader(
             _TransformedFiles(dataset, self.train, self.augment, self.image_size,
-                              (self.mean, self.std) if self.normalize_in_workers else None),
+                              (self.mean, self.std) if self.normalize_in_workers else None, crop_fraction),
             batch_sampler=_EpochBatchSampler(self), num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
         )
@@ -304,12 +316,15 @@ def make_loader(dataset: TensorImageDataset | ImageFileDataset, batch_size: int 
                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None, workers: int = 2,
                 channels_last: bool = False, dtype: torch.dtype = torch.float32, *, shuffle: bool | None = None,
                 mean=None, std=None, image_size: int | None = None,
-                normalize_in_workers: bool | None = None) -> InMemoryLoader | StreamingLoader:
+                normalize_in_workers: bool | None = None,
+                crop_fraction: float = EVAL_CROP_FRACTION) -> InMemoryLoader | StreamingLoader:
     """A loader yielding (normalised ``dtype`` images on ``device``, int64 labels), resumable exactly.
 
     ``train`` turns on shuffling, ``augment`` and ``drop_last`` (each overridable). ``mean``/``std``
     default to the dataset's. In-memory datasets ignore ``workers``. ``normalize_in_workers`` (streaming
     only; default: on for a CPU device) moves flip, pad-crop and normalisation into the worker processes.
+    ``crop_fraction`` (streaming evaluation): the shorter side is resized to ``image_size / crop_fraction``
+    before the centre crop.
     """
     common = dict(batch_size=batch_size, train=train, augment=augment, device=device, seed=seed, rank=rank,
                   world_size=world_size, drop_last=drop_last, shuffle=shuffle, channels_last=channels_last,
@@ -318,5 +333,5 @@ def make_loader(dataset: TensorImageDataset | ImageFileDataset, batch_size: int 
         return InMemoryLoader(dataset, **common)
     if isinstance(dataset, ImageFileDataset):
         return StreamingLoader(dataset, workers=workers, image_size=image_size,
-                               normalize_in_workers=normalize_in_workers, **common)
+                               normalize_in_workers=normalize_in_workers, crop_fraction=crop_fraction, **common)
     raise TypeError(f"make_loader needs a dataset from resnets.data.load_data, got {type(dataset).__name__}")
