@@ -16,6 +16,10 @@ the system when freed: that run's peak is the live memory (its steps are slower 
 
     .venv/bin/python benchmarks/grad_checkpointing.py --case resnet152 --json docs/grad_checkpointing_r152.json
     .venv/bin/python benchmarks/grad_checkpointing.py --case resnet1202
+    .venv/bin/python benchmarks/grad_checkpointing.py --case resnet152 --alternate resnets+ckpt timm+ckpt
+
+``--alternate`` times the named variants in one process, one step of each in turn, so that a slow spell of a
+shared machine hits them alike (no memory figures); separate processes can differ by 20% on their own here.
 """
 
 from __future__ import annotations
@@ -103,6 +107,34 @@ def measure(case: str, variant: str, batch: int, steps: int, threads: int) -> di
             "step_seconds_median": statistics.median(times), "step_seconds": times}
 
 
+def alternate(case: str, variants: list[str], batch: int, rounds: int, threads: int) -> int:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    size = CASES[case][0]
+    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    models = {variant: build(case, variant) for variant in variants}
+
+    def step(model: nn.Module) -> float:
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(images), labels)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return time.perf_counter() - start
+
+    for model in models.values():
+        step(model)  # warm-up
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for _ in range(rounds):
+        for variant, model in models.items():
+            times[variant].append(step(model))
+    first = statistics.median(times[variants[0]])
+    print(f"{case}, batch {batch}, {size} px, fp32, {threads} threads, {rounds} alternating rounds")
+    for variant, seconds in times.items():
+        print(f"{variant:14s} median {statistics.median(seconds):6.2f} s  ({statistics.median(seconds) / first:.2f}x)"
+              f"  steps: {', '.join(f'{t:.2f}' for t in seconds)}")
+    return 0
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
@@ -115,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--alternate", nargs="+", metavar="VARIANT", help="time these variants in one process, "
+                        "a step of each in turn (--steps rounds)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant in this process
     args = parser.parse_args(argv)
     batch = args.batch or CASES[args.case][1]
+    if args.alternate:
+        return alternate(args.case, args.alternate, batch, args.steps, args.threads)
     if args.one:
         print(json.dumps(measure(args.case, args.one, batch, args.steps, args.threads)))
         return 0
