@@ -190,15 +190,20 @@ class ResNet(nn.Module):
         """Activation checkpointing (timm's name): in training, each residual block keeps only its input
         and recomputes its inner activations during backward. Memory for activations drops to about one
         tensor per block, for about a third more compute per step; gradients and BatchNorm statistics are
-        the same as without it (stochastic depth replays the same random draws)."""
+        the same as without it (stochastic depth replays the same random draws), eager or under
+        ``torch.compile``."""
         self.grad_checkpointing = bool(enable)
 
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
             return stage(x)
+        compiling = torch.compiler.is_compiling()
         for block in stage:
-            x = checkpoint(block, x, use_reentrant=False,
-                           context_fn=lambda block=block: (contextlib.nullcontext(), _frozen_norm_stats(block)))
+            if compiling:  # the compiled graph recomputes activations only; buffer updates run once, in forward
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=lambda block=block: (contextlib.nullcontext(), _frozen_norm_stats(block)))
         return x
 
     def check_input(self, x: torch.Tensor) -> None:

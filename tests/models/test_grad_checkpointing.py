@@ -83,3 +83,19 @@ def test_features_backbone_checkpoints_too():
         sum(f.square().mean() for f in features).backward()
     for a, b in zip(plain.parameters(), checkpointed.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-6)
+
+
+def test_compiled_checkpointed_model_matches_eager_and_counts_norm_statistics_once():
+    # torch.compile cannot trace the statistics-restoring context, so compiled models checkpoint without it;
+    # the compiled graph recomputes activations only, and the running statistics still update once.
+    torch.manual_seed(0)
+    eager = resnets.create_model("resnet20", layers=(1, 1, 1)).train()
+    compiled = copy.deepcopy(eager)
+    compiled.set_grad_checkpointing()
+    images = torch.randn(8, 3, 32, 32)
+    eager(images).square().mean().backward()
+    torch.compile(compiled)(images).square().mean().backward()
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    for (key, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), key  # num_batches_tracked: 1 and 1
