@@ -252,6 +252,10 @@ def test_grad_checkpointing_trains_to_the_same_weights():
     a, b = (weights(r.model) for r in runs)
     for key in a:  # BatchNorm statistics included: the recompute in backward must not update them again
         assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-5), key
+    from resnets.train import ProcessContext
+    with pytest.raises(ConfigError, match="sync_bn"):
+        Trainer(tiny_config(grad_checkpointing=True, sync_bn=True), splits=tiny_splits(),
+                process=ProcessContext(rank=0, world_size=2))
     with pytest.raises(ConfigError, match="set_grad_checkpointing"):
         Trainer(tiny_config(grad_checkpointing=True), splits=tiny_splits(), model=nn.Sequential(
             nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)))

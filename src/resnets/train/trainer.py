@@ -160,6 +160,10 @@ class Trainer:
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if config.grad_checkpointing:
+            if config.sync_bn and self.process.world_size > 1:
+                raise ConfigError("grad_checkpointing with sync_bn would repeat every BatchNorm's cross-process "
+                                  "reduction inside backward, interleaved with DDP's gradient reductions: use one "
+                                  "of the two (per-process BatchNorm, or no checkpointing)")
             if not hasattr(self.model, "set_grad_checkpointing"):
                 raise ConfigError(f"grad_checkpointing=true needs a model with set_grad_checkpointing (a resnets "
                                   f"ResNet or a timm model); {type(self.model).__name__} has none: set it to false")
