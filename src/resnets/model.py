@@ -268,6 +268,8 @@ class ResNet(nn.Module):
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.spec = self.spec.replace(num_classes=num_classes)
+        if "classes" in getattr(self, "pretrained_cfg", {}):  # published category names belong to the old head
+            self.pretrained_cfg = {k: v for k, v in self.pretrained_cfg.items() if k != "classes"}
         device = next(self.parameters()).device
         self.fc = (nn.Linear(self.num_features, num_classes).to(device) if num_classes > 0 else nn.Identity())
 

@@ -159,6 +159,13 @@ def test_published_weights_carry_their_config_into_a_checkpoint_predict_uses(tmp
     top = json.loads(capsys.readouterr().out)[0]["top"]
     assert len(top) == 3 and all(t["class"] in model.pretrained_cfg["classes"] for t in top)
 
+    # a class list that does not fit the head is refused, and a new head drops the published names
+    wrong = resnets.save_weights(model, tmp_path / "wrong.safetensors", metadata={"classes": ["a", "b"]})
+    assert main(["predict", "--checkpoint", str(wrong), str(image)]) == 2
+    assert "names 2 classes but its model has 1000 outputs" in capsys.readouterr().err
+    model.reset_classifier(4)
+    assert "classes" not in model.pretrained_cfg and model.pretrained_cfg["image_size"] == 224
+
     # the stored crop fraction decides the resize before the centre crop (256 vs 232 for a 224 crop)
     from torchvision.transforms import v2
     pil = Image.open(image).convert("RGB")

@@ -52,6 +52,9 @@ def load_for_inference(checkpoint: str, use_ema: bool = False):
     classes = meta.get("classes")
     if not classes:
         raise UserError(f"{checkpoint} stores no class names, so dataset folders cannot be matched to outputs")
+    if len(classes) != ckpt.spec.num_classes:
+        raise UserError(f"{checkpoint} names {len(classes)} classes but its model has {ckpt.spec.num_classes} outputs; "
+                        "save it with the class list of the head it has (after reset_classifier, the new classes)")
     model = ResNet(ckpt.spec)
     state = ckpt.state_dict
     if use_ema:
