@@ -36,7 +36,7 @@ demo: venv
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/resnets train --recipe cifar-fast --data $(DEMO_DATA) --time-budget $(DEMO_MINUTES) --out $(DEMO_OUT)
 	$(VENV)/bin/resnets eval --checkpoint $(DEMO_OUT)/best.safetensors --data $(EVAL_DATA) --tta flip-translate \
-	  --precision bf16 --json $(DEMO_OUT)/eval.json
+	  --precision auto --json $(DEMO_OUT)/eval.json
 	@echo "run folder: $(DEMO_OUT) (config.yaml, metrics.jsonl, last.pt, best.safetensors, eval.json, eval.confusion.png)"
 
 clean:
