@@ -115,12 +115,24 @@ def test_orthogonalize_pushes_every_singular_value_of_a_filter_bank_near_one():
     wide = torch.randn(16, 8, 3, 3) * torch.logspace(-2, 0, 16).view(16, 1, 1, 1)  # conditioning about 100
     tall = torch.randn(40, 6) @ torch.diag(torch.logspace(-2, 0, 6))
     for matrix in (wide, tall):
-        result = orthogonalize(matrix, steps=5)
-        assert result.shape == matrix.shape and result.dtype == torch.bfloat16
-        singular = torch.linalg.svdvals(result.float().reshape(len(matrix), -1))
-        assert singular.min() > 0.6 and singular.max() < 1.25, singular
+        for dtype in (torch.bfloat16, torch.float32):
+            result = orthogonalize(matrix, steps=5, dtype=dtype)
+            assert result.shape == matrix.shape and result.dtype == dtype
+            singular = torch.linalg.svdvals(result.float().reshape(len(matrix), -1))
+            assert singular.min() > 0.6 and singular.max() < 1.25, (dtype, singular)
         before = torch.linalg.svdvals(matrix.reshape(len(matrix), -1))
         assert before.max() / before.min() > 50  # the input was far from orthogonal
+
+
+def test_orthogonalize_uses_bf16_only_where_the_device_runs_it_natively(monkeypatch):
+    import resnets.train.optim as optim
+
+    matrix = torch.randn(8, 4, 3, 3)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        optim._newton_schulz_dtype.cache_clear()
+        monkeypatch.setattr(optim, "native_bf16", lambda device, native=native: native)
+        assert optim.orthogonalize(matrix, steps=1).dtype == expected
+    optim._newton_schulz_dtype.cache_clear()
 
 
 def test_muon_trains_the_filters_and_leaves_everything_else_to_sgd():
