@@ -46,6 +46,34 @@ def test_every_shipped_recipe_resolves_and_states_its_expected_accuracy():
     assert imagenet.base_lr == pytest.approx(0.4) and imagenet.milestones == [30, 60, 80]
 
 
+def test_a_recipe_can_extend_another_and_state_its_own_accuracy(tmp_path):
+    (tmp_path / "base.yaml").write_text("description: base\nexpected: 50%\nepochs: 4\nlr: 0.3\n"
+                                        "augment: {crop_padding: 4, flip: true}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ndescription: child\nexpected: 60%\nlr: 0.1\n"
+                                         "augment: {flip: false}\n")
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nepochs: 2\n")
+    child = resolve_config(tmp_path / "child.yaml")
+    assert (child.recipe, child.description, child.expected, child.epochs, child.lr) == ("child", "child", "60%", 4, 0.1)
+    assert child.augment == {"crop_padding": 4, "flip": False}  # mappings merge key by key, as --set does
+    grandchild = load_recipe(tmp_path / "grandchild.yaml")
+    assert grandchild["epochs"] == 2 and grandchild["lr"] == 0.1 and grandchild["recipe"] == "grandchild"
+    assert "expected" not in grandchild  # a variant states its own accuracy or none
+    shipped = tmp_path / "shipped.yaml"
+    shipped.write_text("extends: he2015-cifar\nsteps: 100\n")
+    assert resolve_config(shipped).milestones == [32000, 48000] and resolve_config(shipped).steps == 100
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself through a -> b -> a"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml' does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown training option 'learning_rate'"):
+        load_recipe(tmp_path / "typo.yaml")
+
+
 def test_set_overrides_merge_and_type_check():
     overrides = parse_set(["lr=0.2", "augment.cutout_size=8", "model_options.drop_path_rate=0.1", "tta=flip"])
     config = resolve_config("cifar-fast", overrides)

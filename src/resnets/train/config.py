@@ -433,8 +433,12 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     return candidate
 
 
-def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """A recipe's raw values (not yet validated), with ``recipe`` set to its name."""
+def load_recipe(name_or_path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's raw values (not yet validated), with ``recipe`` set to its name.
+
+    ``extends: OTHER`` (a shipped name, or a path relative to this file) starts from that recipe's values and
+    overrides them with this file's, the way ``--set`` does; ``description`` and ``expected`` are this file's
+    own, since the accuracy a variant reaches is its own claim."""
     path = recipe_path(name_or_path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
@@ -442,7 +446,21 @@ def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a mapping of option: value")
+    base_name = values.pop("extends", None)
     _check_keys(values, f"recipe {path.name}")
+    if base_name is not None:
+        if not isinstance(base_name, str) or not base_name:
+            raise ConfigError(f"recipe {path.name}: extends must name a recipe, not {base_name!r}")
+        chain = (*_chain, path.resolve())
+        relative = path.parent / base_name
+        base_path = recipe_path(relative if relative.suffix in (".yaml", ".yml") else base_name)
+        if base_path.resolve() in chain:
+            cycle = " -> ".join(p.stem for p in (*chain, base_path))
+            raise ConfigError(f"recipe {path.name} extends itself through {cycle}; break the cycle")
+        base = load_recipe(base_path, chain)
+        for own in ("recipe", "description", "expected"):
+            base.pop(own, None)
+        values = apply_overrides(base, values)
     values.setdefault("recipe", path.stem)
     return values
 
