@@ -22,8 +22,10 @@ test: venv
 	-@$(MAKE) --no-print-directory browser
 	$(PY) -m pytest -p no:cacheprovider --durations=15 tests
 
-# `make demo`: set up, then train a CIFAR-10 model end to end (cifar-fast recipe, DEMO_MINUTES of
-# training fitted by --time-budget) and evaluate it. DATA=cifar10 downloads the official archive;
+# `make demo`: set up, then train a CIFAR-10 model end to end (DEMO_RECIPE, DEMO_MINUTES of training
+# fitted by --time-budget) and evaluate it. Three minutes hold a few epochs, where cifar-fast-muon beats
+# cifar-fast (82.8% vs 78.6% on a 2-core Xeon, mean of 3 seeds); for budgets past about 10 epochs use
+# DEMO_RECIPE=cifar-fast. DATA=cifar10 downloads the official archive;
 # DATA=DIR uses a local copy (an ImageFolder tree or an extracted cifar-10-batches-py), e.g.
 #   make demo DATA=/work/shared/data/cifar10/train
 # Training holds out 5,000 images for validation; EVAL_DATA (default: DATA; for cifar10 its official
@@ -31,10 +33,11 @@ test: venv
 DEMO_DATA = $(if $(DATA),$(DATA),cifar10)
 EVAL_DATA ?= $(DEMO_DATA)
 DEMO_MINUTES ?= 3
+DEMO_RECIPE ?= cifar-fast-muon
 DEMO_OUT ?= runs/demo
 demo: venv
 	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/resnets train --recipe cifar-fast --data $(DEMO_DATA) --time-budget $(DEMO_MINUTES) --out $(DEMO_OUT)
+	$(VENV)/bin/resnets train --recipe $(DEMO_RECIPE) --data $(DEMO_DATA) --time-budget $(DEMO_MINUTES) --out $(DEMO_OUT)
 	$(VENV)/bin/resnets eval --checkpoint $(DEMO_OUT)/best.safetensors --data $(EVAL_DATA) --tta flip-translate \
 	  --precision auto --json $(DEMO_OUT)/eval.json
 	@echo "run folder: $(DEMO_OUT) (config.yaml, metrics.jsonl, last.pt, best.safetensors, eval.json, eval.confusion.png)"

@@ -15,7 +15,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--recipe", "cifar-fats"], "unknown recipe 'cifar-fats'. Did you mean cifar-fast?"),
+    (["--recipe", "cifar-fats"], "unknown recipe 'cifar-fats'. Did you mean cifar-fast"),
     (["--recipe", "cifar-fast", "--model", "resnet21"], "unknown model 'resnet21'"),
     (["--recipe", "cifar-fast", "--set", "learning_rate=0.1"], "unknown training option 'learning_rate'"),
     (["--recipe", "cifar-fast", "--set", "lr"], "must look like key=value"),
