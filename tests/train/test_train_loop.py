@@ -165,6 +165,25 @@ def test_time_budget_fits_the_run_and_leaves_the_model_untouched():
     assert trainer.total_steps == 150 and [r["total_steps"] for r in trainer.budget_fit["refits"]] == [14, 150]
 
 
+def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
+    """A run of one or two epochs must still be corrected when the machine slows down mid-epoch."""
+    trainer = Trainer(tiny_config(epochs=None, time_budget=0.2, batch_size=4), splits=tiny_splits())
+    calls = []
+    real_refit = trainer.refit_time_budget
+
+    def record(progress=None):
+        calls.append((trainer.step, trainer.batch_in_epoch))
+        return real_refit(progress)
+
+    monkeypatch.setattr(trainer, "refit_time_budget", record)
+    trainer.fit()
+    spe = trainer.steps_per_epoch  # 9 batches of 4: re-fits after every 2nd step of an epoch, and at its end
+    assert spe == 9 and trainer.budget_fit is not None
+    mid_epoch = [(step, batch) for step, batch in calls if batch]  # the epoch end has reset its batch count
+    assert mid_epoch and all(step % 2 == 0 and batch < spe for step, batch in mid_epoch)
+    assert any(batch == 0 and step % spe == 0 for step, batch in calls)  # the epoch-end re-fit is still there
+
+
 def test_callbacks_and_param_group_override_are_used():
     seen = {"batches": 0, "backward": 0, "epochs": []}
 

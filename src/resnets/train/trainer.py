@@ -455,8 +455,8 @@ class Trainer:
                  f"-> {total} steps ({total / spe:.1f} epochs)" + (f", recipe's {nominal} scaled" if nominal else ""))
 
     def refit_time_budget(self, progress=None) -> None:
-        """At an epoch end, re-fit the run length to the budget from the pace measured so far (a shared or
-        throttled machine can be slower than the probe said). The schedule stretches or shrinks (at most
+        """At an epoch end and every quarter of an epoch, re-fit the run length to the budget from the pace
+        measured so far (a shared or throttled machine can be slower than the probe said). The schedule stretches or shrinks (at most
         to 1.5x the first fit); the new length goes into the config and the checkpoint."""
         fit = self.budget_fit
         if fit is None or self.step == 0 or self.step >= self.total_steps:
@@ -629,6 +629,9 @@ class Trainer:
                      f"{self.total_steps}")
         progress = self._progress_bar()
         check_every = 1 if self.device.type == "cpu" else c.log_every
+        # a budget re-fits four times an epoch, not only at its end: a run of one or two epochs (three minutes
+        # on a slow CPU) would otherwise get one correction at most, and a slow stretch after it overran the budget
+        refit_every = max(1, self.steps_per_epoch // 4)
         run_start = time.perf_counter() - self.elapsed
         try:
             while self.step < self.total_steps:
@@ -658,6 +661,10 @@ class Trainer:
                         self.elapsed = time.perf_counter() - run_start
                         self.check_finite()
                         self.save_last()
+                    if self.budget_fit is not None and self.step % refit_every == 0 \
+                            and self.batch_in_epoch < self.steps_per_epoch:  # the epoch end re-fits below
+                        self.elapsed = time.perf_counter() - run_start
+                        self.refit_time_budget(progress)
                     if self.step >= self.total_steps:
                         break
                 self.check_finite()
