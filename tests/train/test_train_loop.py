@@ -152,11 +152,12 @@ def test_time_budget_fits_the_run_and_leaves_the_model_untouched():
     trainer.fit_time_budget()
     assert trainer.config.steps == trainer.total_steps >= 1 and trainer.config.epochs is None
     assert trainer.budget_fit["step_seconds"] > 0
+    assert trainer.budget_fit["setup_seconds"] >= trainer.budget_fit["probe_seconds"] > 0  # the probe spends budget
     fitted_seconds = trainer.total_steps * trainer.budget_fit["step_seconds"]
     assert fitted_seconds <= 0.05 * 60
     assert all(torch.equal(initial[k], v) for k, v in trainer.model.state_dict().items())
     # at epoch ends the run re-fits to the pace measured so far: slower shrinks it, faster stretches it (<= 1.5x)
-    trainer.budget_fit.update(probe_seconds=0.0, final_eval_seconds=0.0, fitted_steps=100)
+    trainer.budget_fit.update(setup_seconds=0.0, final_eval_seconds=0.0, fitted_steps=100)
     trainer.total_steps, trainer.step, trainer.elapsed = 100, 10, 2.0  # 0.2 s/step, 0.91 s of 2.91 left
     trainer.refit_time_budget()
     assert trainer.total_steps == trainer.config.steps == 14 and trainer.schedule.total_steps == 14

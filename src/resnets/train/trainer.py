@@ -148,6 +148,7 @@ class Trainer:
         _seed_everything(config.seed)
 
         self.splits = splits if splits is not None else self._load_data()
+        self._setup_start = time.perf_counter()  # a time budget counts from here: setup after the data load
         self.classes = list(self.splits.classes)
         self.num_classes = len(self.classes)
         self.model = model if model is not None else self._build_model()
@@ -436,7 +437,9 @@ class Trainer:
         views = {"none": 1, "flip": 2, "flip-translate": 6, "10crop": 10}[c.tta]
         final_eval = eval_seconds * views
         per_epoch = spe * step_seconds + eval_seconds / c.eval_every
-        available = budget * 0.97 - final_eval - self.elapsed
+        # what the budget already spent before the first step: model and loader setup, whitening, this probe
+        setup_seconds = time.perf_counter() - self._setup_start
+        available = budget * 0.97 - final_eval - self.elapsed - setup_seconds
         total = max(1, int(available / per_epoch * spe)) if available > 0 else 1
         total = self.process.broadcast_int(total)  # every rank runs rank 0's fitted length
         nominal_schedule = LRSchedule.from_config(c, spe, nominal or total)
@@ -449,7 +452,8 @@ class Trainer:
                            "probed_sizes": sorted(measured),
                            "eval_seconds": eval_seconds, "nominal_steps": nominal,
                            "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
-                           "probe_seconds": time.perf_counter() - probe_start, "refits": []}
+                           "probe_seconds": time.perf_counter() - probe_start, "setup_seconds": setup_seconds,
+                           "refits": []}
         self._fitted_schedule = self.schedule
         self.log(f"time budget {c.time_budget:g} min: {step_seconds * 1000:.0f} ms/step, eval {eval_seconds:.1f} s "
                  f"-> {total} steps ({total / spe:.1f} epochs)" + (f", recipe's {nominal} scaled" if nominal else ""))
@@ -462,7 +466,7 @@ class Trainer:
         if fit is None or self.step == 0 or self.step >= self.total_steps:
             return
         seconds_per_step = self.elapsed / self.step  # training and per-epoch evaluation, as it really went
-        remaining = self.config.time_budget * 60.0 * 0.97 - fit["probe_seconds"] - self.elapsed \
+        remaining = self.config.time_budget * 60.0 * 0.97 - fit["setup_seconds"] - self.elapsed \
             - fit["final_eval_seconds"]
         # the probe's per-size step times predict the steps done; their ratio to the clock (evaluations, a
         # slower machine) scales the prediction of the steps left (with one size: elapsed / step per step)
