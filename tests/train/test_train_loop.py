@@ -185,6 +185,26 @@ def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
     assert any(batch == 0 and step % spe == 0 for step, batch in calls)  # the epoch-end re-fit is still there
 
 
+def test_a_resumed_time_budget_keeps_its_fit_and_refits(tmp_path):
+    """last.pt carries the budget's fit through a weights-only load, so a resumed run re-fits to what is left."""
+    trainer = Trainer(tiny_config(epochs=None, time_budget=1.0, schedule="step", milestones=[1, 2],
+                                  milestone_unit="epochs", warmup=1, warmup_unit="epochs"), tmp_path / "run", splits=tiny_splits())
+    trainer.fit_time_budget()
+    trainer.step, trainer.elapsed = 2, 0.5
+    trainer._prepare_run_dir()
+    trainer.save_last()
+    resumed = Trainer(trainer.config, tmp_path / "run", splits=tiny_splits())
+    resumed.load_training_state(load_training_checkpoint(tmp_path / "run" / "last.pt"))
+    assert resumed.budget_fit == trainer.budget_fit
+    first, again = trainer._fitted_schedule, resumed._fitted_schedule
+    assert (again.total_steps, again.milestones, again.warmup_steps) == (first.total_steps, first.milestones,
+                                                                         first.warmup_steps)
+    assert [again(s) for s in range(first.total_steps)] == [first(s) for s in range(first.total_steps)]
+    resumed.budget_fit.update(setup_seconds=0.0, final_eval_seconds=0.0, fitted_steps=100)
+    resumed.total_steps, resumed.elapsed = 100, 2.0  # 1 s/step at step 2: far slower than fitted -> shrink
+    resumed.refit_time_budget()
+    assert resumed.total_steps < 100 and resumed.budget_fit["refits"]
+
 def test_callbacks_and_param_group_override_are_used():
     seen = {"batches": 0, "backward": 0, "epochs": []}
 

@@ -453,6 +453,7 @@ class Trainer:
                            "eval_seconds": eval_seconds, "nominal_steps": nominal,
                            "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
                            "probe_seconds": time.perf_counter() - probe_start, "setup_seconds": setup_seconds,
+                           "fitted_milestones": list(fitted.milestones), "fitted_warmup": fitted.warmup_steps,
                            "refits": []}
         self._fitted_schedule = self.schedule
         self.log(f"time budget {c.time_budget:g} min: {step_seconds * 1000:.0f} ms/step, eval {eval_seconds:.1f} s "
@@ -505,7 +506,8 @@ class Trainer:
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "total_steps": self.total_steps, "best_val_top1": self.best_val_top1,
                          "best_epoch": self.best_epoch, "elapsed": self.elapsed,
-                         "error_warmup_active": self.error_warmup_active},
+                         "error_warmup_active": self.error_warmup_active,
+                         "budget_fit": copy.deepcopy(self.budget_fit)},
             "epoch_sums": self.epoch_sums.detach().cpu(),
             "error_window": self.error_window.detach().cpu(),
             "spec": self.spec.to_dict() if self.spec is not None else None,
@@ -547,6 +549,7 @@ class Trainer:
         self.schedule = LRSchedule.from_config(self.config, self.steps_per_epoch, self.total_steps)
         self.best_val_top1, self.best_epoch, self.elapsed = p["best_val_top1"], p["best_epoch"], float(p["elapsed"])
         self.error_warmup_active = bool(p["error_warmup_active"])
+        self._restore_budget_fit(p.get("budget_fit"))  # absent in checkpoints of older versions: no re-fits
         self.epoch_sums = body["epoch_sums"].to(self.device)
         self.error_window = body["error_window"].to(self.device)
         if not self.is_main:  # the checkpoint's sums are over all ranks: count them once
@@ -555,6 +558,16 @@ class Trainer:
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         restore_rng_state(body["rng"])
         self._resumed = True
+
+    def _restore_budget_fit(self, fit: dict | None) -> None:
+        """A resumed time-budgeted run keeps re-fitting to what is left of its budget (the checkpoint's
+        ``elapsed``), from the schedule its first fit chose."""
+        if fit is None or "fitted_milestones" not in fit or self.config.time_budget is None:
+            return
+        self.budget_fit = fit
+        first = self.config.replace(milestones=list(fit["fitted_milestones"]), milestone_unit="steps",
+                                    warmup=fit["fitted_warmup"], warmup_unit="steps")
+        self._fitted_schedule = LRSchedule.from_config(first, self.steps_per_epoch, int(fit["fitted_steps"]))
 
     def _eval_weights_model(self) -> nn.Module:
         if self.ema is not None:
