@@ -12,6 +12,7 @@ from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
 from resnets.train import (Callback, ConfigError, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
                            param_groups, resolve_config, train)
 from resnets.train import checkpoint as checkpoint_module
+from resnets.train.trainer import probe_step_count
 from resnets.weights import model_from_checkpoint
 
 CLASSES = ["cat", "dog", "eel"]
@@ -143,6 +144,17 @@ def test_no_decay_groups_hold_norm_weights_and_biases():
     assert len(decay | no_decay) == len(list(model.parameters()))
     trainer = Trainer(tiny_config(no_decay_norm_bias=True, weight_decay=5e-4), splits=tiny_splits())
     assert sorted(g["weight_decay"] for g in trainer.optimizer.param_groups) == [0.0, 5e-4]
+
+
+def test_the_probe_times_fewer_steps_where_six_would_eat_the_budget():
+    # 7.5 minutes with 0.8 s steps at 20 px (about 2 s at 32): 6 steps at each size would take 17 s, 3.8% of it
+    assert probe_step_count(450, 0.8, [20, 32], 87) == 4
+    assert probe_step_count(180, 0.95, [20, 32], 87) == 3  # never fewer than 3
+    assert probe_step_count(180, 0.05, [20, 32], 87) == 6  # a fast machine affords the full probe
+    assert probe_step_count(180, 0.05, [32], 2) == 3  # tiny epochs: at least 3, the loader wraps around
+    trainer = Trainer(tiny_config(epochs=None, time_budget=0.05), splits=tiny_splits())
+    trainer.fit_time_budget()
+    assert 3 <= trainer.budget_fit["probe_steps"] <= 6
 
 
 def test_time_budget_fits_the_run_and_leaves_the_model_untouched():

@@ -119,6 +119,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+PROBE_BUDGET_SHARE = 0.03  # the time-budget probe's timed steps take at most about this share of the budget
+
+
+def probe_step_count(budget_seconds: float, warm_step_seconds: float, sizes: list[int], steps_per_epoch: int) -> int:
+    """How many steps the time-budget probe times at each size: 6 where the budget affords them, down to 3 where
+    6 would take more than ``PROBE_BUDGET_SHARE`` of it (on a 2-core CPU without AVX-512, with 2.5 s steps at
+    32 px, timing 6 steps at 20 and 32 px took 29 s: a sixth of a 3-minute budget). ``warm_step_seconds`` is
+    the last warm-up step at the first size; larger sizes are costed by their pixel count. The re-fits four
+    times an epoch correct the rougher first estimate fewer steps give."""
+    per_round = sum(warm_step_seconds * (size / sizes[0]) ** 2 for size in sizes)
+    affordable = int(PROBE_BUDGET_SHARE * budget_seconds / max(per_round, 1e-9))
+    return max(3, min(6, steps_per_epoch, affordable))
+
+
 class Trainer:
     """Trains one model under one ``TrainConfig``; see the module docstring for the extension points."""
 
@@ -391,27 +405,32 @@ class Trainer:
         ema_state = {k: v.clone() for k, v in self.ema.state.items()} if self.ema else None
         scaler_state = copy.deepcopy(self.scaler.state_dict())
         rng = capture_rng_state()
-        timed = max(3, min(6, spe))
         self.schedule = LRSchedule("constant", 1)
         saved_active = self.error_warmup_active
         self.error_warmup_active = False
         batches = iter(self.train_loader)
         self.train_loader.set_epoch(0)
+
+        def timed_step() -> float:
+            nonlocal batches
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                batches = iter(self.train_loader)
+                images, labels = next(batches)
+            start = time.perf_counter()
+            float(self.train_step(images, labels))
+            return time.perf_counter() - start
+
+        sizes = self.resolution.probe_sizes()  # one size unless progressive resizing
         measured: dict[int, float] = {}
-        for position, size in enumerate(self.resolution.probe_sizes()):  # one size unless progressive resizing
+        timed = 0
+        for position, size in enumerate(sizes):
             self._probe_size = size
-            samples = []
-            for _ in range((2 if position == 0 else 1) + timed):
-                try:
-                    images, labels = next(batches)
-                except StopIteration:
-                    batches = iter(self.train_loader)
-                    images, labels = next(batches)
-                start = time.perf_counter()
-                loss = self.train_step(images, labels)
-                float(loss)
-                samples.append(time.perf_counter() - start)
-            measured[size] = float(np.median(samples[-timed:]))
+            warm = [timed_step() for _ in range(2 if position == 0 else 1)]  # first steps build kernels
+            if position == 0:
+                timed = probe_step_count(budget, warm[-1], sizes, spe)
+            measured[size] = float(np.median([timed_step() for _ in range(timed)]))
         self._probe_size = None
         seconds_by_size = self.resolution.interpolate_step_seconds(measured)
         step_seconds = self.resolution.mean_step_seconds(seconds_by_size)
@@ -449,7 +468,7 @@ class Trainer:
         self.total_steps = total
         self.schedule = LRSchedule.from_config(self.config, spe, total)
         self.budget_fit = {"step_seconds": step_seconds, "seconds_by_size": seconds_by_size,
-                           "probed_sizes": sorted(measured),
+                           "probed_sizes": sorted(measured), "probe_steps": timed,
                            "eval_seconds": eval_seconds, "nominal_steps": nominal,
                            "fitted_steps": total, "fitted_epochs": total / spe, "final_eval_seconds": final_eval,
                            "probe_seconds": time.perf_counter() - probe_start, "setup_seconds": setup_seconds,
