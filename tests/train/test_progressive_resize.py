@@ -86,7 +86,8 @@ def test_time_budget_probes_each_size_and_refits_with_the_cost_model():
     assert all(torch.equal(initial[k], v) for k, v in trainer.model.state_dict().items())
     assert trainer.total_steps * fit["step_seconds"] <= 0.05 * 60
     # the refit: 50 small steps were predicted to take 0.5 s and took 1 s, so the pace is 2x the probe's
-    fit.update(seconds_by_size={8: 0.01, 16: 0.02}, setup_seconds=0.0, final_eval_seconds=0.0, fitted_steps=100)
+    fit.update(seconds_by_size={8: 0.01, 16: 0.02}, setup_seconds=0.0, final_eval_seconds=0.0, eval_seconds=0.0,
+               fitted_steps=100)
     trainer.total_steps, trainer.step, trainer.elapsed = 100, 50, 1.0
     remaining = 0.05 * 60 * 0.97 - 1.0
     expected = max(total for total in range(51, 151)

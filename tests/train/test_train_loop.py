@@ -169,13 +169,39 @@ def test_time_budget_fits_the_run_and_leaves_the_model_untouched():
     assert fitted_seconds <= 0.05 * 60
     assert all(torch.equal(initial[k], v) for k, v in trainer.model.state_dict().items())
     # at epoch ends the run re-fits to the pace measured so far: slower shrinks it, faster stretches it (<= 1.5x)
-    trainer.budget_fit.update(setup_seconds=0.0, final_eval_seconds=0.0, fitted_steps=100)
+    trainer.budget_fit.update(setup_seconds=0.0, final_eval_seconds=0.0, eval_seconds=0.0, fitted_steps=100)
     trainer.total_steps, trainer.step, trainer.elapsed = 100, 10, 2.0  # 0.2 s/step, 0.91 s of 2.91 left
     trainer.refit_time_budget()
     assert trainer.total_steps == trainer.config.steps == 14 and trainer.schedule.total_steps == 14
     trainer.elapsed = 0.01  # 1 ms/step: much faster than fitted
     trainer.refit_time_budget()
     assert trainer.total_steps == 150 and [r["total_steps"] for r in trainer.budget_fit["refits"]] == [14, 150]
+
+
+def test_time_budget_counts_the_evaluations_left_at_their_measured_cost():
+    trainer = Trainer(tiny_config(epochs=None, time_budget=0.05), splits=tiny_splits())
+    trainer.fit_time_budget()
+    fit = trainer.budget_fit
+    assert trainer.steps_per_epoch == 3 and fit["tta_views"] == 1
+    # a run shorter than an epoch still ends with an evaluation; longer ones add one per epoch end
+    assert trainer._evaluations_left(2) == 1 and trainer._evaluations_left(7) == 3
+    trainer.config = trainer.config.replace(eval_every=2)
+    assert trainer._evaluations_left(7) == 2 and trainer._evaluations_left(13) == 3
+    trainer.config = trainer.config.replace(eval_every=1)
+    # a whole validation pass, once measured, replaces the probe's one-batch estimate
+    trainer._note_evaluation_time(0.2)
+    trainer._note_evaluation_time(0.2)
+    assert fit["eval_seconds"] == 0.2 and fit["final_eval_seconds"] == 0.2
+    assert fit["eval_seconds_spent"] == pytest.approx(0.4)
+    # step 4 of 20 after 1.4 s, 0.4 of them training at the probe's 0.1 s/step (pace 1) and 1.0 evaluating
+    # (the eval time of the test's own fit is set here): 1.51 s of 2.91 are left. 12 steps in all leave 8
+    # steps (0.8 s) and evaluations at the ends of epochs 2 and 3 and at the end (0.6 s); 13 would need 1.7 s.
+    # Counting the evaluations into the pace instead (3.5x the probe) would have cut the run to 8 steps.
+    fit.update(seconds_by_size={size: 0.1 for size in fit["seconds_by_size"]}, setup_seconds=0.0,
+               final_eval_seconds=0.0, fitted_steps=20, eval_seconds_spent=1.0)
+    trainer.total_steps, trainer.step, trainer.elapsed = 20, 4, 1.4
+    trainer.refit_time_budget()
+    assert trainer.total_steps == 12
 
 
 def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
