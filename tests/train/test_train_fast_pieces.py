@@ -44,13 +44,15 @@ def test_cifar_fast_recipe_is_airbench_on_the_narrow_resnet_airbench():
     assert config.lookahead_decay == pytest.approx(0.95 ** 5)
 
 
-def test_cifar_fast_muon_recipe_is_cifar_fast_with_muon_for_the_filters_only():
+def test_cifar_fast_muon_recipe_is_cifar_fast_with_muon_and_cheaper_steps_only():
     fast, muon = resolve_config("cifar-fast").to_dict(), resolve_config("cifar-fast-muon").to_dict()
     changed = {key for key in fast if fast[key] != muon[key]}
     assert changed == {"recipe", "description", "expected", "optimizer", "muon_lr", "muon_momentum",
-                       "muon_ns_steps", "muon_normalize", "warmup_start", "final_lr"}
+                       "muon_ns_steps", "muon_normalize", "warmup_start", "final_lr", "model_options",
+                       "progressive_min_size"}
     assert (muon["optimizer"], muon["muon_lr"], muon["muon_momentum"], muon["muon_ns_steps"]) == ("muon", 0.2, 0.6, 3)
     assert muon["muon_normalize"] and (muon["warmup_start"], muon["final_lr"]) == (1.0, 0.0)
+    assert muon["model_options"] == {"widths": [48, 128, 128]} and muon["progressive_min_size"] == 16
 
 
 def test_whitened_stem_stays_frozen_and_its_bias_trains_for_the_first_epochs_only():
