@@ -204,6 +204,19 @@ def test_time_budget_counts_the_evaluations_left_at_their_measured_cost():
     assert trainer.total_steps == 12
 
 
+def test_a_refit_follows_the_length_rank_0_broadcasts(monkeypatch):
+    """Each process's clock differs; processes that picked their own lengths would part mid-run."""
+    trainer = Trainer(tiny_config(epochs=None, time_budget=0.05), splits=tiny_splits())
+    trainer.fit_time_budget()
+    proposed = []
+    monkeypatch.setattr(trainer.process, "broadcast_int", lambda value: proposed.append(value) or 17)
+    trainer.budget_fit.update(setup_seconds=0.0, final_eval_seconds=0.0, eval_seconds=0.0, fitted_steps=20)
+    trainer.total_steps, trainer.step, trainer.elapsed = 20, 4, 0.4
+    trainer.refit_time_budget()
+    assert proposed and proposed[0] != 17  # this process's own answer went to the broadcast
+    assert trainer.total_steps == trainer.config.steps == 17 == trainer.schedule.total_steps
+
+
 def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
     """A run of one or two epochs must still be corrected when the machine slows down mid-epoch."""
     trainer = Trainer(tiny_config(epochs=None, time_budget=0.2, batch_size=4), splits=tiny_splits())
