@@ -17,9 +17,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TTA_MODES", "tta_logits", "tta_views"]
+__all__ = ["TTA_MODES", "TTA_VIEW_COUNTS", "tta_logits", "tta_views"]
 
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
+# forward passes per image: what a time budget sets aside for the final evaluation
+TTA_VIEW_COUNTS = {"none": 1, "flip": 2, "flip-translate": 6, "10crop": 10}
 
 
 def _check(mode: str) -> None:

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..evaluate.metrics import EvalResult, evaluate
 from ..evaluate.robustness import AdversarialTraining
+from ..evaluate.tta import TTA_VIEW_COUNTS
 from ..precision import autocast_context, native_bf16, resolve_precision
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
@@ -453,7 +454,7 @@ class Trainer:
         restore_rng_state(rng)
         self.error_warmup_active = saved_active
         self._reset_epoch_sums()
-        views = {"none": 1, "flip": 2, "flip-translate": 6, "10crop": 10}[c.tta]
+        views = TTA_VIEW_COUNTS[c.tta]
         final_eval = eval_seconds * views
         per_epoch = spe * step_seconds + eval_seconds / c.eval_every
         # what the budget already spent before the first step: model and loader setup, whitening, this probe
@@ -536,7 +537,7 @@ class Trainer:
             return
         fit["eval_seconds_spent"] = fit.get("eval_seconds_spent", 0.0) + seconds
         fit["eval_seconds"] = seconds
-        fit["final_eval_seconds"] = seconds * fit.get("tta_views", 1)
+        fit["final_eval_seconds"] = seconds * TTA_VIEW_COUNTS[self.config.tta]
 
     # ------------------------------------------------------------ checkpoints
     def training_state(self) -> dict[str, Any]:
