@@ -89,3 +89,17 @@ def test_bench_cli_times_against_torchvision(capsys, tmp_path):
     assert "--batch 'one' must be comma-separated integers" in err
     err = _error(capsys, ["bench", "--precision", "fp8"])
     assert "--precision 'fp8' is unknown" in err
+
+
+def test_bench_times_the_bf16_peak_only_where_a_row_needs_it(monkeypatch):
+    """Emulated bf16 (a CPU without AVX-512 BF16 or AMX) makes the 1024^3 peak matmul take seconds a round;
+    an fp32-only run there skips it, and reports that it did."""
+    from resnets import create_model
+    from resnets.deploy import bench as bench_module
+
+    model = create_model("resnet20").eval()
+    for native in (False, True):
+        monkeypatch.setattr(bench_module, "native_bf16", lambda *args, native=native: native)
+        rows, env = bench_module.benchmark(model, "resnet20", [1], ("fp32",), rounds=1, baseline=False)
+        assert (env["peak_bf16_gflops"] is not None) is native
+        assert rows and all(r.peak_share > 0 for r in rows)

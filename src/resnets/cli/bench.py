@@ -90,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         except ExportError as exc:  # a runtime asked for (onnxruntime, openvino) is missing
             raise UserError(str(exc)) from None
         print(format_rows(rows))
+        bf16_peak = env["peak_bf16_gflops"]
         print(f"machine: {env['cpu']}, {env['threads']} threads, torch {env['torch']}; matmul peak "
-              f"fp32 {env['peak_fp32_gflops']:.0f} GFLOP/s, bf16 {env['peak_bf16_gflops']:.0f} GFLOP/s")
+              f"fp32 {env['peak_fp32_gflops']:.0f} GFLOP/s, bf16 "
+              + (f"{bf16_peak:.0f} GFLOP/s" if bf16_peak is not None else "not timed (emulated here, no bf16 rows)"))
         output = {"rows": [r.as_dict() for r in rows], "env": env}
     if args.json:
         Path(args.json).write_text(json.dumps(output, indent=2))

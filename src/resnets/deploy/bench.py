@@ -156,9 +156,14 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
     if input_size is None:
         input_size = default_input_size(model)
     prof = profile(model, input_size)
-    matmuls = {dtype: (torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype), torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype))
-               for dtype in (torch.float32, torch.bfloat16)}
-    peak_samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    # the bf16 peak only where a bf16 row needs it or the CPU runs bf16 natively: emulated, the 1024^3 matmul
+    # takes seconds a round (2 s on a 2-core CPU without AVX-512) and would be no peak of anything
+    peak_keys = {"fp32": torch.float32}
+    if "bf16" in precisions or native_bf16():
+        peak_keys["bf16"] = torch.bfloat16
+    matmuls = {key: (torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype), torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype))
+               for key, dtype in peak_keys.items()}
+    peak_samples: dict[str, list[float]] = {key: [] for key in peak_keys}
     twin = _torchvision_twin(name, spec.num_classes if spec is not None else None) if baseline else None
     rows: list[BenchRow] = []
     for batch in batches:
@@ -171,13 +176,13 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
         for vname, fn in variants.items():
             timed[vname] = lambda f=fn, x=example: f(x)
         # The peak is timed in the same rounds, so it sees the same load as the models.
-        for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            timed[f"matmul {key}"] = lambda ab=matmuls[dtype]: ab[0] @ ab[1]
+        for key in peak_keys:
+            timed[f"matmul {key}"] = lambda ab=matmuls[key]: ab[0] @ ab[1]
         if log:
             log(f"batch {batch}: timing {len(timed)} variants, {rounds} rounds")
         times = time_round_robin(timed, rounds, min_seconds=min_seconds)
         base = statistics.median(times["torchvision fp32 eager NCHW"]) if twin is not None else None
-        for key in ("fp32", "bf16"):
+        for key in peak_keys:
             peak_samples[key] += times.pop(f"matmul {key}")
         peaks = {key: 2 * PEAK_SIZE ** 3 / statistics.median(v) / 1e9 for key, v in peak_samples.items()}
         peaks["int8"] = max(peaks.values())  # int8 rows: share of the faster float matmul (bf16 where native)
@@ -191,7 +196,7 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
                                  speedup=(base / p50) if base else float("nan"), params=prof.params, macs=prof.macs))
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "native_bf16": native_bf16(),
-           "peak_fp32_gflops": peaks["fp32"], "peak_bf16_gflops": peaks["bf16"]}
+           "peak_fp32_gflops": peaks["fp32"], "peak_bf16_gflops": peaks.get("bf16")}
     return rows, env
 
 
