@@ -11,7 +11,7 @@ from torch import nn
 
 from resnets.cli import main
 from resnets.data import DataSplits, TensorImageDataset, make_image_folder, make_loader, make_tensor_dataset
-from resnets.evaluate import EvalSums, evaluate, tta_logits, tta_views
+from resnets.evaluate import EvalSums, evaluate, evaluate_with_plain, tta_logits, tta_views
 from resnets.train import TrainConfig, train
 from resnets.weights import model_from_checkpoint
 
@@ -68,6 +68,38 @@ def test_tta_views_and_averaging():
         tta_views(images, "rotate")
 
 
+
+class CountingModel(nn.Module):
+    """A small convolutional net that counts the images it is run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return self.body(x)
+
+
+@pytest.mark.parametrize("mode, views", [("none", 1), ("flip", 2), ("flip-translate", 6), ("10crop", 11)])
+def test_one_pass_gives_the_tta_and_the_plain_results(mode, views):
+    """A run's last validation pass and its final TTA pass share the image-as-is view: one pass, two results,
+    each equal to its own separate evaluation."""
+    generator = torch.Generator().manual_seed(3)
+    loader = [(torch.randn(5, 3, 12, 12, generator=generator), torch.randint(0, 4, (5,), generator=generator))
+              for _ in range(2)]
+    model = CountingModel()
+    with_tta, plain = evaluate_with_plain(model, loader, num_classes=4, tta=mode)
+    assert model.images == 10 * views  # 10crop has no image-as-is view: one more
+    assert (with_tta.tta, plain.tta) == (mode, "none")
+    separate = {"tta": evaluate(model, loader, 4, tta=mode), "plain": evaluate(model, loader, 4)}
+    for got, want in ((with_tta, separate["tta"]), (plain, separate["plain"])):
+        assert got.confusion == want.confusion and got.loss == pytest.approx(want.loss, rel=1e-6)
+    if mode != "none":  # the views change the logits, so the two results are not the same numbers
+        assert with_tta.loss != pytest.approx(plain.loss, rel=1e-6)
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
@@ -88,7 +120,7 @@ def test_eval_cli_matches_direct_evaluation(trained_run, capsys, monkeypatch):
     out = root / "metrics.json"
     assert main(["eval", "--checkpoint", str(root / "run" / "best.safetensors"), "--data", str(folder),
                  "--json", str(out), "--tta", "flip"]) == 0
-    assert "top-1" in capsys.readouterr().out
+    assert "without TTA (same pass): top-1" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["classes"] == CLASSES and report["count"] == 18 and report["tta"] == "flip"
     assert set(report["per_class_accuracy"]) == set(CLASSES)
@@ -99,6 +131,9 @@ def test_eval_cli_matches_direct_evaluation(trained_run, capsys, monkeypatch):
     direct = evaluate(model, loader, 3, CLASSES, tta="flip")
     assert report["confusion"] == direct.confusion and report["top1"] == pytest.approx(direct.top1)
     assert report["loss"] == pytest.approx(direct.loss, rel=1e-5)
+    plain = evaluate(model, loader, 3, CLASSES)  # the same pass also reports the accuracy without TTA
+    assert report["extra"]["without_tta"]["top1"] == pytest.approx(plain.top1)
+    assert report["extra"]["without_tta"]["loss"] == pytest.approx(plain.loss, rel=1e-5)
 
 
 def test_eval_cli_rejects_unknown_class_folders(trained_run, tmp_path, capsys, monkeypatch):

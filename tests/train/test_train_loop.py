@@ -67,6 +67,28 @@ def test_run_folder_contents_and_weights_only_checkpoint(tmp_path):
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
 
 
+
+def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
+    """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
+    and each result equals its own separate evaluation of the final weights."""
+    from resnets.evaluate import evaluate
+    from resnets.train import trainer as trainer_module
+
+    calls = []
+    for name in ("evaluate", "evaluate_with_plain"):
+        real = getattr(trainer_module, name)
+        monkeypatch.setattr(trainer_module, name,
+                            lambda *a, name=name, real=real, **k: calls.append((name, k["tta"])) or real(*a, **k))
+    trainer = Trainer(tiny_config(tta="flip-translate", ema_decay=0.5), splits=tiny_splits())
+    result = trainer.fit()
+    assert calls == [("evaluate", "none"), ("evaluate_with_plain", "flip-translate")]
+    model, loader = trainer._eval_weights_model(), trainer.val_loader
+    alone = {tta: evaluate(model, loader, 3, CLASSES, tta=tta) for tta in ("none", "flip-translate")}
+    assert result.final.tta == "flip-translate" and result.final.confusion == alone["flip-translate"].confusion
+    assert result.final.loss == pytest.approx(alone["flip-translate"].loss, rel=1e-6)
+    assert result.history[-1]["val_top1"] == alone["none"].top1
+    assert result.history[-1]["val_loss"] == pytest.approx(alone["none"].loss, rel=1e-6)
+
 def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(epochs=1), tmp_path, splits=tiny_splits())
     trainer.fit()
@@ -183,22 +205,26 @@ def test_time_budget_counts_the_evaluations_left_at_their_measured_cost():
     trainer.fit_time_budget()
     fit = trainer.budget_fit
     assert trainer.steps_per_epoch == 3 and fit["tta_views"] == 1
-    # a run shorter than an epoch still ends with an evaluation; longer ones add one per epoch end
-    assert trainer._evaluations_left(2) == 1 and trainer._evaluations_left(7) == 3
+    # before the final pass (costed apart), a run makes one evaluation per epoch end
+    assert trainer._evaluations_left(2) == 0 and trainer._evaluations_left(7) == 2
     trainer.config = trainer.config.replace(eval_every=2)
-    assert trainer._evaluations_left(7) == 2 and trainer._evaluations_left(13) == 3
-    trainer.config = trainer.config.replace(eval_every=1)
+    assert trainer._evaluations_left(7) == 1 and trainer._evaluations_left(13) == 2
+    # the final pass gives the plain and the TTA results: one more view where TTA leaves out the image as is
+    for tta, views in (("none", 1), ("flip-translate", 6), ("10crop", 11)):
+        trainer.config = trainer.config.replace(tta=tta)
+        assert trainer._final_pass_views() == views
+    trainer.config = trainer.config.replace(eval_every=1, tta="none")
     # a whole validation pass, once measured, replaces the probe's one-batch estimate
     trainer._note_evaluation_time(0.2)
     trainer._note_evaluation_time(0.2)
     assert fit["eval_seconds"] == 0.2 and fit["final_eval_seconds"] == 0.2
     assert fit["eval_seconds_spent"] == pytest.approx(0.4)
     # step 4 of 20 after 1.4 s, 0.4 of them training at the probe's 0.1 s/step (pace 1) and 1.0 evaluating
-    # (the eval time of the test's own fit is set here): 1.51 s of 2.91 are left. 12 steps in all leave 8
-    # steps (0.8 s) and evaluations at the ends of epochs 2 and 3 and at the end (0.6 s); 13 would need 1.7 s.
-    # Counting the evaluations into the pace instead (3.5x the probe) would have cut the run to 8 steps.
+    # (the eval time of the test's own fit is set here): 1.51 s of 2.91 are left, 1.31 after the final pass.
+    # 12 steps in all leave 8 steps (0.8 s) and evaluations at the ends of epochs 2 and 3 (0.4 s); 13 would
+    # need 1.5 s. Counting the evaluations into the pace instead (3.5x the probe) would cut the run to 7 steps.
     fit.update(seconds_by_size={size: 0.1 for size in fit["seconds_by_size"]}, setup_seconds=0.0,
-               final_eval_seconds=0.0, fitted_steps=20, eval_seconds_spent=1.0)
+               final_eval_seconds=0.2, fitted_steps=20, eval_seconds_spent=1.0)
     trainer.total_steps, trainer.step, trainer.elapsed = 20, 4, 1.4
     trainer.refit_time_budget()
     assert trainer.total_steps == 12

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import UserError
     from ..data import DataError, load_eval, make_loader
-    from ..evaluate import evaluate, save_confusion_png
+    from ..evaluate import evaluate, evaluate_with_plain, save_confusion_png
+    from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, args.ema)
     device = torch.device(args.device)
@@ -87,13 +88,21 @@ def run(args: argparse.Namespace) -> int:
                              mean=mean, std=std, crop_fraction=crop_fraction, channels_last=channels_last)
     except DataError as exc:
         raise UserError(str(exc)) from None
+    # where the TTA views include the image as is, the same pass also says what TTA adds over no TTA
+    with_plain = args.tta != "none" and args.tta in TTA_WITH_PLAIN_VIEW
     try:
-        result = evaluate(model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
-                          precision=resolve_precision(args.precision, device))
+        evaluated = (evaluate_with_plain if with_plain else evaluate)(
+            model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
+            precision=resolve_precision(args.precision, device))
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    result, plain = evaluated if with_plain else (evaluated, None)
     result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
     print(result.summary())
+    if plain is not None:
+        result.extra["without_tta"] = {"top1": plain.top1, "top5": plain.top5, "loss": plain.loss}
+        print(f"without TTA (same pass): top-1 {plain.top1 * 100:.2f}%  top-5 {plain.top5 * 100:.2f}%  "
+              f"loss {plain.loss:.4f}; TTA adds {(result.top1 - plain.top1) * 100:+.2f} points top-1")
     if args.groups:
         from ..evaluate.groups import GroupsFileError, evaluate_groups
 

@@ -5,8 +5,8 @@ in their own modules here and are imported directly, e.g. ``resnets.evaluate.cal
     result = evaluate(model, loader, num_classes=10, classes=names, tta="flip")
 """
 
-from .metrics import EvalResult, EvalSums, autocast_context, evaluate, save_confusion_png
+from .metrics import EvalResult, EvalSums, autocast_context, evaluate, evaluate_with_plain, save_confusion_png
 from .tta import TTA_MODES, tta_logits, tta_views
 
-__all__ = ["EvalResult", "EvalSums", "TTA_MODES", "autocast_context", "evaluate", "save_confusion_png",
-           "tta_logits", "tta_views"]
+__all__ = ["EvalResult", "EvalSums", "TTA_MODES", "autocast_context", "evaluate", "evaluate_with_plain",
+           "save_confusion_png", "tta_logits", "tta_views"]

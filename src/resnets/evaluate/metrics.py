@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..precision import autocast_context
-from .tta import tta_logits
+from .tta import tta_and_plain_logits, tta_logits
 
-__all__ = ["EvalResult", "EvalSums", "autocast_context", "evaluate", "save_confusion_png"]
+__all__ = ["EvalResult", "EvalSums", "autocast_context", "evaluate", "evaluate_with_plain", "save_confusion_png"]
 
 
 @dataclass
@@ -91,27 +91,51 @@ class EvalResult:
                 f"({self.count} images, tta={self.tta})")
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: Iterable, num_classes: int,
              classes: Sequence[str] | None = None, tta: str = "none", device: torch.device | str = "cpu",
              precision: str = "fp32", reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
     """Evaluate ``model`` on a loader of (normalised images, labels); puts a module in eval mode."""
+    return _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum, with_plain=False)[0]
+
+
+def evaluate_with_plain(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: Iterable,
+                        num_classes: int, classes: Sequence[str] | None = None, tta: str = "none",
+                        device: torch.device | str = "cpu", precision: str = "fp32",
+                        reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> tuple[EvalResult, EvalResult]:
+    """``evaluate`` with ``tta`` and without test-time augmentation, in one pass where ``tta`` includes the
+    image as is (``TTA_WITH_PLAIN_VIEW``): (TTA result, plain result)."""
+    tta_result, plain_result = _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum,
+                                         with_plain=True)
+    return tta_result, plain_result
+
+
+@torch.no_grad()
+def _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum,
+              with_plain: bool) -> list[EvalResult]:
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     sums = EvalSums.zeros(num_classes, device)
+    plain_sums = EvalSums.zeros(num_classes, device) if with_plain else None
     try:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast_context(device, precision):
-                logits = tta_logits(model, images, tta)
+                if with_plain:
+                    logits, plain = tta_and_plain_logits(model, images, tta)
+                    plain_sums.add(plain, labels)
+                else:
+                    logits = tta_logits(model, images, tta)
             sums.add(logits, labels)
     finally:
         if was_training:
             model.train()
-    if reduce_sum is not None:
-        sums = sums.reduce(reduce_sum)
-    return sums.result(classes, tta)
+    results = []
+    for mode, state in ((tta, sums), ("none", plain_sums)):
+        if state is not None:
+            results.append((state.reduce(reduce_sum) if reduce_sum is not None else state).result(classes, mode))
+    return results
 
 
 def save_confusion_png(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:

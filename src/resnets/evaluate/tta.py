@@ -17,11 +17,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TTA_MODES", "TTA_VIEW_COUNTS", "tta_logits", "tta_views"]
+__all__ = ["TTA_MODES", "TTA_VIEW_COUNTS", "TTA_WITH_PLAIN_VIEW", "tta_and_plain_logits", "tta_logits", "tta_views"]
 
 TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 # forward passes per image: what a time budget sets aside for the final evaluation
 TTA_VIEW_COUNTS = {"none": 1, "flip": 2, "flip-translate": 6, "10crop": 10}
+# modes whose first view is the image as is: one pass over them also gives the plain (no-TTA) logits
+TTA_WITH_PLAIN_VIEW = ("none", "flip", "flip-translate")
 
 
 def _check(mode: str) -> None:
@@ -53,19 +55,31 @@ def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return _ten_crops(images)
 
 
-def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str = "none") -> torch.Tensor:
-    """Logits averaged over the views of ``mode`` (N x classes, float32)."""
-    views = tta_views(images, mode)
+def _view_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    return [model(view.contiguous(memory_format=_format_of(images))).float() for view in tta_views(images, mode)]
+
+
+def _average(logits: list[torch.Tensor], mode: str) -> torch.Tensor:
     if mode == "flip-translate":
-        logits = [model(v.contiguous(memory_format=_format_of(images))).float() for v in views]
         plain = (logits[0] + logits[1]) / 2
         shifted = (logits[2] + logits[3] + logits[4] + logits[5]) / 4
         return 0.5 * plain + 0.5 * shifted
-    total = None
-    for view in views:
-        out = model(view.contiguous(memory_format=_format_of(images))).float()
-        total = out if total is None else total + out
-    return total / len(views)
+    return torch.stack(logits).sum(0) / len(logits)
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Logits averaged over the views of ``mode`` (N x classes, float32)."""
+    return _average(_view_logits(model, images, mode), mode)
+
+
+def tta_and_plain_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                         mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``mode`` and those of the image as is, from one set of forward passes where ``mode``
+    includes the image as is (``TTA_WITH_PLAIN_VIEW``): a training run's last validation pass and its
+    final test-time-augmented one then cost one pass, not two."""
+    logits = _view_logits(model, images, mode)
+    plain = logits[0] if mode in TTA_WITH_PLAIN_VIEW else model(images).float()
+    return _average(logits, mode), plain
 
 
 def _format_of(images: torch.Tensor) -> torch.memory_format:

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.metrics import EvalResult, evaluate
+from ..evaluate.metrics import EvalResult, evaluate, evaluate_with_plain
 from ..evaluate.robustness import AdversarialTraining
-from ..evaluate.tta import TTA_VIEW_COUNTS
+from ..evaluate.tta import TTA_VIEW_COUNTS, TTA_WITH_PLAIN_VIEW
 from ..precision import autocast_context, native_bf16, resolve_precision
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
@@ -225,6 +225,7 @@ class Trainer:
                          if self.total_steps else None)
         self.lr = config.base_lr
         self.budget_fit: dict | None = None
+        self._final_result: EvalResult | None = None  # the final TTA result, when the last epoch's pass made it
         if self.schedule is not None and any(m >= self.total_steps for m in self.schedule.milestones):
             warnings.warn(f"milestones {list(self.schedule.milestones)} (steps) lie at or beyond the run's end "
                           f"({self.total_steps} steps): the learning rate never drops there. Shorten milestones "
@@ -454,13 +455,13 @@ class Trainer:
         restore_rng_state(rng)
         self.error_warmup_active = saved_active
         self._reset_epoch_sums()
-        views = TTA_VIEW_COUNTS[c.tta]
+        views = self._final_pass_views()
         final_eval = eval_seconds * views
         per_epoch = spe * step_seconds + eval_seconds / c.eval_every
         # what the budget already spent before the first step: model and loader setup, whitening, this probe
         setup_seconds = time.perf_counter() - self._setup_start
-        # per_epoch holds the evaluations of whole epochs only; the run's last one comes on top
-        available = budget * 0.97 - final_eval - eval_seconds - self.elapsed - setup_seconds
+        # per_epoch holds the evaluations of whole epochs only; the run's last one is the final pass
+        available = budget * 0.97 - final_eval - self.elapsed - setup_seconds
         total = max(1, int(available / per_epoch * spe)) if available > 0 else 1
         total = self.process.broadcast_int(total)  # every rank runs rank 0's fitted length
         nominal_schedule = LRSchedule.from_config(c, spe, nominal or total)
@@ -520,13 +521,19 @@ class Trainer:
             atomic_write(self.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
     def _evaluations_left(self, total_steps: int) -> int:
-        """Validation passes a run of ``total_steps`` still makes after this step: at the ends of epochs
-        ``eval_every`` picks, and always at the last step."""
+        """Validation passes a run of ``total_steps`` still makes after this step, before its final one (at
+        the last step, costed apart): at the ends of epochs ``eval_every`` picks."""
         if self.val_loader is None:
             return 0
         spe, every = self.steps_per_epoch, self.config.eval_every
         ends = range(self.step // spe + 1, -(-total_steps // spe))  # epoch ends strictly between now and the end
-        return sum(1 for k in ends if k % every == 0) + 1
+        return sum(1 for k in ends if k % every == 0)
+
+    def _final_pass_views(self) -> int:
+        """Forward passes per image of the run's last validation pass, which yields the plain result and the
+        test-time-augmented one together (one more view where the TTA views leave out the image as is)."""
+        tta = self.config.tta
+        return TTA_VIEW_COUNTS[tta] + (tta not in TTA_WITH_PLAIN_VIEW)
 
     def _note_evaluation_time(self, seconds: float) -> None:
         """A validation pass measured in full replaces the probe's one-batch estimate for the evaluations left
@@ -537,7 +544,7 @@ class Trainer:
             return
         fit["eval_seconds_spent"] = fit.get("eval_seconds_spent", 0.0) + seconds
         fit["eval_seconds"] = seconds
-        fit["final_eval_seconds"] = seconds * TTA_VIEW_COUNTS[self.config.tta]
+        fit["final_eval_seconds"] = seconds * self._final_pass_views()
 
     # ------------------------------------------------------------ checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -756,8 +763,13 @@ class Trainer:
         last_epoch = self.step >= self.total_steps
         if self.val_loader is not None and ((self.epoch + 1) % self.config.eval_every == 0 or last_epoch):
             start = time.perf_counter()
-            result = self.evaluate()
-            self._note_evaluation_time(time.perf_counter() - start)
+            if last_epoch:  # the plain result and the final test-time-augmented one come from one pass
+                self._final_result, result = self.evaluate_with_plain(tta=self.config.tta)
+                if self.budget_fit is not None:  # beside final_eval_seconds, the estimate the budget used
+                    self.budget_fit["final_pass_seconds"] = time.perf_counter() - start
+            else:
+                result = self.evaluate()
+                self._note_evaluation_time(time.perf_counter() - start)
             record.update(val_top1=result.top1, val_top5=result.top5, val_loss=result.loss)
             if self.best_val_top1 is None or result.top1 > self.best_val_top1:
                 self.best_val_top1, self.best_epoch = result.top1, self.epoch
@@ -774,17 +786,24 @@ class Trainer:
 
     def evaluate(self, loader: Iterable | None = None, tta: str = "none") -> EvalResult:
         """Evaluate the current evaluation weights (EMA when on) on ``loader`` (default: validation)."""
+        return self._run_evaluation(evaluate, loader, tta)
+
+    def evaluate_with_plain(self, tta: str) -> tuple[EvalResult, EvalResult]:
+        """The validation results with ``tta`` and without it: one pass where ``tta`` includes the image as is."""
+        return self._run_evaluation(evaluate_with_plain, None, tta)
+
+    def _run_evaluation(self, function: Callable, loader: Iterable | None, tta: str):
         loader = loader if loader is not None else self.val_loader
         if loader is None:
             raise ConfigError("no validation data to evaluate on (val_split=0 and no validation tree)")
         model = self._eval_weights_model()
         self.process.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
-        return evaluate(model, loader, self.num_classes, self.classes, tta=tta, device=self.device,
+        return function(model, loader, self.num_classes, self.classes, tta=tta, device=self.device,
                         precision=self.config.precision, reduce_sum=self.process.reduce_sum)
 
     def _finish(self, seconds: float) -> RunResult:
-        final = None
-        if self.val_loader is not None:
+        final = self._final_result
+        if final is None and self.val_loader is not None:  # e.g. resumed from a last.pt written at the end
             final = self.evaluate(tta=self.config.tta)
         result = RunResult(self.out_dir, self.config, self.best_val_top1, self.best_epoch, final, self.epoch,
                            self.step, seconds, list(self.history), self._eval_weights_model())
