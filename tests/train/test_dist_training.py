@@ -179,3 +179,37 @@ def test_killed_rank_restarts_from_the_last_checkpoint_and_matches(runs):
     summary = json.loads((runs["killed"] / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["final_val_top1"] == pytest.approx(
         json.loads((runs["two"] / "summary.json").read_text())["final_val_top1"])
+
+
+# rank 1's clock runs CLOCK_SCALE times fast: it times every step as that much slower than rank 0 does
+CLOCK_HOOK = textwrap.dedent('''
+    import os, time
+    if os.environ.get("RANK") == "1" and os.environ.get("CLOCK_SCALE"):
+        _real, _scale = time.perf_counter, float(os.environ["CLOCK_SCALE"])
+        _origin = _real()
+        time.perf_counter = lambda: _origin + (_real() - _origin) * _scale
+''')
+
+
+def test_a_time_budget_over_processes_with_different_clocks_runs_rank_0s_plan(tmp_path):
+    """Each process times its own steps; a process that followed its own clock would run another number of probe
+    steps or another run length, and the processes would wait on each other's collectives forever. Rank 1's
+    clock here runs 20x fast, so on its own it would time 3 probe steps (6 are affordable for rank 0) and fit a
+    run a twentieth as long; every rank must follow rank 0's choices and the run must end."""
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=40, size=8)  # 90 train: 22 steps an epoch
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(CLOCK_HOOK)
+    out = tmp_path / "budget"
+    settings = {**SETTINGS, "steps": None, "epochs": 2, "checkpoint_every_steps": 0}
+    args = ["train", "--data", str(data), "--out", str(out), "--batch-size", "2", "--time-budget", "0.25"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    log = _finish(_start([sys.executable, "-m", "resnets", "train", "--nproc", "2", *args[1:]], tmp_path,
+                         CLOCK_SCALE="20"))
+    state = _state(out)
+    fit = state["progress"]["budget_fit"]
+    assert fit["probe_steps"] == 6, fit  # rank 0's count (rank 1 alone: 3)
+    assert state["progress"]["step"] == state["config"]["steps"] >= fit["fitted_steps"] * 0.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == state["progress"]["step"] and summary["final_val_top1"] is not None
+    assert "time budget 0.25 min" in log

@@ -430,8 +430,8 @@ class Trainer:
         for position, size in enumerate(sizes):
             self._probe_size = size
             warm = [timed_step() for _ in range(2 if position == 0 else 1)]  # first steps build kernels
-            if position == 0:
-                timed = probe_step_count(budget, warm[-1], sizes, spe)
+            if position == 0:  # every rank runs rank 0's count: the steps are collectives under DDP
+                timed = self.process.broadcast_int(probe_step_count(budget, warm[-1], sizes, spe))
             measured[size] = float(np.median([timed_step() for _ in range(timed)]))
         self._probe_size = None
         seconds_by_size = self.resolution.interpolate_step_seconds(measured)
