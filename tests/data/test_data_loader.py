@@ -97,7 +97,7 @@ def test_loader_errors():
     dataset = _dataset()
     with pytest.raises(ValueError, match="rank"):
         make_loader(dataset, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="no full batch"):
+    with pytest.raises(DataError, match="no full batch of .*lower the batch size"):
         make_loader(dataset, batch_size=64, train=True)
     with pytest.raises(ValueError, match="cannot skip"):
         make_loader(dataset, batch_size=8).skip_batches(10)

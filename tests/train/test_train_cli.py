@@ -33,6 +33,17 @@ def test_user_errors_are_one_line_with_exit_2(capsys, argv, words):
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_dataset_smaller_than_one_batch_is_a_user_error(capsys, tmp_path, monkeypatch):
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=8)
+    code, err = run_cli(capsys, "train", "--model", "resnet20", "--data", str(data), "--epochs", "1",
+                        "--batch-size", "64", "--no-progress")
+    assert code == 2 and "make no full batch of 64: lower the batch size (--batch-size)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_every_shipped_recipe_resolves_and_states_its_expected_accuracy():
     assert {"he2015-cifar", "cifar-fast", "imagenet", "imagenette"} <= set(list_recipes())
     for name in list_recipes():

@@ -100,8 +100,8 @@ class _EpochLoader:
         self.epoch = 0
         self._start = 0
         if len(self) == 0:
-            raise ValueError(f"{len(dataset)} samples over {world_size} rank(s) make no full batch of {batch_size}; "
-                             f"lower the batch size or pass drop_last=False")
+            raise DataError(f"{len(dataset)} images over {world_size} process(es) make no full batch of {batch_size}: "
+                            f"lower the batch size (--batch-size) or add images (in Python: or pass drop_last=False)")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration produces."""
