@@ -98,6 +98,7 @@ def test_bench_times_the_bf16_peak_only_where_a_row_needs_it(monkeypatch):
     from resnets.deploy import bench as bench_module
 
     model = create_model("resnet20").eval()
+    monkeypatch.setattr(bench_module, "PEAK_SIZE", 128)  # emulated bf16 takes seconds at the real 1024
     for native in (False, True):
         monkeypatch.setattr(bench_module, "native_bf16", lambda *args, native=native: native)
         rows, env = bench_module.benchmark(model, "resnet20", [1], ("fp32",), rounds=1, baseline=False)
