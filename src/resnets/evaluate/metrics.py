@@ -122,12 +122,11 @@ def _evaluate(model, loader, num_classes, classes, tta, device, precision, reduc
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast_context(device, precision):
-                if with_plain:
-                    logits, plain = tta_and_plain_logits(model, images, tta)
-                    plain_sums.add(plain, labels)
-                else:
-                    logits = tta_logits(model, images, tta)
+                logits, plain = (tta_and_plain_logits(model, images, tta) if with_plain
+                                 else (tta_logits(model, images, tta), None))
             sums.add(logits, labels)
+            if plain is not None:
+                plain_sums.add(plain, labels)
     finally:
         if was_training:
             model.train()
