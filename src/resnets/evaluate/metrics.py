@@ -105,14 +105,12 @@ def evaluate_with_plain(model: nn.Module | Callable[[torch.Tensor], torch.Tensor
                         ) -> tuple[EvalResult, EvalResult]:
     """``evaluate`` with ``tta`` and without test-time augmentation, in one pass where ``tta`` includes the
     image as is (``TTA_WITH_PLAIN_VIEW``): (TTA result, plain result)."""
-    tta_result, plain_result = _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum,
-                                         with_plain=True)
-    return tta_result, plain_result
+    return _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum, with_plain=True)
 
 
 @torch.no_grad()
 def _evaluate(model, loader, num_classes, classes, tta, device, precision, reduce_sum,
-              with_plain: bool) -> list[EvalResult]:
+              with_plain: bool) -> tuple[EvalResult, EvalResult | None]:
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
@@ -130,11 +128,11 @@ def _evaluate(model, loader, num_classes, classes, tta, device, precision, reduc
     finally:
         if was_training:
             model.train()
-    results = []
-    for mode, state in ((tta, sums), ("none", plain_sums)):
-        if state is not None:
-            results.append((state.reduce(reduce_sum) if reduce_sum is not None else state).result(classes, mode))
-    return results
+
+    def result(state: EvalSums, mode: str) -> EvalResult:
+        return (state.reduce(reduce_sum) if reduce_sum is not None else state).result(classes, mode)
+
+    return result(sums, tta), (result(plain_sums, "none") if plain_sums is not None else None)
 
 
 def save_confusion_png(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
