@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
 
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p.add_argument("--data", required=True,
                    help="cifar10/cifar100 (official test set), a root with val/ or test/, or an ImageFolder tree")
-    p.add_argument("--tta", default="none", choices=("none", "flip", "flip-translate", "10crop"),
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="test-time augmentation (default: none)")
     p.add_argument("--json", metavar="OUT", help="write all metrics (confusion matrix included) to this JSON file")
     p.add_argument("--confusion-png", metavar="PNG",

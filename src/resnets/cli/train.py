@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES
 from ..train.config import COMPILE_MODES
 
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the schedule so training ends within this wall-clock budget")
-    p.add_argument("--tta", choices=("none", "flip", "flip-translate", "10crop"),
+    p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation for the final evaluation")
     p.add_argument("--val-split", type=float, help="validation fraction (or count) held out when there is no val tree")
     p.add_argument("--image-size", type=int)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "load_recipe", "parse_set",
@@ -26,7 +27,6 @@ __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "list_recipes", "loa
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "muon")
-TTA_MODES = ("none", "flip", "flip-translate", "10crop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that record CUDA graphs
 UNITS = ("steps", "epochs")

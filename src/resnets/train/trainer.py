@@ -542,9 +542,9 @@ class Trainer:
         return TTA_VIEW_COUNTS[tta] + (tta not in TTA_WITH_PLAIN_VIEW)
 
     def _note_evaluation_time(self, seconds: float) -> None:
-        """A validation pass measured in full replaces the probe's one-batch estimate for the evaluations left
-        and the final test-time-augmented one (the estimate put cifar-fast-muon's final evaluation at 40 s on a
-        2-core AMD CPU without AVX-512; it took about 51)."""
+        """A validation pass measured in full replaces the probe's estimate for the evaluations left and the
+        final test-time-augmented one: a whole pass averages out the pace changes that one batch can catch
+        (on a shared 2-core CPU the same batch's forward varied by up to 30%)."""
         fit = self.budget_fit
         if fit is None:
             return
