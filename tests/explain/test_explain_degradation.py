@@ -17,6 +17,19 @@ def test_budget_parse_and_errors():
         Budget.parse("adversarial=trades")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_defaults_to_what_the_device_runs_natively(monkeypatch, native):
+    """Emulated bf16 (a CPU without AVX-512 BF16 or AMX) trains several times slower than fp32, so the
+    default follows the hardware; an explicit choice stands, and the resolved value is what a result records."""
+    import resnets.precision
+
+    monkeypatch.setattr(resnets.precision, "native_bf16", lambda device="cpu": native)
+    assert Budget().bf16 is None and Budget.parse("bf16=auto").bf16 is None
+    assert Budget().resolved("cpu").bf16 is native
+    assert Budget.parse("bf16=1").resolved("cpu").bf16 is True
+    assert Budget.parse("bf16=0").resolved("cpu").bf16 is False
+
+
 def test_balanced_subset_is_seeded_and_balanced():
     labels = torch.arange(10).repeat_interleave(50)
     a, b = _balanced_subset(labels, 100, 0), _balanced_subset(labels, 100, 0)

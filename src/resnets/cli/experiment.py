@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--data", required=True, help="cifar10, cifar100 or an in-memory-sized ImageFolder tree")
     d.add_argument("--depths", default="20,56", help="comma list of CIFAR depths 6n+2 (default 20,56)")
     d.add_argument("--budget", default="", help="KEY=VALUE overrides: epochs, train_subset, val_subset, batch_size, "
-                                                 "lr, weight_decay, warmup, log_points, bf16, channels_last, seed")
+                                                 "lr, weight_decay, warmup, log_points, bf16 (0, 1 or auto: bf16 where the "
+                                                 "device runs it natively, the default), channels_last, seed")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--device", default="cpu")
     d.set_defaults(func=run_degradation_cmd)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,7 +44,9 @@ class Budget:
     """Fraction of steps spent warming the learning rate up linearly from lr/10."""
     log_points: int = 8
     """How many times per run to measure validation error (and close a training-error window)."""
-    bf16: bool = True
+    bf16: bool | None = None
+    """bf16 autocast; None (``auto``): where the device runs bf16 natively (``resnets.precision.native_bf16``),
+    else fp32 (a CPU without AVX-512 BF16 or AMX emulates it at a fraction of fp32's speed)."""
     channels_last: bool = True
     seed: int = 0
     adversarial: str | None = None
@@ -74,7 +76,7 @@ class Budget:
             key, value = (s.strip() for s in part.split("=", 1))
             if key not in fields:
                 raise ValueError(f"unknown budget key {key!r}; known keys: {', '.join(fields)}")
-            if value.lower() in ("none", "all"):
+            if value.lower() in ("none", "all") or (key == "bf16" and value.lower() == "auto"):
                 values[key] = None
             elif key in ("bf16", "channels_last"):
                 values[key] = value.lower() in ("1", "true", "yes", "on")
@@ -85,6 +87,14 @@ class Budget:
             else:
                 values[key] = int(value)
         return cls(**{**asdict(budget), **values})
+
+    def resolved(self, device: str | torch.device) -> "Budget":
+        """This budget with ``bf16=None`` decided for ``device`` (what a result records)."""
+        if self.bf16 is not None:
+            return self
+        from ..precision import native_bf16
+
+        return replace(self, bf16=native_bf16(device))
 
 
 def eval_fraction(text: str) -> float:
@@ -137,6 +147,7 @@ def train_classifier(model: nn.Module, train_loader: Any, val_loader: Any | None
     Each history row: ``step``, ``epoch``, ``lr``, ``train_loss`` and ``train_error`` (running, over
     the augmented batches since the previous row, as He et al. plot), ``val_error``, ``seconds``.
     """
+    budget = budget.resolved(next(model.parameters()).device)
     steps_per_epoch = len(train_loader)
     total = max(1, int(round(budget.epochs * steps_per_epoch)))
     log_every = max(1, total // max(1, budget.log_points))
@@ -247,6 +258,7 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    budget = budget.resolved(device)
     for d in depths:
         for prefix in ("plain", "resnet"):
             if f"{prefix}{d}" not in list_models():
