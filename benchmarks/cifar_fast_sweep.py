@@ -8,6 +8,7 @@ A variants file maps a label to the extra ``cifar_fast.py`` arguments of that va
     e14: [--epochs, "14"]
 
     python benchmarks/cifar_fast_sweep.py --variants sweep.yaml --jsonl out.jsonl -- --device cuda --seeds 0 1 --epochs 11
+    python benchmarks/cifar_fast_sweep.py --variants sweep.yaml --only e14,base --jsonl out.jsonl -- ...  # a subset
     .venv/bin/python benchmarks/cifar_fast_sweep.py --show out.jsonl     # the table, best first
 """
 
@@ -41,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", help="YAML: label -> list of extra cifar_fast.py arguments")
     parser.add_argument("--jsonl", help="append each variant's results here")
+    parser.add_argument("--only", metavar="LABELS", help="comma list: run only these variants of the file, in this order")
     parser.add_argument("--show", metavar="JSONL", help="print a results file as a table and exit")
     parser.add_argument("common", nargs=argparse.REMAINDER, help="after --: arguments every variant shares")
     args = parser.parse_args()
@@ -52,6 +54,12 @@ def main() -> int:
     variants = yaml.safe_load(Path(args.variants).read_text())
     if not isinstance(variants, dict):
         parser.error(f"{args.variants}: expected a mapping of label -> argument list")
+    if args.only:
+        labels = [label.strip() for label in args.only.split(",") if label.strip()]
+        unknown = [label for label in labels if label not in variants]
+        if unknown:
+            parser.error(f"--only: no variant {', '.join(unknown)} in {args.variants} (it has {', '.join(variants)})")
+        variants = {label: variants[label] for label in labels}
     common = [a for a in args.common if a != "--"]
     for label, extra in variants.items():
         start = time.perf_counter()
