@@ -24,7 +24,7 @@ test: venv
 
 # `make demo`: set up, then train a CIFAR-10 model end to end (DEMO_RECIPE, DEMO_MINUTES of training
 # fitted by --time-budget) and evaluate it. Three minutes hold a few epochs, where cifar-fast-muon (Muon,
-# cheaper steps) beats cifar-fast: Muon alone 82.8% vs 78.6% on a 2-core Xeon; with the cheaper steps 81.7%
+# cheaper steps) beats cifar-fast: Muon alone 82.8% vs 78.6% on a 2-core Xeon; with the cheaper steps 83.3%
 # vs 78.4% on a slower 2-core AMD CPU without AVX-512 (means of 3 seeds); for budgets past about 10 epochs use
 # DEMO_RECIPE=cifar-fast. DATA=cifar10 downloads the official archive;
 # DATA=DIR uses a local copy (an ImageFolder tree or an extracted cifar-10-batches-py), e.g.

@@ -52,7 +52,7 @@ def test_cifar_fast_muon_recipe_is_cifar_fast_with_muon_and_cheaper_steps_only()
                        "progressive_min_size"}
     assert (muon["optimizer"], muon["muon_lr"], muon["muon_momentum"], muon["muon_ns_steps"]) == ("muon", 0.2, 0.6, 3)
     assert muon["muon_normalize"] and (muon["warmup_start"], muon["final_lr"]) == (1.0, 0.0)
-    assert muon["model_options"] == {"widths": [48, 128, 128]} and muon["progressive_min_size"] == 16
+    assert muon["model_options"] == {"widths": [32, 128, 128]} and muon["progressive_min_size"] == 16
 
 
 def test_whitened_stem_stays_frozen_and_its_bias_trains_for_the_first_epochs_only():
