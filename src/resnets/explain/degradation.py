@@ -92,9 +92,9 @@ class Budget:
         """This budget with ``bf16=None`` decided for ``device`` (what a result records)."""
         if self.bf16 is not None:
             return self
-        from ..precision import native_bf16
+        from ..precision import resolve_precision
 
-        return replace(self, bf16=native_bf16(device))
+        return replace(self, bf16=resolve_precision("auto", device) == "bf16")
 
 
 def eval_fraction(text: str) -> float:
