@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------ writing
+def _umasked_file_mode() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Write a file so that a crash leaves either the old file or the new one, never a torn one.
 
@@ -39,10 +46,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file private (0600); the result gets the mode a plain open() would give it (or keeps the
+    # mode of the file it replaces), so a run folder shared by a team stays readable
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _umasked_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

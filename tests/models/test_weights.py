@@ -121,6 +121,21 @@ def test_atomic_write_leaves_old_file_when_the_writer_crashes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def test_atomic_write_gives_the_mode_of_a_plain_write_or_keeps_the_replaced_files(tmp_path):
+    """mkstemp's private 0600 must not leak into checkpoints a team shares."""
+    old_mask = os.umask(0o027)
+    try:
+        fresh = atomic_write(tmp_path / "fresh.bin", lambda tmp: open(tmp, "wb").write(b"new"))
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        kept = tmp_path / "kept.bin"
+        kept.write_bytes(b"old")
+        kept.chmod(0o604)
+        atomic_write(kept, lambda tmp: open(tmp, "wb").write(b"new"))
+        assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(old_mask)
+
+
 def test_unknown_torchvision_tag_lists_available():
     with pytest.raises(CheckpointError, match="IMAGENET1K_V1"):
         resnets.create_model("resnet50", weights="IMAGENET9K_V7")
