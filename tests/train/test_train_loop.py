@@ -68,6 +68,14 @@ def test_run_folder_contents_and_weights_only_checkpoint(tmp_path):
 
 
 
+def test_without_a_progress_bar_each_epoch_logs_a_line(capsys):
+    """--no-progress (batch jobs, logs to a file) still says how the run goes, once per epoch."""
+    train(tiny_config(), splits=tiny_splits())
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 0 (step 3/6): loss ") and "val top-1" in lines[0] and "img/s" in lines[0]
+
+
 def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
     """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
     and each result equals its own separate evaluation of the final weights."""

@@ -749,7 +749,10 @@ class Trainer:
                 self.save_last()
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, record)
-                self._update_progress(progress, images_seen, epoch_start, record)
+                if progress is None:  # without a bar (--no-progress, batch jobs), one line per epoch
+                    self.log(self._epoch_line(record))
+                else:
+                    self._update_progress(progress, images_seen, epoch_start, record)
         finally:
             if progress is not None:
                 progress.close()
@@ -836,6 +839,12 @@ class Trainer:
 
         return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0, desc=f"epoch {self.epoch}")
+
+    def _epoch_line(self, record: dict) -> str:
+        val = f", val top-1 {record['val_top1']:.2%}" if "val_top1" in record else ""
+        return (f"epoch {record['epoch']} (step {record['step']}/{self.total_steps}): loss {record['train_loss']:.3f}, "
+                f"train top-1 {record['train_top1']:.2%}{val}, {record['images_per_s']:.0f} img/s, "
+                f"lr {record['lr']:.4g}, {record['elapsed_minutes']:.1f} min")
 
     def _update_progress(self, bar, images_seen: int, epoch_start: float, record: dict | None = None) -> None:
         if bar is None:
