@@ -57,7 +57,7 @@ def bench_augment(device: torch.device, images_count: int, repeats: int) -> dict
         "none": AugmentConfig(),
         "pad4-crop + flip (he2015)": AugmentConfig.preset("he2015"),
         "pad4-reflect-crop + flip + cutout8": AugmentConfig(crop_padding=4, flip=True, cutout_size=8),
-        "translate2 + flip (airbench)": AugmentConfig.preset("airbench"),
+        "reflect-pad-2 crop + alternating flip (airbench)": AugmentConfig.preset("airbench"),
         "random-resized-crop + flip": AugmentConfig.preset("imagenet"),
     }
     for name, config in configs.items():

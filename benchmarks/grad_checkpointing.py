@@ -14,7 +14,7 @@ allocator the peak RSS also holds memory that was freed and not reused. Each var
 time with ``MALLOC_MMAP_THRESHOLD_=65536``, which gives every large tensor its own mapping that goes back to
 the system when freed: that run's peak is the live memory (its steps are slower and are not reported).
 
-    .venv/bin/python benchmarks/grad_checkpointing.py --case resnet152 --json docs/grad_checkpointing_r152.json
+    .venv/bin/python benchmarks/grad_checkpointing.py --case resnet152 --json docs/grad_checkpointing/resnet152_b16.json
     .venv/bin/python benchmarks/grad_checkpointing.py --case resnet1202
     .venv/bin/python benchmarks/grad_checkpointing.py --case resnet152 --alternate resnets+ckpt timm+ckpt
 
