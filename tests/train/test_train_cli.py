@@ -95,6 +95,17 @@ def test_set_overrides_merge_and_type_check():
     assert load_recipe("he2015-cifar")["steps"] == 64000
 
 
+def test_normalization_takes_a_name_or_a_mean_std_pair():
+    """prune and distill carry a folder-trained checkpoint's own (mean, std) into their training config."""
+    pair = [[0.5, 0.4, 0.3], [0.2, 0.2, 0.25]]
+    assert resolve_config("cifar-fast", {"normalization": pair}).normalization == pair
+    assert resolve_config("cifar-fast", parse_set(["normalization=[[0.5,0.4,0.3],[0.2,0.2,0.25]]"])).normalization == pair
+    assert resolve_config("cifar-fast", {"normalization": "imagenet"}).normalization == "imagenet"
+    for bad in ([[0.5, 0.4], [0.2, 0.2]], [[0.5, 0.4, 0.3], [0.2, 0.0, 0.2]], [0.5, 0.2]):
+        with pytest.raises(ConfigError, match="normalization="):
+            resolve_config("cifar-fast", {"normalization": bad})
+
+
 def test_a_run_saved_before_an_option_was_retired_still_loads():
     """Resuming an older run must not fail on an option it set to 'off'; a live value is refused, not dropped."""
     from resnets.train import TrainConfig

@@ -54,7 +54,10 @@ class TrainConfig:
     val_split: float = 0.1
     """Fraction (or count, if > 1) held out for validation when the data has no validation tree."""
     image_size: int | None = None
-    normalization: str = "auto"
+    normalization: str | list = "auto"
+    """``auto`` (known constants for CIFAR and ImageNet-like data, else computed), a known name
+    (``cifar10``, ``imagenet``, ...), or ``[mean, std]`` with three values each (what prune and distill
+    carry over from the checkpoint they start from)."""
     augment: dict = field(default_factory=dict)
     """``resnets.data.AugmentConfig`` fields (crop_padding, translate, flip, cutout_size, random_resized_crop...)."""
     workers: int = 2
@@ -369,6 +372,8 @@ def _check_keys(values: Mapping[str, Any], source: str) -> None:
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     """Check a YAML value against the field type (int accepted for float; '1e-4' strings parsed)."""
+    if key == "normalization":
+        return _normalization(value, source)
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -409,6 +414,20 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} in {source} is not a valid {getattr(base, '__name__', base)}") from None
     return value
+
+
+def _normalization(value: Any, source: str) -> str | list:
+    if isinstance(value, str):
+        return value
+    try:
+        mean, std = value
+        pair = [[float(v) for v in mean], [float(v) for v in std]]
+        if len(pair[0]) == len(pair[1]) == 3 and all(v > 0 for v in pair[1]):
+            return pair
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"normalization={value!r} in {source}: give auto, a dataset name (cifar10, imagenet, ...) or "
+                      "[[mean_r, mean_g, mean_b], [std_r, std_g, std_b]] with positive stds")
 
 
 # ------------------------------------------------------------------ recipes
