@@ -85,6 +85,47 @@ def test_a_recipe_can_extend_another_and_state_its_own_accuracy(tmp_path):
         load_recipe(tmp_path / "typo.yaml")
 
 
+def test_resume_refuses_flags_it_would_ignore_and_takes_the_checkpoint_path(capsys, tmp_path, monkeypatch):
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=8)
+    run = tmp_path / "run"
+    new_run = ["train", "--model", "resnet20", "--data", str(data), "--epochs", "1", "--batch-size", "4",
+               "--no-progress", "--out", str(run)]
+    assert run_cli(capsys, *new_run)[0] == 0
+    code, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "3", "--lr", "0.5")
+    assert code == 2 and "drop --epochs, --lr" in err and "Traceback" not in err
+    code, err = run_cli(capsys, *new_run)
+    assert code == 2 and "already holds a run" in err and f"--resume {run}" in err
+    code, err = run_cli(capsys, "train", "--resume", str(run / "last.pt"), "--no-progress")
+    assert code == 0, err  # the finished run resumes to its end at once
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
+    (["--epochs", "-1"], "argument --epochs: -1 is not a positive finite number"),
+    (["--device", "gpu"], "unknown device 'gpu'"),
+    (["--workers", "-1"], "argument --workers: -1 is negative"),
+])
+def test_bad_numbers_and_devices_fail_at_parse_time(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "cifar-fast", *argv])
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_an_unwritable_or_blocked_output_is_one_line(capsys, tmp_path, monkeypatch):
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=8)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = run_cli(capsys, "train", "--model", "resnet20", "--data", str(data), "--epochs", "1",
+                        "--batch-size", "4", "--no-progress", "--out", str(blocker / "run"))
+    assert code == 2 and "a file is in the way" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_set_overrides_merge_and_type_check():
     overrides = parse_set(["lr=0.2", "augment.cutout_size=8", "model_options.drop_path_rate=0.1", "tta=flip"])
     config = resolve_config("cifar-fast", overrides)

@@ -76,6 +76,23 @@ def test_without_a_progress_bar_each_epoch_logs_a_line(capsys):
     assert lines[0].startswith("epoch 0 (step 3/6): loss ") and "val top-1" in lines[0] and "img/s" in lines[0]
 
 
+def test_a_new_run_refuses_a_folder_that_holds_another_run(tmp_path):
+    """train, finetune, prune and distill all start through the Trainer: none may overwrite a run."""
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), run, splits=tiny_splits())
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="already holds a run .*resnets train --resume"):
+        train(tiny_config(epochs=1, seed=3), run, splits=tiny_splits())
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match=r"already holds a run \(best.safetensors\); choose another"):
+        train(tiny_config(epochs=1), kept, splits=tiny_splits())
+    (tmp_path / "empty").mkdir()
+    train(tiny_config(epochs=1), tmp_path / "empty", splits=tiny_splits())  # an empty folder is fine
+
+
 def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
     """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
     and each result equals its own separate evaluation of the final weights."""

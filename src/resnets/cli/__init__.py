@@ -62,14 +62,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    from ..train.config import ConfigError
+    from ..train.trainer import NonFiniteLossError
+
     try:
         return int(args.func(args) or 0)
-    except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, DataError, FileNotFoundError) as exc:
+    except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, DataError, ConfigError,
+            FileNotFoundError) as exc:
         print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"resnets {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unwritable folders, a folder where a file was meant, a full disk: the user's to fix
+        print(f"resnets {args.command}: error: {_describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"resnets {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}"
+    if isinstance(exc, PermissionError):
+        return f"{text} (no permission to write there; choose a folder you can write to)"
+    if isinstance(exc, IsADirectoryError):
+        return f"{text} (a folder is in the way; give a file name)"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return f"{text} (a file is in the way; give a folder, or another path)"
+    return text
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES
 from ..train.config import COMPILE_MODES
+from .args import device, non_negative_int, positive_float, positive_int
 
 # flag -> TrainConfig key, for the common overrides (everything else through --set key=value)
 _FLAGS = {
@@ -33,23 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name (`resnets models` lists them)")
     p.add_argument("--data", help="cifar10, cifar100, an ImageFolder tree, or a root with train/ and val/")
     p.add_argument("--out", help="run folder (default: runs/RECIPE-MODEL-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or from RUN_DIR/last.pt)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--steps", type=int, help="total optimizer steps (overrides epochs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--epochs", type=positive_float)
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps (overrides epochs)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--seed", type=int)
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+    p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
                    help="fit the schedule so training ends within this wall-clock budget")
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation for the final evaluation")
     p.add_argument("--val-split", type=float, help="validation fraction (or count) held out when there is no val tree")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--workers", type=int)
+    p.add_argument("--image-size", type=positive_int)
+    p.add_argument("--workers", type=non_negative_int)
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute each residual block's activations in backward: far less memory, ~1/3 more compute")
@@ -59,11 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "nets on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     dist = p.add_argument_group("several processes (docs/distributed.md; under torchrun: torchrun ... -m resnets train ...)")
-    dist.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (launches torchrun)")
-    dist.add_argument("--max-restarts", type=int, metavar="K", help="with --nproc: restart the group up to K times "
+    dist.add_argument("--nproc", type=positive_int, metavar="N", help="train on N local processes (launches torchrun)")
+    dist.add_argument("--max-restarts", type=non_negative_int, metavar="K", help="with --nproc: restart the group up to K times "
                       "after a failure; every rank resumes from the run folder's last.pt")
     dist.add_argument("--sync-bn", action="store_true", default=None, help="BatchNorm statistics over the global batch")
-    dist.add_argument("--accum-steps", type=int, metavar="K", help="gradient accumulation: K micro-batches of "
+    dist.add_argument("--accum-steps", type=positive_int, metavar="K", help="gradient accumulation: K micro-batches of "
                       "--batch-size per optimizer step (global batch = batch size x processes x K)")
     dist.add_argument("--lr-scaling", choices=("linear", "none"), help="lr follows the global batch linearly "
                       "(lr x global / (lr_reference_batch or batch_size); default) or not")
@@ -91,6 +92,16 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.no_progress:
         overrides["progress"] = False
     return overrides
+
+
+def _settings_a_resume_cannot_change(args: argparse.Namespace) -> list[str]:
+    """The flags given with --resume that would change what the run computes (they were silently ignored)."""
+    flags = [f"--{name}" for name in ("recipe", "model", "data", "out") if getattr(args, name)]
+    flags += [f"--{flag.replace('_', '-')}" for flag in _FLAGS
+              if flag not in ("model", "data", "workers", "device") and getattr(args, flag) is not None]
+    flags += [f"--{flag.replace('_', '-')}" for flag in ("channels_last", "grad_checkpointing", "compile", "sync_bn")
+              if getattr(args, flag)]
+    return flags + (["--set"] if args.set else [])
 
 
 def _default_out(config) -> Path:
@@ -125,14 +136,18 @@ def run(args: argparse.Namespace) -> int:
             command = ["train", *namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))]
             return launch(args.nproc, command, args.max_restarts or 0)
         if args.resume:
-            extra = [flag for flag in ("recipe", "model", "data", "out") if getattr(args, flag)]
-            if extra or args.set:
-                raise UserError(f"--resume continues a run exactly as configured; drop {', '.join('--' + f for f in extra) or '--set'}"
-                                " (start a new run to change settings)")
-            with distributed_session(saved_device(args.resume)) as process:
+            if Path(args.resume).name == "last.pt" and Path(args.resume).is_file():
+                args.resume = str(Path(args.resume).parent)  # the checkpoint itself names its run folder
+            changed = _settings_a_resume_cannot_change(args)
+            if changed:
+                raise UserError(f"--resume continues a run exactly as configured; drop {', '.join(changed)} "
+                                "(--workers, --device and --no-progress may change; start a new run to change the rest)")
+            with distributed_session(args.device or saved_device(args.resume)) as process:
                 kept = {"progress": False} if args.no_progress else {}
                 if args.workers is not None:
                     kept["workers"] = args.workers
+                if args.device is not None:
+                    kept["device"] = args.device
                 result = resume(args.resume, kept, process=process, callbacks=fault_drill_from_env())
         else:
             overrides = _overrides(args)
@@ -143,12 +158,9 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else _default_out(config)
             with distributed_session(config.device) as process:
                 callbacks = fault_drill_from_env()
-                if check_shared_run_dir(process, out):
-                    if restart_count() == 0:
-                        raise UserError(f"{out} already holds a run (last.pt); resume it with --resume {out} or "
-                                        "choose another --out")
+                if restart_count() > 0 and check_shared_run_dir(process, out):
                     result = resume(out, process=process, callbacks=callbacks)  # torchrun restarted the group
-                else:
+                else:  # the Trainer refuses a folder that already holds a run
                     result = Trainer(config, out, process=process, callbacks=callbacks).fit()
     except (ConfigError, DataError) as exc:
         raise UserError(str(exc)) from None

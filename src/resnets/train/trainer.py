@@ -380,7 +380,8 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training stopped: the loss became non-finite (NaN or inf) by step {self.step} of epoch "
                 f"{self.epoch}{where}. Lower the learning rate (lr={self.config.lr}), set grad_clip, or use "
-                f"precision=fp32/bf16 instead of fp16; `resnets train --resume` continues from the checkpoint.")
+                f"precision=fp32/bf16 instead of fp16, in a new run (a resumed run keeps its settings, so it would "
+                f"diverge again at the same step).")
 
     def update_error_warmup(self) -> None:
         """He et al.'s ResNet-110 warm-up ends once the training error since the last check is below the bar."""
@@ -632,6 +633,24 @@ class Trainer:
         return self.eval_model
 
     # ------------------------------------------------------------ files
+    RUN_FILES = ("last.pt", "best.safetensors", "metrics.jsonl", "summary.json", "config.yaml")
+    """What a run writes; a new run refuses a folder holding any of them, so no run is overwritten."""
+
+    def _refuse_a_used_run_dir(self) -> None:
+        """A new run (train, finetune, prune, distill) never writes over another run's files. Every rank
+        answers before rank 0 writes anything; a group that torchrun restarted after a failure is exempt
+        (its first attempt made these files)."""
+        from .distributed import restart_count
+
+        if self.out_dir is None or restart_count() > 0:
+            return
+        found = [name for name in self.RUN_FILES if (self.out_dir / name).exists()]
+        if not self.process.any_true(bool(found)):
+            return
+        how = (f"resume it with `resnets train --resume {self.out_dir}`, " if "last.pt" in found else "")
+        raise ConfigError(f"{self.out_dir} already holds a run ({', '.join(found)}); {how}choose another output "
+                          "folder, or delete that one first")
+
     def _prepare_run_dir(self) -> None:
         if not (self.is_main and self.out_dir is not None):
             return
@@ -681,6 +700,8 @@ class Trainer:
 
     def fit(self) -> RunResult:
         c = self.config
+        if not self._resumed:
+            self._refuse_a_used_run_dir()
         if not self._resumed and c.time_budget is not None and not c.steps:
             self.fit_time_budget()
         self._prepare_run_dir()
