@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .args import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cifar10, cifar100, an extracted cifar-10-batches-py folder, an ImageFolder tree "
                         "DIR/<class>/<image>, or a root with train/ and val/ (or test/)")
     p.add_argument("--val-split", type=float, default=0.1,
-                   help="held-out fraction (or count, if >= 1) when there is no validation tree (default 0.1)")
+                   help="held-out fraction in [0, 1), or a whole count of images, when there is no validation tree "
+                        "(default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out (default 0)")
-    p.add_argument("--image-size", type=int, default=None, help="target size for large images (default native/224)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="target size for large images (default native/224)")
     p.add_argument("--cache-dir", default=None, help="cache folder (default $RESNETS_CACHE or ~/.cache/resnets)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing archive")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -30,10 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_data
 
-    val_split = int(args.val_split) if args.val_split >= 1 else args.val_split
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        splits = load_data(args.data, val_split=val_split, seed=args.seed, image_size=args.image_size,
+        splits = load_data(args.data, val_split=args.val_split, seed=args.seed, image_size=args.image_size,
                            cache_dir=args.cache_dir, download=not args.no_download)
     summary = splits.describe()
     summary["unreadable_files"] = [path for path, _ in splits.skipped]

@@ -19,21 +19,34 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import DataError
 from .folder import FileEntry, chunks, decode_rgb
 
 __all__ = ["cache_root", "decode_entries", "file_list_key", "load_or_decode"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: EXIF orientation applied, 16-bit images scaled (caches of format 1 hold the old pixels)
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]] = {}
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$RESNETS_CACHE``, else ``~/.cache/resnets``."""
+    """The cache folder: ``cache_dir``, else ``$RESNETS_CACHE``, else ``~/.cache/resnets``.
+
+    A path that is (or lies under) an existing file is an error: cache writes would fail there, and
+    since they fail quietly (a cache is optional) the user would never learn why nothing is cached.
+    """
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("RESNETS_CACHE"):
-        return Path(os.environ["RESNETS_CACHE"]).expanduser()
-    return Path.home() / ".cache" / "resnets"
+        root, origin = Path(cache_dir).expanduser(), "the cache folder (--cache-dir)"
+    elif os.environ.get("RESNETS_CACHE"):
+        root, origin = Path(os.environ["RESNETS_CACHE"]).expanduser(), "the cache folder ($RESNETS_CACHE)"
+    else:
+        root, origin = Path.home() / ".cache" / "resnets", "the default cache folder"
+    for part in (root, *root.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == root else f"lies under {part}, which is a file"
+                raise DataError(f"{origin} {root} {where}; give a folder path (a new or existing folder)")
+            break
+    return root
 
 
 def file_list_key(root: str | os.PathLike, entries: Sequence[FileEntry], *extra: object) -> str:

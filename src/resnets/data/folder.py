@@ -19,8 +19,8 @@ import torch
 from .errors import DataError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "FileEntry", "decode_rgb", "open_rgb", "find_classes", "map_folder_classes", "scan_image_folder",
-    "stratified_split", "warn_skipped",
+    "IMAGE_EXTENSIONS", "FileEntry", "check_image_size", "check_val_split", "decode_rgb", "open_rgb", "find_classes",
+    "map_folder_classes", "scan_image_folder", "stratified_split", "warn_skipped",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -43,8 +43,50 @@ def find_classes(folder: str | os.PathLike) -> list[str]:
         raise DataError(f"{folder} is not a folder; expected an ImageFolder tree {folder}/<class>/<image>")
     classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
+        loose = [entry.name for entry in os.scandir(folder)
+                 if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if loose:  # the common mistake: images straight in the folder, no class sub-folders
+            raise DataError(f"{folder} holds {len(loose)} image(s) directly but no class folders; move each image "
+                            f"into a sub-folder named after its class: {folder}/<class>/<image>")
         raise DataError(f"no class folders in {folder}; expected an ImageFolder tree {folder}/<class>/<image>")
     return classes
+
+
+def check_image_size(image_size: int | None, option: str = "image_size") -> int | None:
+    """``image_size`` as a positive int (or None: the data's own size); a clear error instead of a crash
+    deep in a resize ("negative dimensions are not allowed")."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, float)) or int(image_size) != image_size \
+            or image_size < 1:
+        raise DataError(f"{option}={image_size!r} is not a positive whole number of pixels; give e.g. 32 or 224 "
+                        f"(or leave it unset for the data's own size)")
+    return int(image_size)
+
+
+def check_val_split(val_split: float | int, total: int | None = None) -> float | int:
+    """``val_split`` as a fraction in [0, 1) or a whole count of images (1 <= count < ``total``).
+
+    One check for every caller (``resnets data``, ``train``, ``finetune``), so 2.5 is refused everywhere rather
+    than silently truncated to 2 by one of them. Returns an int for a count, a float for a fraction.
+    """
+    import math
+
+    hint = ("give a fraction in [0, 1) (e.g. 0.1 holds out 10% of each class), a whole count of images "
+            "(e.g. 500), or 0 for no hold-out")
+    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not math.isfinite(val_split):
+        raise DataError(f"val_split (--val-split) {val_split!r} is not a number; {hint}")
+    if val_split < 0:
+        raise DataError(f"val_split (--val-split) {val_split:g} is negative; {hint}")
+    if val_split < 1:
+        return float(val_split)
+    if int(val_split) != val_split:
+        raise DataError(f"val_split (--val-split) {val_split:g} is neither a fraction below 1 nor a whole count "
+                        f"of images; {hint}")
+    if total is not None and val_split >= total:
+        raise DataError(f"val_split (--val-split) {val_split:g} holds out at least as many images as there are "
+                        f"({total}), leaving none to train on; give a count below {total} or a fraction such as 0.1")
+    return int(val_split)
 
 
 def map_folder_classes(classes: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
@@ -102,11 +144,61 @@ def scan_image_folder(folder: str | os.PathLike,
     return entries, classes
 
 
-def open_rgb(path: str | os.PathLike, draft_size: int | None = None):
-    """Open and fully decode an image file as an RGB ``PIL.Image``; grayscale, RGBA, CMYK, palette become RGB.
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
-    ``draft_size`` lets the JPEG decoder downscale by a power of two while keeping both sides at
-    least that large (much faster for big photos that will be shrunk anyway). Raises
+
+def _upright(image):
+    """Apply the EXIF orientation tag (phone photos are stored sideways with a "rotate me" tag), so every
+    path sees the picture as a viewer shows it. Unreadable EXIF is ignored, never fatal."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a good image unreadable
+        return image
+    return ImageOps.exif_transpose(image) if orientation in (2, 3, 4, 5, 6, 7, 8) else image
+
+
+def _to_8bit(image):
+    """High-bit-depth single-channel images as 8-bit ``L``, scaled instead of clipped.
+
+    ``convert("RGB")`` clips these modes at 255, so a 16-bit PNG comes out almost white. The rule:
+    ``I;16*`` (16-bit by declaration) is divided by 257 (65535 -> 255). ``I`` (32-bit int) and ``F``
+    (float) carry no declared range, so it is read off the values: all in [0, 1] (``F`` only) -> x 255;
+    all in [0, 255] -> kept; all in [0, 65535] -> / 257 (16-bit data, the usual source of ``I``); anything
+    else (negative or wider) -> stretched from the image's own min..max to 0..255.
+    """
+    from PIL import Image
+
+    if image.mode not in SIXTEEN_BIT_MODES + ("I", "F"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if image.mode in SIXTEEN_BIT_MODES:
+        scaled = values / 257.0
+    else:
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if image.mode == "F" and low >= 0 and high <= 1:
+            scaled = values * 255.0
+        elif low >= 0 and high <= 255:
+            scaled = values
+        elif low >= 0 and high <= 65535:
+            scaled = values / 257.0
+        else:
+            scaled = (values - low) * (255.0 / (high - low))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def open_rgb(path: str | os.PathLike, draft_size: int | None = None):
+    """Open and fully decode an image file as an upright RGB ``PIL.Image``: the one decoder behind the tensor
+    cache, streaming, evaluation and prediction, so they all see the same pixels.
+
+    Grayscale, RGBA, CMYK and palette images become RGB; 16-bit and float images are scaled to 8 bits
+    (see :func:`_to_8bit`); the EXIF orientation is applied (see :func:`_upright`). ``draft_size`` lets the
+    JPEG decoder downscale by a power of two while keeping both sides at least that large (much faster
+    for big photos that will be shrunk anyway; rotation does not change the shorter side). Raises
     ``OSError``/``ValueError`` for empty, truncated or non-image files.
     """
     from PIL import Image
@@ -117,6 +209,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None):
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # a truncated file fails here, not later in training
+        image = _to_8bit(_upright(image))
         return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -153,11 +246,8 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_split: float | in
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
     total = labels.numel()
-    if isinstance(val_split, bool) or val_split < 0:
-        raise DataError(f"val_split must be a fraction in [0, 1) or a count of images, not {val_split!r}")
+    val_split = check_val_split(val_split, total)
     if val_split >= 1:
-        if int(val_split) != val_split or val_split >= total:
-            raise DataError(f"val_split={val_split} must be a whole number of images below the dataset size {total}")
         fraction = float(val_split) / total
         wanted = int(val_split)
     else:

@@ -53,9 +53,10 @@ def load_eval_image(path: str | os.PathLike, image_size: int | None,
     """
     from torchvision.transforms import v2
 
-    from .folder import open_rgb
+    from .folder import check_image_size, open_rgb
 
     crop_fraction = check_crop_fraction(crop_fraction)
+    image_size = check_image_size(image_size)
 
     try:
         image = open_rgb(path)

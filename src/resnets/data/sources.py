@@ -4,7 +4,8 @@ Accepted sources:
 
 - ``cifar10`` / ``cifar100``: the official python archives, downloaded into the cache on first use;
 - a path to an extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder;
-- a root holding ``train/`` and ``val/`` (or ``validation/``, or ``test/``) ImageFolder trees;
+- a root holding ``train/`` (or ``training/``) and ``val/`` (or ``valid/``, ``validation/``, and/or ``test/``)
+  ImageFolder trees; split names match in any case (``Train/``, ``VAL/``);
 - a single ImageFolder tree ``DIR/<class>/<image>`` (validation is a seeded stratified hold-out).
 
 Images up to 64 px become in-memory uint8 tensors (decoded once, cached on disk); larger ones
@@ -24,17 +25,62 @@ from .cache import cache_root, file_list_key, load_or_decode
 from .cifar import CIFAR_ARCHIVES, fetch_cifar, is_cifar_folder, read_cifar_folder
 from .datasets import DataSplits, ImageFileDataset, TensorImageDataset, read_image_file
 from .errors import DataError
-from .folder import FileEntry, map_folder_classes, scan_image_folder, stratified_split, warn_skipped
+from .folder import (FileEntry, check_image_size, check_val_split, map_folder_classes, scan_image_folder,
+                     stratified_split, warn_skipped)
 from .stats import compute_mean_std, resolve_known_stats
 
 __all__ = ["SMALL_IMAGE_LIMIT", "load_data", "load_eval"]
 
 SMALL_IMAGE_LIMIT = 64  # images up to this side are decoded once into an in-memory tensor
-VAL_NAMES = ("val", "validation", "test")
+# Split folder names (compared lower-cased) and the role each plays.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test"}
+VAL_NAMES = ("val", "validation", "test")  # kept for callers importing it; see SPLIT_NAMES
 DEFAULT_LARGE_SIZE = 224
 _CIFAR_MEMORY: dict[str, object] = {}
 
 Normalization = str | tuple[Sequence[float], Sequence[float]]
+
+
+def _split_folders(path: Path) -> dict[str, Path]:
+    """The split trees of a root, by role (``train``, ``val``, ``test``); empty for a plain ImageFolder tree.
+
+    Names match case-insensitively (``Train/`` + ``Val/`` must not become a two-class dataset). A root is a
+    split root when it has a train folder, or when all its folders are split names (``val/`` + ``test/``
+    for evaluation). A train folder next to other folders is ambiguous (a split root, or a class called
+    "train"?) and so is an error, as are two folders for one role (``val/`` and ``validation/``).
+    """
+    folders = sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
+    by_role: dict[str, list[str]] = {}
+    for name in folders:
+        if name.lower() in SPLIT_NAMES:
+            by_role.setdefault(SPLIT_NAMES[name.lower()], []).append(name)
+    others = [name for name in folders if name.lower() not in SPLIT_NAMES]
+    if not by_role or ("train" not in by_role and others):
+        return {}
+    if others:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise DataError(f"{path} has a {by_role['train'][0]}/ folder next to other folders ({shown}): is it a root of "
+                        f"split trees (train/, val/, test/) or an ImageFolder whose classes include "
+                        f"{by_role['train'][0]!r}? Move the other folders out, or rename that class folder")
+    for role, names in by_role.items():
+        if len(names) > 1:
+            raise DataError(f"{path} has several {role} split folders ({', '.join(names)}); keep one of them")
+    return {role: path / names[0] for role, names in by_role.items()}
+
+
+def _check_training_classes(train, classes: Sequence[str], folder: Path) -> None:
+    """Refuse training data with fewer than 2 classes that have images: a one-class "classifier" trains to
+    100% accuracy and learns nothing, which is worse than an error."""
+    present = sorted(set(train.labels.tolist()))
+    if len(present) >= 2:
+        return
+    with_images = [classes[index] for index in present]
+    shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
+    found = f"{len(classes)} class folder(s) ({shown})" if classes else "no class folders"
+    detail = f", and only {', '.join(with_images) or 'none'} has readable images" if len(classes) >= 2 else ""
+    raise DataError(f"{folder} has {found}{detail}: training needs at least 2 classes, one sub-folder of images "
+                    f"per class ({folder}/<class>/<image>)")
 
 
 def _probe_size(entries: Sequence[FileEntry], count: int = 16) -> int:
@@ -205,6 +251,9 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
     else measured on the training split), ``"imagenet"``/``"cifar10"``/``"cifar100"``, or (mean, std).
     ``workers`` sets the decoding processes for the cache (default: automatic).
     """
+    image_size = check_image_size(image_size)
+    val_split = check_val_split(val_split)
+    cache_root(cache_dir)  # a bad --cache-dir fails now, not quietly at the first write
     path, name = _resolve_source(source, cache_dir, download)
     label = os.fspath(source)
     if is_cifar_folder(path):
@@ -223,28 +272,33 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
             _with_stats(dataset, mean, std)
         return DataSplits(train, val, list(arrays.classes), mean, std, train.image_size, True, test, label)
 
-    class_to_index = None
-    if classes is not None:
-        train_root = path / "train" if (path / "train").is_dir() else path
-        class_to_index = map_folder_classes(classes, train_root)
-    if (path / "train").is_dir():
-        train, found_classes, skipped, key, small = _folder_dataset(path / "train", class_to_index, image_size,
+    splits = _split_folders(path) if path.is_dir() else {}
+    if splits and "train" not in splits:
+        present = ", ".join(f"{folder.name}/" for folder in splits.values())
+        raise DataError(f"{path} has {present} but no train/ folder; training needs {path}/train/<class>/<image> "
+                        f"(evaluate a checkpoint on it with `resnets eval` instead)")
+    train_root = splits.get("train", path)
+    class_to_index = map_folder_classes(classes, train_root) if classes is not None else None
+    if splits:
+        train, found_classes, skipped, key, small = _folder_dataset(train_root, class_to_index, image_size,
                                                                     cache_dir, workers)
-        if class_to_index is None:
-            class_to_index = {name_: index for index, name_ in enumerate(found_classes)}
+        if classes is None:
+            _check_training_classes(train, list(found_classes), train_root)
         held = {}
-        for val_name in VAL_NAMES:
-            if (path / val_name).is_dir():
-                mapping = map_folder_classes(list(found_classes) if classes is None else list(classes), path / val_name)
+        for role in ("val", "test"):
+            if role in splits:
+                mapping = map_folder_classes(list(found_classes) if classes is None else list(classes), splits[role])
                 size = image_size if image_size is not None else (train.image_size if small else None)
-                held[val_name], _, more, _, _ = _folder_dataset(path / val_name, mapping, size, cache_dir, workers, small)
+                held[role], _, more, _, _ = _folder_dataset(splits[role], mapping, size, cache_dir, workers, small)
                 skipped = skipped + more
         test = held.get("test")
-        val = held.get("val", held.get("validation", test))
+        val = held.get("val", test)
         if val is None:
             train, val = _split(train, val_split, seed)
     else:
         full, found_classes, skipped, key, small = _folder_dataset(path, class_to_index, image_size, cache_dir, workers)
+        if classes is None:
+            _check_training_classes(full, list(found_classes), path)
         train, val = _split(full, val_split, seed)
         test = None
     classes_out = list(classes) if classes is not None else list(found_classes)
@@ -261,21 +315,23 @@ def load_eval(source: str | os.PathLike, classes: Sequence[str] | None = None, *
               workers: int | None = None, download: bool = True):
     """The evaluation set of ``source``, labelled in the order of ``classes`` (a checkpoint's list).
 
-    ``cifar10``/``cifar100`` (or their folders): the official test set. A root with ``val/`` or
-    ``test/``: that tree. Any other folder: the whole ImageFolder tree. Class folders are matched to
+    ``cifar10``/``cifar100`` (or their folders): the official test set. A root of split trees: its ``val/``
+    (else ``test/``) tree. Any other folder: the whole ImageFolder tree. Class folders are matched to
     ``classes`` by name; unknown folders are an error. Pass the checkpoint's ``(mean, std)`` as
     ``normalization`` so evaluation normalises exactly as training did.
     """
+    image_size = check_image_size(image_size)
+    cache_root(cache_dir)
     path, name = _resolve_source(source, cache_dir, download)
     if is_cifar_folder(path):
         splits = load_data(path, val_split=0, classes=classes, image_size=image_size, normalization=normalization,
                            cache_dir=cache_dir, download=download)
         return splits.test
-    folder = path
-    for val_name in ("val", "validation", "test"):
-        if (path / "train").is_dir() and (path / val_name).is_dir():
-            folder = path / val_name
-            break
+    splits = _split_folders(path) if path.is_dir() else {}
+    folder = splits.get("val", splits.get("test", path))
+    if splits and folder == path:
+        raise DataError(f"{path} has a {splits['train'].name}/ tree but no val/ or test/ tree to evaluate on; "
+                        f"add {path}/val/<class>/<image>, or point --data at a folder of held-out images")
     mapping = map_folder_classes(classes, folder) if classes is not None else None
     dataset, found, _, key, _ = _folder_dataset(folder, mapping, image_size, cache_dir, workers)
     if classes is not None:
