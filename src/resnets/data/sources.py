@@ -35,7 +35,6 @@ SMALL_IMAGE_LIMIT = 64  # images up to this side are decoded once into an in-mem
 # Split folder names (compared lower-cased) and the role each plays.
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test"}
-VAL_NAMES = ("val", "validation", "test")  # kept for callers importing it; see SPLIT_NAMES
 DEFAULT_LARGE_SIZE = 224
 _CIFAR_MEMORY: dict[str, object] = {}
 
