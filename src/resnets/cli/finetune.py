@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from .args import device, positive_float, positive_int, unit_fraction
 
 
 def _stage_lrs(text: str | None) -> dict[str, float]:
@@ -37,23 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--val-split", type=float, default=0.1, help="held-out fraction when the data has no val/ tree")
-    p.add_argument("--image-size", type=int, help="resize images to this side (default: the data's own, or 224)")
+    p.add_argument("--image-size", type=positive_int, help="resize images to this side (default: the data's own, or 224)")
     p.add_argument("--freeze", default="none", help="freeze up to and including: none, stem, layer1..layerN, "
                                                     "all-but-head (default none)")
     p.add_argument("--bn", default="train", choices=["train", "eval", "frozen"],
                    help="BatchNorm in trainable parts: train; eval (running stats fixed); frozen (affine too)")
-    p.add_argument("--lr", type=float, default=0.01, help="base learning rate (default 0.01)")
-    p.add_argument("--head-lr-mult", type=float, default=1.0, help="head learning rate = lr x this (default 1)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="base learning rate (default 0.01)")
+    p.add_argument("--head-lr-mult", type=positive_float, default=1.0, help="head learning rate = lr x this (default 1)")
     p.add_argument("--stage-lr", help="per-part multipliers, e.g. 'stem=0.1,layer1=0.1,layer2=0.3'")
-    p.add_argument("--layer-decay", type=float, help="layer-wise decay: part k below the head gets lr x decay^k")
+    p.add_argument("--layer-decay", type=unit_fraction, help="layer-wise decay: part k below the head gets lr x decay^k")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", default="auto", help="resnets.data augment preset: auto (cifar for small images, "
                                                      "imagenet for large), none, cifar, he2015, airbench, imagenet")
-    p.add_argument("--unfreeze-every", type=int, metavar="EPOCHS",
+    p.add_argument("--unfreeze-every", type=positive_int, metavar="EPOCHS",
                    help="progressive unfreezing: train the head first, then unfreeze one more part from the top "
                         "every EPOCHS epochs (down to --freeze)")
     p.add_argument("--linear-probe", action="store_true",
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-weight-decay", type=float, default=1e-4)
     p.add_argument("--keep-head", action="store_true", help="keep the source's classifier (classes must match)")
     p.add_argument("--adapt-in-chans", action="store_true", help="convert the first convolution to the data's channels")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--seed", type=int, default=0)

@@ -463,6 +463,9 @@ def load_recipe(name_or_path: str | os.PathLike, _chain: tuple[Path, ...] = ()) 
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {str(path)!r} is not a text file; a recipe is YAML (see `resnets train "
+                          "--list-recipes`)") from None
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a mapping of option: value")
     base_name = values.pop("extends", None)
