@@ -126,6 +126,13 @@ def test_an_unwritable_or_blocked_output_is_one_line(capsys, tmp_path, monkeypat
     assert code == 2 and "a file is in the way" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_binary_file_as_recipe_is_a_one_line_error(capsys, tmp_path):
+    image = tmp_path / "photo.yaml"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    code, err = run_cli(capsys, "train", "--recipe", str(image))
+    assert code == 2 and "is not a text file" in err and "Traceback" not in err
+
+
 def test_set_overrides_merge_and_type_check():
     overrides = parse_set(["lr=0.2", "augment.cutout_size=8", "model_options.drop_path_rate=0.1", "tta=flip"])
     config = resolve_config("cifar-fast", overrides)
