@@ -183,6 +183,11 @@ def _read_torch(path: Path, kind: str) -> Checkpoint:
         raise CheckpointError(f"could not read {str(path)!r} as a PyTorch checkpoint: {message}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
+    if obj.get("format") == "resnets-int8-fx":  # resnets.deploy.quantize.QUANT_FORMAT; its tensors are int8 modules'
+        raise CheckpointError(f"{str(path)!r} is an int8 model written by `resnets quantize`, not a float checkpoint; "
+                              "no command reads it: load it in Python with resnets.deploy.load_quantized(path), or "
+                              "give this command the float checkpoint it was quantized from (for an int8 file to "
+                              "deploy, use `resnets export --int8`)")
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "module"):
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):

@@ -82,3 +82,28 @@ def test_bad_requests_are_clear_errors(trained_tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(ExportError, match="pip install onnxruntime"):
         export_onnx(trained_tiny, tmp_path / "m.onnx", input_size=SIZE)
+
+
+def test_an_onnx_file_in_another_opset_than_asked_is_refused_and_replaces_nothing(trained_tiny, tmp_path,
+                                                                                  monkeypatch):
+    """torch's exporter falls back to its own opset when it cannot convert a graph down; the written file is
+    checked, and the file that was there before stays."""
+    from resnets.deploy import export as export_module
+
+    monkeypatch.setattr(export_module, "supported_opsets", lambda: range(5, 99))  # let 13 past the up-front check
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"the user's earlier export")
+    with pytest.raises(ExportError, match="wrote opset 18 .* not the 13 asked for"):
+        export_onnx(trained_tiny, path, input_size=SIZE, opset=13)
+    assert path.read_bytes() == b"the user's earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind
+
+
+def test_onnx_files_carry_the_opset_asked_for(trained_tiny, tmp_path):
+    from resnets.deploy.export import check_opset, onnx_file_opset, supported_opsets
+
+    newest = supported_opsets()[-1]
+    export_onnx(trained_tiny, tmp_path / "m.onnx", input_size=SIZE, opset=newest, verify=False)
+    assert onnx_file_opset(tmp_path / "m.onnx") == newest
+    with pytest.raises(ExportError, match=f"choose one from 18 to {newest}"):
+        check_opset(17)

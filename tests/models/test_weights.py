@@ -189,3 +189,18 @@ def test_published_weights_carry_their_config_into_a_checkpoint_predict_uses(tmp
         assert torch.equal(load_eval_image(image, 224, fraction), expected)
     with pytest.raises(ValueError, match="crop_fraction"):
         load_eval_image(image, 224, 1.5)
+
+
+def test_int8_files_from_resnets_quantize_are_named_not_called_dicts_without_weights(tmp_path):
+    """``resnets quantize`` files hold packed int8 modules (not plain tensors) under 'state_dict'; the reader names
+    the format and the way to load it instead of reporting a dict without a state dict."""
+    from resnets.deploy.quantize import QUANT_FORMAT
+
+    path = tmp_path / "m.int8.pt"
+    torch.save({"format": QUANT_FORMAT, "spec": {}, "state_dict": {"fc._packed_params.dtype": torch.qint8,
+                                                                   "fc.scale": torch.tensor(0.1)}}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "int8 model written by `resnets quantize`" in message and "resnets.deploy.load_quantized" in message
+    assert "without a state dict" not in message

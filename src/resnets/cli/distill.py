@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import positive_float, unit_fraction
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from .prune import add_finetune_args
@@ -16,13 +18,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: resnets distill --teacher runs/r56/best.safetensors --student resnet20 --data cifar10 "
                "--epochs 30 --out runs/r20-kd")
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
+    p.add_argument("--teacher-model", metavar="NAME", help="architecture of a --teacher without a spec "
+                   "(a torchvision/timm state dict), e.g. resnet50")
     p.add_argument("--student", required=True, help="student model name (resnets models) or checkpoint to start from")
+    p.add_argument("--student-model", metavar="NAME", help="architecture of a --student checkpoint without a spec "
+                   "(a torchvision/timm state dict), e.g. resnet18")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.9, help="weight of the soft-target term (0-1)")
+    p.add_argument("--temperature", type=positive_float, default=4.0)
+    p.add_argument("--alpha", type=unit_fraction, default=0.9, help="weight of the soft-target term (0-1)")
     add_finetune_args(p, lr=0.1)
     p.set_defaults(func=run)
+
+
+def check_student_head(student, metadata: dict, origin: str, classes: list[str]) -> None:
+    """Refuse a student checkpoint whose head predicts other classes, or the same ones in another order, than
+    the teacher and the data: distillation would fail mid-run or silently swap labels. The comparison is
+    ``resnets finetune --keep-head``'s (``check_head``); only the advice differs."""
+    from ..transfer import SourceInfo, check_head
+
+    info = SourceInfo(origin=origin, spec=student.spec, num_classes=student.spec.num_classes, metadata=metadata)
+    check_head(info, len(classes), replace_head=False, class_names=list(classes),
+               advice="the student must predict the teacher's classes in the same order. Start from a checkpoint "
+                      "trained on these classes, or give a model name (e.g. --student resnet20) to train a fresh "
+                      "student")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,26 +51,27 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.distill import DistillationLoss
     from ..factory import create_model
     from ..train import Trainer
-    from ..weights import model_from_checkpoint
     from . import UserError
-    from .prune import finetune_config
+    from .prune import check_run_folder, finetune_config, load_network
 
-    if args.temperature <= 0:
-        raise UserError(f"--temperature {args.temperature} must be positive (4 is common)")
-    if not 0 <= args.alpha <= 1:
-        raise UserError(f"--alpha {args.alpha} must be between 0 and 1")
-    teacher, ckpt = model_from_checkpoint(args.teacher)
-    data = load_deploy_data(args.data, ckpt.metadata, 0, val_split=args.val_split)
+    student_is_file = os.path.exists(args.student)
+    if args.student_model and not student_is_file:
+        raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
+                        f"{args.student!r} is not a file; give the model name as --student alone")
+    check_run_folder(args.out, args.teacher, args.student if student_is_file else None)
+    teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
+    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
     num_classes = data.num_classes
     if teacher.spec.num_classes != num_classes:
         raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {num_classes}; "
                         "distil on the data the teacher was trained for")
-    if os.path.exists(args.student):
-        student, student_ckpt = model_from_checkpoint(args.student)
-        name = str(student_ckpt.metadata.get("model_name") or "student")
+    if student_is_file:
+        student, student_meta = load_network(args.student, args.student_model, "--student", "--student-model")
+        check_student_head(student, student_meta, f"--student {args.student}", data.splits.classes)
+        name = str(student_meta.get("model_name") or args.student_model or "student")
     else:
         student, name = create_model(args.student, num_classes=num_classes), args.student
-    config = finetune_config(args, name, ckpt.metadata)
+    config = finetune_config(args, name, metadata)
     loss = DistillationLoss(teacher, temperature=args.temperature, alpha=args.alpha)
     result = Trainer(config, args.out, splits=data.splits, model=student, loss_fn=loss).fit()
     if result.final_val_top1 is not None:

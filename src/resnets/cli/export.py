@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .args import positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,19 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx / .pt2 / .xml + .bin)")
     p.add_argument("--int8", action="store_true", help="quantize to int8 (needs --calib-data)")
     p.add_argument("--calib-data", metavar="DIR", help="training images for int8 calibration (ImageFolder or cifar10)")
-    p.add_argument("--calib-images", type=int, default=512)
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--calib-images", type=positive_int, default=512)
+    p.add_argument("--opset", type=positive_int, default=None,
+                   help="ONNX opset (default 18; from 18 up to the newest the installed onnx defines)")
+    p.add_argument("--tolerance", type=positive_float, default=1e-4,
                    help="max |logit difference| allowed for fp32 (times the largest logit when that is above 1)")
     p.add_argument("--no-verify", action="store_true", help="skip the check (not recommended)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, export_model
+    from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, check_opset, export_model
     from ..deploy.quantize import CalibrationError
     from ..weights import model_from_checkpoint
     from . import UserError
+    from .args import check_output
+    from .prune import checkpoint_reads
 
     if args.format not in FORMATS:
         raise UserError(f"--format {args.format!r} is not supported; choose one of: {', '.join(FORMATS)}")
@@ -41,6 +46,15 @@ def run(args: argparse.Namespace) -> int:
                         "in an ImageFolder tree, or cifar10)")
     if args.format != "onnx" and args.opset is not None:
         raise UserError("--opset applies to --format onnx only")
+    if args.opset is not None:
+        try:
+            check_opset(args.opset)
+        except ExportError as exc:
+            raise UserError(f"--opset: {exc}") from None
+    suffix = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}[args.format]
+    source = Path(args.checkpoint)
+    default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
+    out = check_output(args.out or default, reads=checkpoint_reads(args.checkpoint))
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     calibration = None
@@ -48,10 +62,6 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.data import load_deploy_data
 
         calibration = load_deploy_data(args.calib_data, ckpt.metadata, args.calib_images).calibration
-    suffix = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}[args.format]
-    source = Path(args.checkpoint)
-    default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
-    out = Path(args.out) if args.out else default
     size = (model.spec.in_chans, ckpt.metadata.get("image_size") or model.spec.default_image_size)
     kwargs = dict(input_size=(size[0], size[1], size[1]), verify=not args.no_verify, tolerance=args.tolerance,
                   int8=args.int8, calibration_data=calibration)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+from typing import Any
 
 from ..precision import PRECISION_CHOICES
+from .args import device, non_negative_int, positive_float, positive_int, unit_fraction
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,22 +21,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: resnets prune --checkpoint runs/r56/best.safetensors --data cifar10 --target-macs 0.5 "
                "--epochs 10 --out runs/r56-pruned")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", help="architecture of a --checkpoint without a spec (a torchvision/timm state dict), "
+                   "e.g. resnet18")
     p.add_argument("--data", required=True, help="the training data (as for resnets train)")
     p.add_argument("--out", required=True, help="run folder for the fine-tuning")
-    p.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep (0-1)")
-    p.add_argument("--criterion", default="l1", help="l1 (filter L1 norm) or bn (BatchNorm |gamma|)")
-    p.add_argument("--min-keep", type=float, default=0.1, help="fraction of each layer's channels always kept")
+    p.add_argument("--target-macs", type=unit_fraction, default=0.5, help="fraction of the MACs to keep (0-1)")
+    p.add_argument("--criterion", default="l1", choices=("l1", "bn"),
+                   help="l1 (filter L1 norm) or bn (BatchNorm |gamma|)")
+    p.add_argument("--min-keep", type=unit_fraction, default=0.1,
+                   help="fraction (0-1) of each layer's channels always kept")
     add_finetune_args(p, lr=0.02)
     p.set_defaults(func=run)
 
 
 def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
-    p.add_argument("--epochs", type=float, help="fine-tuning epochs")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES", help="or fit fine-tuning into this many minutes")
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=positive_float, help="fine-tuning epochs")
+    p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
+                   help="or fit fine-tuning into this many minutes")
+    p.add_argument("--lr", type=positive_float, default=lr)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--val-split", type=unit_fraction, default=0.1, help="held-out fraction (0-1)")
+    p.add_argument("--workers", type=non_negative_int, help="data loader processes (0: load in this process)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="default auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
@@ -53,6 +63,8 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
               if data_meta.get("image_size", 32) <= 64 else {"random_resized_crop": True, "flip": True}}
     if args.epochs is not None:
         values["epochs"] = args.epochs
+    if args.workers is not None:
+        values["workers"] = args.workers
     if args.time_budget is not None:
         values["time_budget"] = args.time_budget
     if isinstance(data_meta.get("mean"), list):
@@ -61,22 +73,62 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
     return resolve_config(None, values)
 
 
+def checkpoint_reads(*paths: str | None) -> list[Path]:
+    """What ``check_output`` must protect for these input checkpoints: the files, and the run folder a
+    checkpoint lies in (its last.pt, best.safetensors), so no output lands on a sibling checkpoint of the run."""
+    from ..train.trainer import Trainer
+
+    reads: list[Path] = []
+    for path in paths:
+        if not path or not os.path.exists(path):
+            continue
+        reads.append(Path(path))
+        folder = Path(path).parent
+        if os.path.isfile(path) and any((folder / name).exists() for name in Trainer.RUN_FILES):
+            reads.append(folder)
+    return reads
+
+
+def check_run_folder(out: str, *inputs: str | None) -> Path:
+    """Refuse a run folder (``--out``) that is an input checkpoint's own folder: the trainer's best.safetensors
+    and last.pt would land on the files read."""
+    from .args import check_output
+
+    folders = [Path(p).parent for p in inputs if p and os.path.isfile(p)]
+    return check_output(out, reads=[*checkpoint_reads(*inputs), *folders], directory=True)
+
+
+def load_network(path: str, model_name: str | None, option: str, model_option: str) -> tuple[Any, dict]:
+    """The network in checkpoint ``path`` and its metadata. A state dict without a spec (torchvision, timm)
+    needs its architecture named, which the error says how to do on the command line (``model_option``)."""
+    from ..transfer import load_source
+    from ..weights import read_checkpoint
+    from . import UserError
+
+    if model_name is None and read_checkpoint(path).spec is None:
+        raise UserError(f"{option} {path} holds weights without a model spec (a torchvision or timm state dict); "
+                        f"name its architecture with {model_option} NAME (e.g. {model_option} resnet18; "
+                        "`resnets models` lists the names)")
+    model, info = load_source(path, model_name=model_name)
+    return model, info.metadata
+
+
 def run(args: argparse.Namespace) -> int:
     from ..deploy.data import load_deploy_data
     from ..deploy.prune import PruningError, prune_model
     from ..train import Trainer
-    from ..weights import model_from_checkpoint
     from . import UserError
     from .quantize import top1
 
-    model, ckpt = model_from_checkpoint(args.checkpoint)
-    config = finetune_config(args, str(ckpt.metadata.get("model_name") or "pruned"), ckpt.metadata)
+    check_run_folder(args.out, args.checkpoint)
+    model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
+    config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)
     try:
         result = prune_model(model, args.target_macs, criterion=args.criterion, min_keep=args.min_keep)
     except PruningError as exc:
         raise UserError(str(exc)) from None
     print(f"pruned: {result}; block widths {list(result.block_widths)}")
-    data = load_deploy_data(args.data, ckpt.metadata, 0, val_split=args.val_split, seed=config.seed)
+    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, seed=config.seed)
     if data.val_loader is not None:
         before = top1(model, data.val_loader, data.num_classes)
         cut = top1(result.model, data.val_loader, data.num_classes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import positive_int, unit_fraction
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="the training images (ImageFolder tree or cifar10)")
     p.add_argument("--out", required=True, help="where to write the int8 model (.pt, weights only)")
-    p.add_argument("--calib-images", type=int, default=512)
-    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--calib-images", type=positive_int, default=512)
+    p.add_argument("--val-split", type=unit_fraction, default=0.1, help="held-out fraction (0-1) to measure on")
     p.add_argument("--qat-epochs", type=float, default=0.0, help="quantization-aware fine-tuning epochs if needed")
     p.add_argument("--max-drop", type=float, default=0.3, help="top-1 points PTQ may lose before QAT runs")
     p.set_defaults(func=run)
@@ -35,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.quantize import CalibrationError, quantize_int8, quantization_aware_finetune, save_quantized
     from ..weights import model_from_checkpoint
     from . import UserError
+    from .args import check_output
+    from .prune import checkpoint_reads
 
-    if args.calib_images < 1:
-        raise UserError("--calib-images must be at least 1 (a few hundred is typical)")
+    if args.qat_epochs < 0:
+        raise UserError(f"--qat-epochs {args.qat_epochs:g} is negative; give 0 (no QAT) or more")
+    check_output(args.out, reads=checkpoint_reads(args.checkpoint))
     model, ckpt = model_from_checkpoint(args.checkpoint)
     data = load_deploy_data(args.data, ckpt.metadata, args.calib_images, val_split=args.val_split)
     if data.val_loader is None:

@@ -38,8 +38,8 @@ class BenchRow:
     peak_share: float
     """Achieved GFLOP/s over the matmul GFLOP/s of the matching dtype (bf16 for bf16/int8), both medians of the
     same round-robin rounds."""
-    speedup: float
-    """torchvision eager fp32 NCHW p50 / this p50, same batch, same run."""
+    speedup: float | None
+    """torchvision eager fp32 NCHW p50 / this p50, same batch, same run; None where torchvision has no such model."""
     params: int
     macs: int
 
@@ -193,11 +193,35 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
             rows.append(BenchRow(model=name, variant=vname, batch=batch, p50_ms=p50 * 1000,
                                  p90_ms=_percentile(samples, 0.9) * 1000, images_per_s=batch / p50,
                                  gflops=gflops, peak_share=gflops / peaks[dtype],
-                                 speedup=(base / p50) if base else float("nan"), params=prof.params, macs=prof.macs))
+                                 speedup=(base / p50) if base else None, params=prof.params, macs=prof.macs))
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "native_bf16": native_bf16(),
            "peak_fp32_gflops": peaks["fp32"], "peak_bf16_gflops": peaks.get("bf16")}
     return rows, env
+
+
+def compare_source(name: str) -> str:
+    """``"resnets"`` or ``"torchvision"``: where ``--compare``'s ``name`` comes from. An unknown name raises
+    ``UnknownModelError`` with close matches among both, so a typo fails before anything is timed."""
+    import difflib
+
+    from torchvision.models import list_models
+
+    from ..zoo import UnknownModelError, get_entry
+
+    try:
+        get_entry(name)
+        return "resnets"
+    except UnknownModelError as exc:
+        import torchvision.models
+
+        ours = str(exc)
+        theirs = list_models(module=torchvision.models)  # classification models only
+    if name in theirs:
+        return "torchvision"
+    close = difflib.get_close_matches(name, theirs, n=4, cutoff=0.6)
+    raise UnknownModelError(f"{ours} It is not a torchvision classification model either"
+                            + (f" (close: {', '.join(close)})." if close else "."))
 
 
 def compare_architectures(names: Sequence[str], batch: int = 1, rounds: int = 10,
@@ -206,19 +230,12 @@ def compare_architectures(names: Sequence[str], batch: int = 1, rounds: int = 10
     from torchvision.models import get_model
 
     from ..factory import create_model
-    from ..zoo import UnknownModelError, get_entry
 
+    sources = [(name, compare_source(name)) for name in names]  # every name checked before any timing
     rows = []
     example = torch.randn(batch, *input_size)
-    for name in names:
-        try:
-            get_entry(name)
-            net, source = create_model(name).eval(), "resnets"
-        except UnknownModelError:
-            try:
-                net, source = get_model(name, weights=None).eval(), "torchvision"
-            except ValueError:
-                raise ValueError(f"{name!r} is neither a resnets model nor a torchvision classification model") from None
+    for name, source in sources:
+        net = (create_model(name) if source == "resnets" else get_model(name, weights=None)).eval()
         prof = profile(net, input_size)
         fast = make_inference_model(net, "bf16", True, True)
         times = time_round_robin({"fp32": lambda: net(example), "bf16": lambda: fast(example)}, rounds)
@@ -228,13 +245,18 @@ def compare_architectures(names: Sequence[str], batch: int = 1, rounds: int = 10
     return rows
 
 
+def _speedup(value: float | None) -> str:
+    """``"1.23x"``, or ``"-"`` where there is no torchvision twin to compare with (CIFAR nets)."""
+    return f"{value:.2f}x" if value is not None and value == value else "-"
+
+
 def format_rows(rows: Sequence[BenchRow]) -> str:
     header = ("| model | variant | batch | p50 ms | p90 ms | images/s | GFLOP/s | % of peak | vs torchvision |\n"
               "|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [header]
     for r in rows:
         lines.append(f"| {r.model} | {r.variant} | {r.batch} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.images_per_s:.1f} | "
-                     f"{r.gflops:.1f} | {r.peak_share:.0%} | {r.speedup:.2f}x |")
+                     f"{r.gflops:.1f} | {r.peak_share:.0%} | {_speedup(r.speedup)} |")
     return "\n".join(lines)
 
 

@@ -29,6 +29,46 @@ DEFAULT_OPSET = 18
 """The newest opset the dynamo exporter targets natively in torch 2.x, and one onnxruntime >= 1.14 runs."""
 
 
+def supported_opsets() -> range:
+    """The ONNX opsets ``export_onnx`` can write: from the one torch's exporter implements its ops in (it
+    converts to older ones only for some graphs, and otherwise silently writes its own) up to the newest
+    the installed ``onnx`` package defines."""
+    try:
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET as low
+    except ImportError:  # a torch that moved it: the value of torch 2.5-2.9
+        low = DEFAULT_OPSET
+    try:
+        import onnx
+
+        high = onnx.defs.onnx_opset_version()
+    except ImportError:
+        high = low
+    return range(low, max(low, high) + 1)
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter would not write (it would fall back to another one after a traceback)."""
+    allowed = supported_opsets()
+    if opset not in allowed:
+        raise ExportError(f"ONNX opset {opset} is not supported by this torch {torch.__version__} / onnx exporter; "
+                          f"choose one from {allowed[0]} to {allowed[-1]} (default {DEFAULT_OPSET})")
+
+
+def onnx_file_opset(path: str | os.PathLike) -> int | None:
+    """The default-domain opset a written ONNX file imports (None when it imports none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _check_file_opset(path: str | os.PathLike, opset: int, shown: str | os.PathLike) -> None:
+    written = onnx_file_opset(path)
+    if written != opset:
+        raise ExportError(f"the ONNX exporter wrote opset {written} for {shown}, not the {opset} asked for (it could "
+                          f"not convert this graph); nothing was kept. Use --opset {written} or leave --opset out")
+
+
 class ExportError(RuntimeError):
     """Export could not be done or checked (a missing runtime, bad inputs)."""
 
@@ -146,6 +186,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
     from .quantize import CalibrationError
 
     path = Path(path)
+    check_opset(opset)
     model = _unwrap(model)
     if int8 and calibration_data is None:
         raise CalibrationError("ONNX int8 needs calibration images (a few hundred training images): pass "
@@ -164,9 +205,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
                                     output_names=["logits"], verbose=False)
     from ..weights import atomic_write
 
-    atomic_write(fp32_path, lambda tmp: program.save(tmp))
+    def save(tmp: str) -> None:  # checked before it replaces anything at fp32_path
+        program.save(tmp)
+        _check_file_opset(tmp, opset, fp32_path)
+
+    atomic_write(fp32_path, save)
     if int8:
-        _onnx_quantize(fp32_path, path, calibration_data, ort)
+        atomic_write(path, lambda tmp: (_onnx_quantize(fp32_path, Path(tmp), calibration_data, ort),
+                                        _check_file_opset(tmp, opset, path)))
     check = int8_check_images(calibration_data) if int8 else _inputs(model, input_size, 3, seed=1)
     diff, agree, tol = float("nan"), float("nan"), tolerance
     if verify:

@@ -141,7 +141,7 @@ def _plan(model: ResNet, blocks: Sequence[nn.Module], criterion: Criterion, targ
     if total > target_macs:
         raise PruningError(f"cannot reach {target_macs / macs.total:.0%} of the MACs by pruning inner channels only "
                            f"(min_keep={min_keep}): the stem, shortcuts and residual-tied convolutions remain. "
-                           "Ask for a larger fraction or a smaller min_keep")
+                           "Ask for a larger fraction or a smaller min_keep (--min-keep)")
     return [[order[:w].sort().values for order in r[0]] for r, w in zip(rankings, widths)]
 
 

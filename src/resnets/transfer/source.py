@@ -90,17 +90,20 @@ def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_na
     return model, SourceInfo(origin=origin, spec=spec, num_classes=spec.num_classes, metadata=metadata)
 
 
-def check_head(info: SourceInfo, num_classes: int, replace_head: bool, class_names: list[str] | None = None) -> None:
-    """Refuse to keep a head that does not fit the new task, in words."""
+def check_head(info: SourceInfo, num_classes: int, replace_head: bool, class_names: list[str] | None = None,
+               advice: str | None = None) -> None:
+    """Refuse to keep a head that does not fit the new task, in words; ``advice`` is the caller's fix (fine-tuning
+    can replace the head, distillation needs another student)."""
     if replace_head:
         return
     if info.num_classes != num_classes:
         raise CheckpointError(f"{info.origin} has a {info.num_classes}-class head but the data has {num_classes} "
-                              "classes; let the head be replaced (drop keep_head / --keep-head)")
+                              f"classes; {advice or 'let the head be replaced (drop keep_head / --keep-head)'}")
     src_names = info.class_names
     if class_names is not None and src_names is not None and list(src_names) != list(class_names):
         raise CheckpointError(f"{info.origin} was trained on classes {src_names[:5]}... but the data's classes are "
-                              f"{class_names[:5]}...; keeping its head would mislabel them; replace the head instead")
+                              f"{class_names[:5]}...; keeping its head would mislabel them; "
+                              f"{advice or 'replace the head instead'}")
 
 
 def zoo_name(spec: ResNetSpec) -> str | None:
