@@ -140,3 +140,12 @@ def test_parse_epsilons():
         parse_epsilons("eight")
     with pytest.raises(ValueError, match=">= 0"):
         parse_epsilons("-1")
+
+
+def test_parse_epsilons_refuses_empty_items_and_a_forgotten_255():
+    with pytest.raises(ValueError, match="empty item"):
+        parse_epsilons("2/255,,3")
+    with pytest.raises(ValueError, match=r"= 765/255\) is above 1.*did you mean 3/255\?"):
+        parse_epsilons("2/255,3")
+    assert parse_epsilons("0,1,3", norm="l2") == [0.0, 1.0, 3.0]  # L2 radii above 1 are meaningful
+    assert parse_epsilons("1") == [1.0]

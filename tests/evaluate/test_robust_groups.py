@@ -78,3 +78,10 @@ def test_eval_command_reports_groups(tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.csv").write_text("path,group\nclass_0/nope.png,g0\n")
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--groups", str(tmp_path / "bad.csv"),
                  "--workers", "0"]) == 2
+
+
+def test_binary_groups_file_names_the_expected_format(tmp_path):
+    image = tmp_path / "ok.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(GroupsFileError, match="is not a CSV text file.*'path' and 'group' columns"):
+        read_groups(image)

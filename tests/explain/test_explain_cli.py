@@ -42,9 +42,11 @@ def test_robustness_calibrate_gradcam_report(setup, capsys):
     assert rob["samples"] == 18 and rob["epsilons"] == [0, 8 / 255]
     corr = json.loads((run / "corruptions.json").read_text())
     assert set(corr["accuracy"]) == {"fog", "jpeg_compression"} and len(corr["accuracy"]["fog"]) == 5
-    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--store", "--out", str(run)]) == 0
-    cal = json.loads((run / "calibration.json").read_text())
-    assert read_checkpoint(ckpt).metadata["temperature"] == pytest.approx(cal["temperature"])
+    before = ckpt.read_bytes()  # 9 validation images: the fit is reported, but never stored
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--store", "--out", str(run)]) == 2
+    assert "fitted on 9 validation image(s), fewer than the 50" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before and "temperature" not in read_checkpoint(ckpt).metadata
+    assert "temperature" in json.loads((run / "calibration.json").read_text())
     assert (run / "reliability.png").stat().st_size > 1000
     assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data / "class_1"), "--class", "class_2",
                  "--out", str(run / "gradcam")]) == 0
@@ -79,3 +81,130 @@ def test_user_errors_are_one_line(setup, capsys):
     assert main(["report", str(tmp / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "fractions like 8/255" in err and "does not exist" in err and "unknown class 'zebra'" in err
+
+
+@pytest.mark.parametrize("fitted, stored", [(1.7, True), (196522.0, False), (0.01, False)])
+def test_calibrate_stores_only_a_sane_temperature(setup, monkeypatch, capsys, fitted, stored):
+    """A temperature outside [0.05, 20] is a broken fit, refused even when enough images were used."""
+    import resnets.cli.robustness as robustness
+    import resnets.evaluate.calibration as calibration
+
+    tmp, data, ckpt = setup
+    monkeypatch.setattr(robustness, "MIN_STORE_IMAGES", 1)
+    monkeypatch.setattr(calibration, "fit_temperature", lambda logits, labels: fitted)
+    code = main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--store", "--out", str(tmp / "cal")])
+    assert code == (0 if stored else 2)
+    assert read_checkpoint(ckpt).metadata.get("temperature") == (pytest.approx(fitted) if stored else None)
+    if not stored:
+        assert "outside [0.05, 20.0]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["calibrate", "--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
+    (["calibrate", "--bins", "0"], "argument --bins: "),
+    (["calibrate", "--samples", "0"], "argument --samples: "),
+    (["robustness", "--samples", "0"], "argument --samples: "),
+    (["robustness", "--batch-size", "-1"], "argument --batch-size: "),
+    (["robustness", "--device", "gpu7"], "unknown device 'gpu7'"),
+    (["eval", "--batch-size", "0"], "argument --batch-size: "),
+    (["eval", "--device", "tpu"], "device"),
+    (["predict", "--device", "tpu", "x.png"], "device"),
+    (["explain", "gradcam", "--image-size", "-3", "x.png", "--out", "o"], "argument --image-size: "),
+    (["explain", "gradflow", "--model", "resnet20", "--batch-size", "0", "--out", "o"], "argument --batch-size: "),
+    (["explain", "gradflow", "--model", "resnet20", "--num-classes", "0", "--out", "o"], "argument --num-classes: "),
+    (["explain", "gradflow", "--model", "resnet20", "--image-size", "0", "--out", "o"], "argument --image-size: "),
+    (["experiment", "degradation", "--data", "d", "--out", "o", "--device", "tpu"], "device"),
+])
+def test_bad_numbers_and_devices_fail_at_parse_time(argv, message, capsys):
+    if argv[0] in ("calibrate", "robustness", "eval"):
+        argv = [*argv, "--checkpoint", "m.safetensors", "--data", "d"]
+    elif argv[0] == "predict":
+        argv = [*argv, "--checkpoint", "m.safetensors"]
+    elif argv[:2] == ["explain", "gradcam"]:
+        argv = [*argv, "--checkpoint", "m.safetensors"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_robustness_refuses_bad_eps_and_baseline(setup, capsys):
+    tmp, data, ckpt = setup
+    base = ["robustness", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp / "rob")]
+    assert main([*base, "--eps", "2/255,,3"]) == 2
+    assert "empty item" in capsys.readouterr().err
+    assert main([*base, "--eps", "2/255,3"]) == 2
+    assert "did you mean 3/255?" in capsys.readouterr().err
+    assert main([*base, "--eps=-1/255"]) == 2
+    assert ">= 0" in capsys.readouterr().err
+    assert main([*base, "--eps", "0,3", "--norm", "l2", "--steps", "1", "--samples", "2"]) == 0  # L2: eps 3 is fine
+    assert main([*base, "--eps", "0", "--baseline", str(tmp / "rob" / "robustness_pgd_l2.json")]) == 2
+    assert "needs --corruptions" in capsys.readouterr().err
+    summary = tmp / "summary.json"
+    summary.write_text(json.dumps({"best_top1": 0.5}))
+    assert main([*base, "--attack", "none", "--corruptions", "fog", "--baseline", str(summary)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a corruptions result" in err and "corruptions.json" in err
+    assert not (tmp / "rob" / "corruptions.json").exists()  # refused before any work
+    assert main([*base, "--out", str(ckpt), "--eps", "0"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    folder = tmp / "r20"  # a run folder is both the checkpoint and the --out
+    folder.mkdir()
+    (folder / "best.safetensors").write_bytes(ckpt.read_bytes())
+    assert main(["robustness", "--checkpoint", str(folder), "--data", str(data), "--out", str(folder), "--attack",
+                 "fgsm", "--eps", "0", "--samples", "2"]) == 0
+    assert (folder / "robustness_fgsm_linf.json").exists()
+
+
+def test_gradflow_checks_checkpoint_classes_against_data(setup, tmp_path, capsys):
+    tmp, data, _ = setup
+    two = save_weights(create_model("resnet20", num_classes=2, layers=(1, 1, 1)), tmp / "two.safetensors",
+                       {"classes": ["class_0", "class_1"]})
+    assert main(["explain", "gradflow", "--model", str(two), "--data", str(data), "--batch-size", "4",
+                 "--out", str(tmp / "f")]) == 2
+    assert "has 2 outputs but --data has 3 classes" in capsys.readouterr().err
+    other = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "other.safetensors",
+                         {"classes": ["a", "b", "c"]})
+    assert main(["explain", "gradflow", "--model", str(other), "--data", str(data), "--batch-size", "4",
+                 "--out", str(tmp / "f")]) == 2
+    assert "trained on classes a, b, c" in capsys.readouterr().err
+    assert not (tmp / "f").exists()
+
+
+def test_gradcam_and_gradflow_refuse_a_file_as_out(setup, capsys):
+    tmp, data, ckpt = setup
+    assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data / "class_1"), "--out", str(ckpt)]) == 2
+    assert main(["explain", "gradflow", "--model", "resnet20", "--out", str(ckpt)]) == 2
+    assert capsys.readouterr().err.count("is a file; give a folder") == 2
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("epochs=none", "--budget epochs=none: epochs cannot be none; give a number"),
+    ("bf16=maybe", "--budget bf16='maybe': use 1 or 0"),
+    ("channels_last=perhaps", "--budget channels_last='perhaps': use 1 or 0"),
+    ("epochs=x", "--budget epochs='x' is not a number"),
+    ("batch_size=0", "--budget batch_size=0: needs a whole number >= 1"),
+])
+def test_experiment_refuses_bad_budgets_and_depths(setup, capsys, budget, message):
+    tmp, data, _ = setup
+    assert main(["experiment", "degradation", "--data", str(data), "--out", str(tmp / "e"), "--budget", budget]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["experiment", "degradation", "--data", str(data), "--out", str(tmp / "e"), "--depths", "x"]) == 2
+    assert "'x' is not a depth" in capsys.readouterr().err
+
+
+def test_experiment_names_a_damaged_record_and_the_budget_batch_size(setup, capsys):
+    tmp, data, _ = setup
+    out = tmp / "exp"
+    out.mkdir()
+    (out / "degradation.json").write_text("{not json")
+    argv = ["experiment", "degradation", "--data", str(data), "--depths", "20", "--out", str(out), "--budget",
+            "epochs=1,batch_size=4,train_subset=all,val_subset=all,bf16=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'degradation.json'} is damaged" in err and "not overwritten" in err
+    assert (out / "degradation.json").read_text() == "{not json"
+    argv[-1] = "epochs=1,batch_size=512,train_subset=all,val_subset=all,bf16=0"
+    argv[argv.index("--out") + 1] = str(tmp / "exp2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--budget batch_size=N" in err and "--batch-size" not in err

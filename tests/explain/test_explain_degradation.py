@@ -1,5 +1,7 @@
 """The degradation experiment's budget parsing, subset and schedule, and its figure."""
 
+import re
+
 import pytest
 import torch
 
@@ -50,3 +52,23 @@ def test_plot(tmp_path):
             "runs": {"plain20": rows, "resnet20": rows, "plain56": rows, "resnet56": rows}}
     out = plot_degradation(data, tmp_path / "d.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs=none", "epochs cannot be none; give a number"),
+    ("bf16=maybe", "bf16='maybe': use 1 or 0"),
+    ("channels_last=perhaps", "channels_last='perhaps': use 1 or 0"),
+    ("channels_last=auto", "channels_last cannot be auto"),
+    ("epochs=x", "epochs='x' is not a number; write e.g. epochs=3"),
+    ("batch_size=x", "batch_size='x' is not a whole number; write e.g. batch_size=128"),
+    ("train_subset=0", "train_subset=0: needs a whole number >= 1 or 'all'"),
+    ("log_points=0", "log_points=0: needs a whole number >= 1"),
+])
+def test_budget_values_are_checked_per_key(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Budget.parse(text)
+
+
+def test_budget_booleans_read_both_ways():
+    assert Budget.parse("channels_last=off,bf16=yes").channels_last is False
+    assert Budget.parse("channels_last=on,bf16=no").bf16 is False

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
+from .args import check_output, device, non_negative_int, positive_int
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt", ".bin")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,22 +29,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="write all metrics (confusion matrix included) to this JSON file")
     p.add_argument("--confusion-png", metavar="PNG",
                    help="confusion-matrix figure (default: next to --json as <name>.confusion.png)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="default fp32; auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--groups", metavar="FILE.csv",
                    help="CSV with path,group (optional label) columns: accuracy per group and the worst-group gap "
                         "(paths relative to --data; the class is the folder name unless a label column says)")
     p.set_defaults(func=run)
 
 
-def load_for_inference(checkpoint: str, use_ema: bool = False):
+def output_file(path: str | os.PathLike, kind: str, reads: Iterable[str | os.PathLike | None] = (),
+                option: str = "--out") -> Path:
+    """``check_output`` plus the file's kind: a ``kind`` output (".json", ".png", ".html") never takes a checkpoint's
+    name, and an existing file is overwritten only when it is of that kind, so a typo cannot turn a run's weights,
+    config or metrics into a report."""
+    from ..cli import UserError
+
+    out = check_output(path, reads=reads, option=option)
+    suffix = out.suffix.lower()
+    kinds = (".html", ".htm") if kind == ".html" else (kind,)
+    if suffix in CHECKPOINT_SUFFIXES:
+        raise UserError(f"{option} {out} is a checkpoint's name; give a {kind} file name, e.g. "
+                        f"{out.with_suffix(kinds[0])}")
+    if out.is_file() and suffix not in kinds:
+        raise UserError(f"{option} {out} exists and is not a {kind} file; writing there would destroy it. "
+                        f"Choose a {kind} file name")
+    return out
+
+
+def _grayscale_input(model: Any, mean: Sequence[float], std: Sequence[float]):
+    """Wrap a 1-channel model so it takes the RGB batches every loader makes: with the grey statistics repeated
+    over the 3 channels, the luminance-weighted sum (ITU-R 601, PIL's "L") of the normalised channels is the
+    normalised grey image. Returns (model, mean, std) for 3-channel input."""
+    import torch
+
+    class GrayscaleInput(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = net
+            self.spec = net.spec
+            self.register_buffer("weights", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model((x * self.weights.to(x.dtype)).sum(1, keepdim=True))
+
+    return GrayscaleInput(model), tuple(mean) * 3, tuple(std) * 3
+
+
+def load_for_inference(checkpoint: str, use_ema: bool = False, need_classes: bool = True):
     """(model, classes, mean, std, image_size, crop_fraction) from a resnets checkpoint; errors name what is
     missing. ``crop_fraction`` is the checkpoint's (published weights saved with ``pretrained_cfg``) or the
-    ImageNet convention's 0.875."""
+    ImageNet convention's 0.875. The model takes 3-channel (RGB) input: a 1-channel checkpoint is wrapped to
+    convert to grey. Without ``need_classes`` a checkpoint with no class names gives ``classes=None``."""
     from ..cli import UserError
     from ..data.loader import EVAL_CROP_FRACTION
     from ..model import ResNet
@@ -51,11 +95,15 @@ def load_for_inference(checkpoint: str, use_ema: bool = False):
                         "(best.safetensors or last.pt)")
     meta = ckpt.metadata
     classes = meta.get("classes")
-    if not classes:
+    if not classes and need_classes:
         raise UserError(f"{checkpoint} stores no class names, so dataset folders cannot be matched to outputs")
-    if len(classes) != ckpt.spec.num_classes:
+    if classes and len(classes) != ckpt.spec.num_classes:
         raise UserError(f"{checkpoint} names {len(classes)} classes but its model has {ckpt.spec.num_classes} outputs; "
                         "save it with the class list of the head it has (after reset_classifier, the new classes)")
+    in_chans = ckpt.spec.in_chans
+    if in_chans not in (1, 3):
+        raise UserError(f"{checkpoint} takes {in_chans}-channel input; evaluation and prediction read images as RGB "
+                        "(3 channels) or, for a 1-channel model, as grey")
     model = ResNet(ckpt.spec)
     state = ckpt.state_dict
     if use_ema:
@@ -63,10 +111,31 @@ def load_for_inference(checkpoint: str, use_ema: bool = False):
         if state is None:
             raise UserError(f"{checkpoint} holds no EMA weights (the run had ema_decay=0, or it is not a last.pt)")
     load_state_dict(model, state)
-    mean = tuple(meta.get("mean") or (0.5, 0.5, 0.5))
-    std = tuple(meta.get("std") or (0.25, 0.25, 0.25))
-    return model.eval(), list(classes), mean, std, meta.get("image_size"), \
+    mean = tuple(meta.get("mean") or (0.5,) * in_chans)
+    std = tuple(meta.get("std") or (0.25,) * in_chans)
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"{checkpoint} stores {len(mean)} mean and {len(std)} std values for a model with "
+                        f"{in_chans} input channel(s); save it with one value per channel")
+    model = model.eval()
+    if in_chans == 1:
+        model, mean, std = _grayscale_input(model, mean, std)
+    return model.eval(), (list(classes) if classes else None), mean, std, meta.get("image_size"), \
         float(meta.get("crop_fraction") or EVAL_CROP_FRACTION)
+
+
+def _check_outputs(args: argparse.Namespace) -> str | None:
+    """Refuse bad output paths before the evaluation runs; return the confusion PNG path (or None)."""
+    from ..cli import UserError
+
+    reads = [args.checkpoint, args.data, args.groups]
+    if args.json:
+        output_file(args.json, ".json", reads, "--json")
+    png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
+    if png:
+        output_file(png, ".png", reads, "--confusion-png")
+        if args.json and Path(png).resolve() == Path(args.json).resolve():
+            raise UserError(f"--confusion-png and --json are both {png}; give two different files")
+    return png
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, evaluate_with_plain, save_confusion_png
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
+    png = _check_outputs(args)
     model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, args.ema)
     device = torch.device(args.device)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
@@ -120,7 +190,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         result.write_json(args.json)
         print(f"metrics: {args.json}")
-    png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
     if png:
         save_confusion_png(result, png)
         print(f"confusion matrix: {png}")

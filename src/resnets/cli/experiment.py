@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import check_output, device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("experiment", help="reproducible experiments (degradation: plain vs residual depth)",
@@ -23,22 +25,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                  "lr, weight_decay, warmup, log_points, bf16 (0, 1 or auto: bf16 where the "
                                                  "device runs it natively, the default), channels_last, seed")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", type=device, default="cpu")
     d.set_defaults(func=run_degradation_cmd)
     p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
+def parse_depths(text: str) -> list[int]:
+    """``"20,56"`` -> [20, 56]; anything else is a one-line error with an example."""
+    from ..cli import UserError
+
+    depths = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part.isdigit() or int(part) < 1:
+            raise UserError(f"--depths {text!r}: {part!r} is not a depth; give comma-separated whole numbers of the "
+                            "form 6n+2 (20, 32, 44, 56, 110), e.g. --depths 20,56")
+        depths.append(int(part))
+    return depths
 
 
 def run_degradation_cmd(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..explain.degradation import Budget, run_degradation
 
+    depths = parse_depths(args.depths)
     try:
-        depths = [int(d) for d in args.depths.split(",") if d.strip()]
         budget = Budget.parse(args.budget)
     except ValueError as exc:
-        raise UserError(f"{exc}") from None
-    if not depths:
-        raise UserError("--depths needs at least one depth, e.g. 20,56")
+        message = str(exc)
+        raise UserError("--" + message if message.startswith("budget ") else f"--budget: {message}") from None
+    check_output(args.out, reads=[args.data], option="--out", directory=True)
     try:
         result = run_degradation(args.data, depths, budget, args.out, device=args.device)
     except ValueError as exc:

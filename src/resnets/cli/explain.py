@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .args import check_output, device, non_negative_int, positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("explain", help="Grad-CAM / saliency overlays and gradient-flow plots",
@@ -24,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--class", dest="target", help="explain this class (name or index) instead of the prediction")
     g.add_argument("--layer", help="target layer name (e.g. layer3, layer4.1); default: last stage")
-    g.add_argument("--image-size", type=int, help="resize images to this size (default: the checkpoint's)")
+    g.add_argument("--image-size", type=positive_int, help="resize images to this size (default: the checkpoint's)")
     g.add_argument("--no-saliency", action="store_true", help="skip the input-gradient saliency panel")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", type=device, default="cpu")
     g.set_defaults(func=run_gradcam)
 
     f = sub.add_parser("gradflow", help="per-block gradient norms at init (and after some training), plain vs residual",
@@ -38,11 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "--out gradflow/")
     f.add_argument("--model", required=True, help="comma list of model names or checkpoint paths")
     f.add_argument("--data", help="dataset for the batches (default: random images and labels)")
-    f.add_argument("--steps", type=int, default=0, help="SGD steps to train before the second measurement")
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--lr", type=float, default=0.05)
-    f.add_argument("--num-classes", type=int, default=10, help="classes for models built by name without --data")
-    f.add_argument("--image-size", type=int, default=32, help="image size for random batches")
+    f.add_argument("--steps", type=non_negative_int, default=0,
+                   help="SGD steps to train before the second measurement")
+    f.add_argument("--batch-size", type=positive_int, default=64)
+    f.add_argument("--lr", type=positive_float, default=0.05)
+    f.add_argument("--num-classes", type=positive_int, default=10,
+                   help="classes for models built by name without --data")
+    f.add_argument("--image-size", type=positive_int, default=32, help="image size for random batches")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="output folder")
     f.set_defaults(func=run_gradflow)
@@ -77,6 +81,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
     from ..evaluate.robustness import pixel_model_from_checkpoint
     from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
 
+    image_paths = _image_paths(args.images)
+    out = check_output(args.out, reads=args.images, option="--out", directory=True)  # not into the images
     model, ckpt = pixel_model_from_checkpoint(args.checkpoint, args.device)
     spec = model.model.spec
     size = args.image_size or ckpt.metadata.get("image_size") or spec.default_image_size
@@ -91,7 +97,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
             raise UserError(f"unknown class {args.target!r}; classes are {', '.join(classes[:20])}"
                             + (" ..." if len(classes) > 20 else ""))
     images, names = [], []
-    for path in _image_paths(args.images):
+    for path in image_paths:
         images.append(load_eval_image(path, size).float() / 255)  # as evaluation prepares it, in [0, 1]
         names.append(path)
     x = torch.stack(images).to(args.device)
@@ -102,7 +108,6 @@ def run_gradcam(args: argparse.Namespace) -> int:
     sal = None if args.no_saliency else saliency(model, x, explained)[0]
     with torch.no_grad():
         probs = torch.softmax(model(x).float() / float(ckpt.metadata.get("temperature", 1.0)), 1)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     titles, rows = [], []
     for i, path in enumerate(names):
@@ -121,6 +126,25 @@ def run_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_checkpoint_classes(checkpoint: str, classes: list[str]) -> None:
+    """A checkpoint measured on --data must have one output per class of the data (else cross-entropy fails
+    with an index error deep in training) and, when it stores class names, the same names in the same order."""
+    from ..cli import UserError
+    from ..weights import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    outputs = ckpt.spec.num_classes if ckpt.spec is not None else None
+    if outputs is not None and outputs != len(classes):
+        raise UserError(f"{checkpoint} has {outputs} outputs but --data has {len(classes)} classes "
+                        f"({', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); use data with the "
+                        "checkpoint's classes, or omit --data to measure on random batches")
+    stored = ckpt.metadata.get("classes")
+    if stored and list(stored) != classes:
+        raise UserError(f"{checkpoint} was trained on classes {', '.join(map(str, stored[:10]))} but --data has "
+                        f"{', '.join(classes[:10])}; use data with the checkpoint's classes (same folder names), or "
+                        "omit --data to measure on random batches")
+
+
 def run_gradflow(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
@@ -132,15 +156,21 @@ def run_gradflow(args: argparse.Namespace) -> int:
     from ..zoo import UnknownModelError
 
     names = [n.strip() for n in args.model.split(",") if n.strip()]
-    if args.steps < 0:
-        raise UserError("--steps must be >= 0")
+    if not names:
+        raise UserError("--model needs at least one model name or checkpoint, e.g. plain20,resnet20")
+    out = check_output(args.out, option="--out", directory=True)
     loader = None
     num_classes = args.num_classes
+    classes = None
     if args.data:
         from ..data import load_data, make_loader
 
         splits = load_data(args.data, val_split=0, seed=args.seed)
-        num_classes = len(splits.classes)
+        classes = list(splits.classes)
+        num_classes = len(classes)
+        for name in names:  # before any work: a checkpoint must fit the data's classes
+            if Path(name).is_file():
+                _check_checkpoint_classes(name, classes)
         loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0)
 
     def data_batches():
@@ -187,7 +217,6 @@ def run_gradflow(args: argparse.Namespace) -> int:
               f"{first.output_grad[0] / max(first.output_grad[-1], 1e-30):.3g}"
               + (f", after {args.steps} steps {last.output_grad[0] / max(last.output_grad[-1], 1e-30):.3g}"
                  if args.steps else ""))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gradflow.json").write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in runs.items()}, indent=2))
     figure = plot_gradient_flow(runs, out / "gradflow.png", title="gradient flow: " + ", ".join(runs))

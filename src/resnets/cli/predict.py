@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from .args import device, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,22 +19,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "normalised with its statistics.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import UserError
     from ..data import load_eval_image
     from .eval import load_for_inference
 
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint)
+    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, need_classes=False)
+    if classes is None:  # still useful: name the outputs by index, and say how to get names
+        classes = [str(i) for i in range(model.spec.num_classes)]
+        print(f"note: {args.checkpoint} stores no class names, so classes are shown as output indices; to name "
+              "them, save the weights with metadata {'classes': [...]} (resnets.save_weights(model, path, "
+              "{'classes': names}))", file=sys.stderr)
     device = torch.device(args.device)
     model.to(device)
     mean_t = torch.tensor(mean).view(3, 1, 1)

@@ -20,9 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..report import BrowserNotFound, ReportError, render_report, screenshot
+    from pathlib import Path
 
+    from ..cli import UserError
+    from ..report import REPORT_NAME, BrowserNotFound, ReportError, render_report, screenshot
+    from .eval import output_file
+
+    page_path = output_file(args.out or Path(args.run_dir) / REPORT_NAME, ".html", [args.run_dir], "--out")
+    if args.screenshot:
+        shot = output_file(args.screenshot, ".png", [args.run_dir, page_path], "--screenshot")
+        if shot.resolve() == page_path.resolve():
+            raise UserError(f"--screenshot {shot} is the report page itself; give a .png file name")
     try:
         page = render_report(args.run_dir, args.out, args.title)
     except ReportError as exc:

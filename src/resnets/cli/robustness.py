@@ -8,6 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .args import check_output, device, positive_int
+
+MIN_STORE_IMAGES = 50
+"""Fewest validation images a temperature may be fitted on to be stored into a checkpoint: on a handful of
+images the NLL minimum runs off (T = 196522 on 2 images), and a stored T changes every later prediction."""
+TEMPERATURE_RANGE = (0.05, 20.0)
+"""Temperatures outside this range are not calibration but a broken fit (or a broken model); never stored."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--eps", default=None, help="comma list; fractions allowed (default linf: 0,1/255,2/255,4/255,8/255; "
                                                "l2: 0,0.25,0.5,1)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts (default 1)")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=positive_int, default=1, help="PGD random restarts (default 1)")
     p.add_argument("--corruptions", default=None, metavar="NAMES",
                    help="'all', family names (noise, blur, weather, digital) or corruption names; default none")
     p.add_argument("--baseline", help="corruptions.json of a baseline model: adds mCE relative to it")
@@ -37,8 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the checkpoint metadata.",
         epilog="example: resnets calibrate --checkpoint runs/r20/best.safetensors --data cifar10 --store --out runs/r20")
     _common(c)
-    c.add_argument("--bins", type=int, default=15, help="confidence bins (default 15)")
-    c.add_argument("--store", action="store_true", help="write the fitted temperature into the checkpoint metadata")
+    c.add_argument("--bins", type=positive_int, default=15, help="confidence bins (default 15)")
+    c.add_argument("--store", action="store_true",
+                   help=f"write the fitted temperature into the checkpoint metadata (needs a fit on at least "
+                        f"{MIN_STORE_IMAGES} validation images and a temperature within "
+                        f"[{TEMPERATURE_RANGE[0]}, {TEMPERATURE_RANGE[1]}])")
     c.set_defaults(func=run_calibrate)
 
 
@@ -46,10 +57,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors/.pt) or run folder")
     p.add_argument("--data", required=True, help="cifar10, cifar100, an ImageFolder tree, or a root with train/ and val/")
     p.add_argument("--out", default=".", help="folder for the JSON/PNG results (default: current folder)")
-    p.add_argument("--samples", type=int, default=None, help="use only the first N evaluation images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--samples", type=positive_int, default=None, help="use only the first N evaluation images")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
 
 
 def _model(args: argparse.Namespace):
@@ -100,23 +111,51 @@ def _write_json(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _read_baseline(path: str) -> Any:
+    """The baseline's ``CorruptionResult``, read before any work; any other file is an error saying which file
+    is expected."""
+    from ..cli import UserError
+    from ..evaluate.corruptions import CorruptionResult
+
+    expected = ("--baseline expects the corruptions.json that `resnets robustness --corruptions ...` wrote for the "
+                "baseline model")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"baseline {path!r} does not exist; {expected}") from None
+    except IsADirectoryError:
+        raise UserError(f"baseline {path!r} is a folder; {expected} (e.g. {Path(path) / 'corruptions.json'})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read baseline {path!r} as JSON ({exc}); {expected}") from None
+    if not isinstance(data, dict) or "clean_accuracy" not in data or not isinstance(data.get("accuracy"), dict):
+        raise UserError(f"{path} is not a corruptions result (no 'clean_accuracy' and per-corruption 'accuracy'); "
+                        f"{expected}")
+    try:
+        return CorruptionResult.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is a damaged corruptions result ({exc}); {expected}") from None
+
+
 def run_robustness(args: argparse.Namespace) -> int:
     from ..cli import UserError
-    from ..evaluate.corruptions import CorruptionResult, corruption_accuracy, parse_corruptions
+    from ..evaluate.corruptions import corruption_accuracy, parse_corruptions
     from ..evaluate.robustness import parse_epsilons, robust_accuracy
 
     if args.attack == "none" and not args.corruptions:
         raise UserError("nothing to do: pass --attack pgd/fgsm and/or --corruptions NAMES")
+    if args.baseline and not args.corruptions:
+        raise UserError("--baseline compares corruption errors (mCE), so it needs --corruptions NAMES (e.g. "
+                        "--corruptions all); without it there is nothing to compare")
     try:
-        eps = parse_epsilons(args.eps or ("0,1/255,2/255,4/255,8/255" if args.norm == "linf" else "0,0.25,0.5,1"))
+        eps = parse_epsilons(args.eps or ("0,1/255,2/255,4/255,8/255" if args.norm == "linf" else "0,0.25,0.5,1"),
+                             norm=args.norm)
         names = parse_corruptions(args.corruptions) if args.corruptions else []
     except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if args.steps < 1 or args.restarts < 1:
-        raise UserError("--steps and --restarts must be at least 1")
+        raise UserError(f"--eps/--corruptions: {exc}") from None
+    out = check_output(args.out, option="--out", directory=True)  # a run folder is a fine --out
+    baseline = _read_baseline(args.baseline) if args.baseline else None
     model, ckpt, path = _model(args)
     dataset = _eval_set(args, ckpt)
-    out = Path(args.out)
     if args.attack != "none":
         result = robust_accuracy(model, _pixel_batches(dataset, args), eps, args.attack, args.norm, steps=args.steps,
                                  restarts=args.restarts, seed=args.seed, device=args.device)
@@ -128,12 +167,6 @@ def run_robustness(args: argparse.Namespace) -> int:
             shown = f"{e * 255:.2f}/255" if args.norm == "linf" else f"{e:g}"
             print(f"  eps {shown:>10}: {a * 100:6.2f}%")
     if names:
-        baseline = None
-        if args.baseline:
-            try:
-                baseline = CorruptionResult.from_dict(json.loads(Path(args.baseline).read_text()))
-            except (OSError, KeyError, ValueError) as exc:
-                raise UserError(f"cannot read baseline {args.baseline!r}: {exc}") from None
         result = corruption_accuracy(model, _pixel_batches(dataset, args), names, seed=args.seed, device=args.device)
         try:
             data = {**result.to_dict(baseline), "checkpoint": str(path), "data": str(args.data)}
@@ -149,12 +182,25 @@ def run_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unfit_to_store(temperature: float, fitted_on: int) -> str | None:
+    """Why a fitted temperature must not go into a checkpoint (too few images, or out of the sane range)."""
+    low, high = TEMPERATURE_RANGE
+    if fitted_on < MIN_STORE_IMAGES:
+        return (f"it was fitted on {fitted_on} validation image(s), fewer than the {MIN_STORE_IMAGES} a stored "
+                f"temperature needs (T={temperature:.4g})")
+    if not low <= temperature <= high:
+        return (f"the fitted temperature T={temperature:.4g} is outside [{low}, {high}], which means a broken fit "
+                "(too few or unrepresentative validation images) rather than calibration")
+    return None
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import load_data
     from ..evaluate.calibration import (calibration_report, collect_logits, fit_temperature, reliability_diagram,
                                         store_temperature)
 
+    out = check_output(args.out, option="--out", directory=True)  # a run folder is a fine --out
     model, ckpt, path = _model(args)
     meta = ckpt.metadata
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -171,14 +217,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     report = calibration_report(logits, labels, temperature, args.bins)
     report.update(checkpoint=str(path), data=str(args.data), fit_on=f"validation split ({len(val_labels)} images)",
                   evaluated_on="test set" if splits.test is not None else "validation split")
-    out = Path(args.out)
     target = _write_json(out / "calibration.json", report)
     figure = reliability_diagram(report, out / "reliability.png", title=path.name)
     print(f"temperature {temperature:.4f} (fitted on {len(val_labels)} validation images)")
     print(f"ECE {report['ece'] * 100:.2f}% -> {report['ece_scaled'] * 100:.2f}%, NLL {report['nll']:.4f} -> "
           f"{report['nll_scaled']:.4f} on {report['samples']} images ({report['evaluated_on']})")
     print(f"wrote {target} and {figure}")
+    problem = _unfit_to_store(temperature, len(val_labels))
+    if problem and not args.store:
+        print(f"warning: {problem}; do not store this temperature")
     if args.store:
+        if problem:
+            raise UserError(f"not storing the temperature: {problem}. {path} is unchanged; fit on more validation "
+                            "images (a run with a larger val_split, or --data with a bigger val/ tree)")
         store_temperature(path, temperature)
         print(f"stored temperature={temperature:.4f} in {path}")
     return 0

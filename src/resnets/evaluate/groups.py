@@ -19,24 +19,38 @@ class GroupsFileError(ValueError):
     """A groups CSV that cannot be read or does not match the evaluated images."""
 
 
+EXPECTED = "a UTF-8 text CSV whose header has 'path' and 'group' columns (optional 'label'), e.g. 'path,group'"
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a CSV; a binary or non-UTF-8 file is a ``GroupsFileError`` naming the expected format,
+    not a UnicodeDecodeError."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise GroupsFileError(f"{path} is not a CSV text file ({exc.__class__.__name__}: {exc}); the groups file "
+                              f"must be {EXPECTED}") from None
+
+
 def read_groups(path: str | os.PathLike) -> dict[str, str]:
     """Read ``path,group`` rows into {normalised path: group}."""
     path = Path(path)
     if not path.is_file():
         raise GroupsFileError(f"groups file {str(path)!r} does not exist; pass a CSV with 'path,group' columns")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        path_col = next((c for c in ("path", "image", "file", "filename") if c in fields), None)
-        if path_col is None or "group" not in fields:
-            raise GroupsFileError(f"{path} needs a header with 'path' and 'group' columns, found {fields or 'none'}")
-        original = {f.strip().lower(): f for f in reader.fieldnames or []}
-        groups: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            image, group = (row.get(original[path_col]) or "").strip(), (row.get(original["group"]) or "").strip()
-            if not image or not group:
-                raise GroupsFileError(f"{path}:{line}: empty path or group; every row needs both")
-            groups[PurePath(image).as_posix()] = group
+    fieldnames, rows = _csv_rows(path)
+    fields = [f.strip().lower() for f in fieldnames]
+    path_col = next((c for c in ("path", "image", "file", "filename") if c in fields), None)
+    if path_col is None or "group" not in fields:
+        raise GroupsFileError(f"{path} needs a header with 'path' and 'group' columns, found {fields or 'none'}")
+    original = {f.strip().lower(): f for f in fieldnames}
+    groups: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        image, group = (row.get(original[path_col]) or "").strip(), (row.get(original["group"]) or "").strip()
+        if not image or not group:
+            raise GroupsFileError(f"{path}:{line}: empty path or group; every row needs both")
+        groups[PurePath(image).as_posix()] = group
     if not groups:
         raise GroupsFileError(f"{path} has a header but no rows")
     return groups
@@ -140,14 +154,13 @@ def read_group_rows(path: str | os.PathLike) -> list[tuple[str, str, str | None]
     """(image path, group, optional label) rows of a groups CSV (``label`` column optional)."""
     groups = read_groups(path)
     labels: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        original = {f.strip().lower(): f for f in reader.fieldnames or []}
-        path_col = next(c for c in ("path", "image", "file", "filename") if c in original)
-        if "label" in original:
-            for row in reader:
-                labels[PurePath((row.get(original[path_col]) or "").strip()).as_posix()] = \
-                    (row.get(original["label"]) or "").strip()
+    fieldnames, reader = _csv_rows(Path(path))
+    original = {f.strip().lower(): f for f in fieldnames}
+    path_col = next(c for c in ("path", "image", "file", "filename") if c in original)
+    if "label" in original:
+        for row in reader:
+            labels[PurePath((row.get(original[path_col]) or "").strip()).as_posix()] = \
+                (row.get(original["label"]) or "").strip()
     return [(p, g, labels.get(p) or None) for p, g in groups.items()]
 
 

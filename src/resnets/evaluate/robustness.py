@@ -249,13 +249,22 @@ def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
                             accuracy=(correct / seen).tolist(), samples=seen)
 
 
-def parse_epsilons(text: str) -> list[float]:
-    """Parse ``"0,2/255,8/255"`` or ``"0,0.25,0.5"`` into floats (fractions of the pixel range)."""
+def parse_epsilons(text: str, norm: str = "linf") -> list[float]:
+    """Parse ``"0,2/255,8/255"`` or ``"0,0.25,0.5"`` into floats (fractions of the pixel range).
+
+    Every item must be a number >= 0; an empty item (``"2/255,,3"``) is refused rather than skipped, since it is
+    usually a slip. With ``norm="linf"`` an epsilon above 1 is refused: pixels lie in [0, 1], so ``3`` would
+    allow any image at all, and is almost surely a forgotten ``/255``.
+    """
+    _check_norm(norm)
     out = []
-    for part in text.split(","):
-        part = part.strip()
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise ValueError(f"no epsilon in {text!r}; give a comma-separated list such as 0,2/255,4/255,8/255")
+    for part in parts:
         if not part:
-            continue
+            raise ValueError(f"empty item in the epsilon list {text!r}; separate numbers by single commas, e.g. "
+                             "0,2/255,8/255")
         try:
             if "/" in part:
                 num, den = part.split("/")
@@ -265,10 +274,11 @@ def parse_epsilons(text: str) -> list[float]:
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"cannot read epsilon {part!r}; write numbers like 0.03 or fractions like 8/255") from None
         if value < 0 or not math.isfinite(value):
-            raise ValueError(f"epsilon {part!r} must be a finite number >= 0")
+            raise ValueError(f"epsilon {part!r} must be a finite number >= 0 (e.g. 0, 2/255, 8/255)")
+        if norm == "linf" and value > 1:
+            raise ValueError(f"L-inf epsilon {part!r} (= {value * 255:g}/255) is above 1, the whole [0, 1] pixel "
+                             f"range; did you mean {part}/255?")
         out.append(value)
-    if not out:
-        raise ValueError(f"no epsilon in {text!r}; give a comma-separated list such as 0,2/255,4/255,8/255")
     return out
 
 

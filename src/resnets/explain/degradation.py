@@ -56,37 +56,84 @@ class Budget:
     adv_alpha: float | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"budget needs epochs > 0, batch_size >= 1, lr > 0 (got {self.epochs}, "
-                             f"{self.batch_size}, {self.lr})")
+        def need(ok: bool, key: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"budget {key}={getattr(self, key)!r}: {allowed}")
+
+        need(0 < self.epochs < float("inf"), "epochs", "needs a finite number > 0, e.g. epochs=3")
+        need(self.batch_size >= 1, "batch_size", "needs a whole number >= 1, e.g. batch_size=128")
+        need(0 < self.lr < float("inf"), "lr", "needs a finite number > 0, e.g. lr=0.1")
+        for key in ("train_subset", "val_subset"):
+            need(getattr(self, key) is None or getattr(self, key) >= 1, key,
+                 f"needs a whole number >= 1 or 'all', e.g. {key}=2000")
+        need(0 <= self.momentum < 1, "momentum", "needs a number in [0, 1), e.g. momentum=0.9")
+        need(self.weight_decay >= 0, "weight_decay", "needs a number >= 0, e.g. weight_decay=5e-4")
+        need(0 <= self.warmup <= 1, "warmup", "needs a fraction of the steps in [0, 1], e.g. warmup=0.1")
+        need(self.log_points >= 1, "log_points", "needs a whole number >= 1, e.g. log_points=8")
+        need(0 < self.adv_eps <= 1, "adv_eps", "needs a number in (0, 1] in pixel units, e.g. adv_eps=8/255")
+        need(self.adv_steps >= 1, "adv_steps", "needs a whole number >= 1, e.g. adv_steps=7")
+        need(self.adv_alpha is None or self.adv_alpha > 0, "adv_alpha", "needs a number > 0 or 'none'")
         if self.adversarial is not None and self.adversarial not in ADV_TRAINING:
-            raise ValueError(f"adversarial={self.adversarial!r}; choose one of {', '.join(ADV_TRAINING)} or None")
+            raise ValueError(f"budget adversarial={self.adversarial!r}: choose one of {', '.join(ADV_TRAINING)} "
+                             "or none")
+
+    #: keys that may be ``none`` (``all`` for the subsets, ``auto`` for bf16)
+    OPTIONAL = ("train_subset", "val_subset", "bf16", "adversarial", "adv_alpha")
+    FLOATS = ("epochs", "lr", "momentum", "weight_decay", "warmup", "adv_eps", "adv_alpha")
+    BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                "off": False}
 
     @classmethod
     def parse(cls, text: str | None) -> "Budget":
-        """``"epochs=3,train_subset=10000,bf16=1"``-style overrides of the defaults."""
+        """``"epochs=3,train_subset=10000,bf16=1"``-style overrides of the defaults; every bad item is a
+        ``ValueError`` naming the key and what it takes."""
         budget = cls()
         if not text:
             return budget
         values: dict[str, Any] = {}
-        fields = {f: type(getattr(budget, f)) for f in asdict(budget)}
+        fields = list(asdict(budget))
         for part in (p.strip() for p in text.split(",") if p.strip()):
             if "=" not in part:
                 raise ValueError(f"budget item {part!r} must be KEY=VALUE (keys: {', '.join(fields)})")
             key, value = (s.strip() for s in part.split("=", 1))
             if key not in fields:
                 raise ValueError(f"unknown budget key {key!r}; known keys: {', '.join(fields)}")
-            if value.lower() in ("none", "all") or (key == "bf16" and value.lower() == "auto"):
-                values[key] = None
-            elif key in ("bf16", "channels_last"):
-                values[key] = value.lower() in ("1", "true", "yes", "on")
-            elif key == "adversarial":
-                values[key] = value
-            elif key in ("epochs", "lr", "momentum", "weight_decay", "warmup", "adv_eps", "adv_alpha"):
-                values[key] = float(eval_fraction(value))
-            else:
-                values[key] = int(value)
+            values[key] = cls._value(key, value)
         return cls(**{**asdict(budget), **values})
+
+    @classmethod
+    def _example(cls, key: str) -> str:
+        default = getattr(cls(), key)
+        return f"{default:g}" if isinstance(default, float) else str(default if default is not None else 1)
+
+    @classmethod
+    def _value(cls, key: str, value: str) -> Any:
+        """One budget value read for its key."""
+        low = value.lower()
+        if low in ("none", "all", "auto"):
+            if key in cls.OPTIONAL and (low != "auto" or key == "bf16"):
+                return None
+            allowed = {"bf16": "1, 0 or auto", "channels_last": "1 or 0"}.get(
+                key, "a whole number" if key not in cls.FLOATS else "a number")
+            raise ValueError(f"budget {key}={value}: {key} cannot be {low}; give {allowed}")
+        if key in ("bf16", "channels_last"):
+            if low not in cls.BOOLEANS:
+                raise ValueError(f"budget {key}={value!r}: use 1 or 0 (also true/false, yes/no, on/off)"
+                                 + (", or auto" if key == "bf16" else ""))
+            return cls.BOOLEANS[low]
+        if key == "adversarial":
+            return value
+        if key in cls.FLOATS:
+            try:
+                return float(eval_fraction(value))
+            except (ValueError, ZeroDivisionError):
+                raise ValueError(f"budget {key}={value!r} is not a number; write e.g. {key}={cls._example(key)} "
+                                 "(fractions like 8/255 work)") from None
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"budget {key}={value!r} is not a whole number; write e.g. {key}={cls._example(key)}"
+                             + (" or all" if key in cls.OPTIONAL else "")) from None
 
     def resolved(self, device: str | torch.device) -> "Budget":
         """This budget with ``bf16=None`` decided for ``device`` (what a result records)."""
@@ -243,6 +290,9 @@ def load_pixel_splits(source: str | os.PathLike, budget: Budget, val_split: floa
                          "dataset such as cifar10")
     train = train.subset(_balanced_subset(train.labels, budget.train_subset, budget.seed))
     val = val.subset(_balanced_subset(val.labels, budget.val_subset, budget.seed + 1))
+    if len(train) < budget.batch_size:  # the training loader drops the last partial batch: none would be left
+        raise ValueError(f"the training set has {len(train)} images, fewer than one batch of "
+                         f"batch_size={budget.batch_size}; lower it with --budget batch_size=N (N <= {len(train)})")
     augment = AugmentConfig.preset("he2015") if splits.image_size <= 64 else AugmentConfig.preset("imagenet")
     pixel = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     train_loader = make_loader(train, budget.batch_size, train=True, augment=augment, seed=budget.seed,
@@ -271,7 +321,13 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
                                                              "image_size": splits.image_size})
     previous = out / "degradation.json"
     if previous.exists():  # keep twins already trained with this exact budget (resume, or add depths)
-        old = json.loads(previous.read_text())
+        try:
+            old = json.loads(previous.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{previous} is damaged ({exc}); it records the twins already trained there, so it is "
+                             "not overwritten: repair or move it away, or choose another --out") from None
         if old.get("budget") == result.budget and old.get("data") == result.data:
             result.runs.update(old.get("runs", {}))
             result.params.update({k: v["params"] for k, v in old.get("final", {}).items() if v.get("params")})

@@ -1,0 +1,118 @@
+"""`resnets eval` / `predict` / `report` on input a user can get wrong: outputs named like their inputs, binary
+groups files, grayscale checkpoints and checkpoints without class names. Untrained tiny models: fast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from resnets import create_model, save_weights
+from resnets.cli import main
+from resnets.data import make_image_folder
+
+CLASSES = ["class_0", "class_1", "class_2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def run(tmp_path, monkeypatch):
+    """A run-like folder: best.safetensors, a last.pt and a config, plus an image folder."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=2, size=8)
+    folder = tmp_path / "r20"
+    folder.mkdir()
+    best = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), folder / "best.safetensors",
+                        {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8})
+    (folder / "last.pt").write_bytes(b"last checkpoint")
+    (folder / "config.yaml").write_text("model: resnet20\n")
+    return folder, best, data
+
+
+def _eval(best, data, *extra):
+    return main(["eval", "--checkpoint", str(best), "--data", str(data), "--workers", "0", *extra])
+
+
+@pytest.mark.parametrize("option, target, message", [
+    ("--json", "last.pt", "is a checkpoint's name; give a .json file name"),
+    ("--json", "best.safetensors", "is the input"),
+    ("--json", "config.yaml", "exists and is not a .json file"),
+    ("--confusion-png", "best.safetensors", "is the input"),
+    ("--confusion-png", "last.pt", "is a checkpoint's name"),
+    ("--json", ".", "is a folder; give a file name"),
+])
+def test_eval_never_writes_over_a_run_file(run, capsys, option, target, message):
+    folder, best, data = run
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert _eval(best, data, option, str(folder / target)) == 2
+    assert message in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_eval_writes_json_and_png_to_fresh_names(run, capsys):
+    folder, best, data = run
+    assert _eval(best, data, "--json", str(folder / "eval.json")) == 0
+    assert json.loads((folder / "eval.json").read_text())["count"] == 6
+    assert (folder / "eval.confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert _eval(best, data, "--json", str(folder / "eval.json")) == 0  # its own earlier result: overwritten
+
+
+def test_eval_groups_file_that_is_an_image_is_a_clear_error(run, capsys):
+    folder, best, data = run
+    image = data / "class_0" / "00000.png"
+    assert _eval(best, data, "--groups", str(image)) == 2
+    err = capsys.readouterr().err
+    assert "is not a CSV text file" in err and "'path' and 'group' columns" in err and "Traceback" not in err
+
+
+def test_report_never_writes_over_a_run_file(run, capsys):
+    folder, _, _ = run
+    before = (folder / "best.safetensors").read_bytes()
+    assert main(["report", str(folder), "--out", str(folder / "best.safetensors")]) == 2
+    assert main(["report", str(folder), "--out", str(folder / "config.yaml")]) == 2
+    assert main(["report", str(folder), "--out", str(folder)]) == 2
+    assert main(["report", str(folder), "--screenshot", str(folder / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "is the input" in err and "is not a .html file" in err and "is a folder" in err
+    assert "Choose another --screenshot" in err
+    assert (folder / "best.safetensors").read_bytes() == before and not (folder / "report.html").exists()
+    assert main(["report", str(folder), "--out", str(folder / "page.html")]) == 0
+
+
+def test_predict_and_eval_take_a_grayscale_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=2, size=8)
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=3, in_chans=1, layers=(1, 1, 1)).eval()
+    ckpt = save_weights(net, tmp_path / "gray.safetensors",
+                        {"classes": CLASSES, "mean": [0.5], "std": [0.25], "image_size": 8})
+    image = data / "class_1" / "00000.png"
+    assert main(["predict", "--checkpoint", str(ckpt), str(image), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    grey = torch.from_numpy(__import__("numpy").asarray(Image.open(image).convert("L"), dtype="float32"))
+    with torch.no_grad():
+        want = torch.softmax(net(((grey / 255 - 0.5) / 0.25)[None, None]), 1)[0]
+    assert {t["class"]: t["probability"] for t in top} == {c: pytest.approx(float(p), abs=2e-2)
+                                                          for c, p in zip(CLASSES, want)}
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--workers", "0"]) == 0
+    assert '"count": 6' in capsys.readouterr().out
+
+
+def test_predict_without_class_names_shows_indices(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=1, size=8)
+    ckpt = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp_path / "m.safetensors",
+                        {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8})
+    assert main(["predict", "--checkpoint", str(ckpt), str(data / "class_0" / "00000.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert {t["class"] for t in json.loads(captured.out)[0]["top"]} == {"0", "1", "2"}
+    assert "stores no class names" in captured.err and "dataset folders" not in captured.err
