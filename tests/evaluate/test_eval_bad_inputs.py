@@ -44,15 +44,17 @@ def _eval(best, data, *extra):
 
 
 @pytest.mark.parametrize("option, target, message", [
-    ("--json", "last.pt", "is a checkpoint's name; give a .json file name"),
-    ("--json", "best.safetensors", "is the input"),
-    ("--json", "config.yaml", "exists and is not a .json file"),
-    ("--confusion-png", "best.safetensors", "is the input"),
-    ("--confusion-png", "last.pt", "is a checkpoint's name"),
+    ("--json", "last.pt", "writing there would destroy it"),
+    ("--json", "best.safetensors", "writing there would destroy it"),
+    ("--json", "config.yaml", "writing there would destroy it"),
+    ("--confusion-png", "best.safetensors", "writing there would destroy it"),
+    ("--confusion-png", "new.pt", "is a checkpoint's name; give a .png file name"),
+    ("--json", "notes.txt", "exists and is not a .json file"),
     ("--json", ".", "is a folder; give a file name"),
 ])
 def test_eval_never_writes_over_a_run_file(run, capsys, option, target, message):
     folder, best, data = run
+    (folder / "notes.txt").write_text("the user's own notes")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert _eval(best, data, option, str(folder / target)) == 2
     assert message in capsys.readouterr().err
@@ -83,8 +85,8 @@ def test_report_never_writes_over_a_run_file(run, capsys):
     assert main(["report", str(folder), "--out", str(folder)]) == 2
     assert main(["report", str(folder), "--screenshot", str(folder / "last.pt")]) == 2
     err = capsys.readouterr().err
-    assert "is the input" in err and "is not a .html file" in err and "is a folder" in err
-    assert "Choose another --screenshot" in err
+    assert err.count("writing there would destroy it") == 3 and "is a folder" in err
+    assert "choose another --screenshot" in err
     assert (folder / "best.safetensors").read_bytes() == before and not (folder / "report.html").exists()
     assert main(["report", str(folder), "--out", str(folder / "page.html")]) == 0
 

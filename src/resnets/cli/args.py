@@ -68,25 +68,61 @@ def device(text: str) -> str:
     return text
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt", ".bin")
+
+
+def _protected_folders(reads: Iterable[str | os.PathLike | None]) -> list[Path]:
+    """The run folders behind the inputs: an input folder, or the folder of an input file that holds a run's
+    files (its sibling checkpoints are as precious as the one named)."""
+    from ..train.trainer import Trainer
+
+    folders = []
+    for source in reads:
+        if source is None or not os.path.exists(source):
+            continue
+        source = Path(source)
+        if source.is_dir():
+            folders.append(source.resolve())
+        elif any((source.parent / name).exists() for name in Trainer.RUN_FILES):
+            folders.append(source.parent.resolve())
+    return folders
+
+
 def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike | None] = (), option: str = "--out",
-                 directory: bool = False) -> Path:
-    """Refuse an output path that is one of the command's inputs (a checkpoint written over by its own export),
-    a folder where a file is meant (or the reverse); return it as a Path. Raises ``UserError``."""
+                 directory: bool = False, kind: str | None = None) -> Path:
+    """Refuse, before any work, an output that would destroy something the user made; return it as a Path.
+
+    Refused: a folder where a file is meant (or the reverse); the command's own input (``reads``); an existing
+    checkpoint or run file in an input's run folder (``--out RUN/last.pt`` while reading ``RUN/best.safetensors``);
+    for a folder output (``directory``), an input's run folder itself. With ``kind`` (".json", ".png", ".html"),
+    also a checkpoint's name, and an existing file of another kind (a typo must not turn weights into a report).
+    Raises ``UserError``."""
+    from ..train.trainer import Trainer
     from . import UserError
 
     out = Path(path)
+    reads = [r for r in reads if r is not None]
     if out.exists():
         if directory and not out.is_dir():
             raise UserError(f"{option} {out} is a file; give a folder (a new or an empty one)")
         if not directory and out.is_dir():
             raise UserError(f"{option} {out} is a folder; give a file name, e.g. {out / 'out'}")
-        for source in reads:
-            if source is None:
-                continue
-            source = Path(source)
-            inside = source.is_dir() and out.parent.resolve() == source.resolve() \
-                and out.suffix in (".pt", ".pth", ".safetensors")  # a run folder given as the input
-            if (source.exists() and os.path.samefile(out, source)) or inside:
-                raise UserError(f"{option} {out} is the input {source}; writing there would destroy it. "
-                                f"Choose another {option}")
+    destroys = next((Path(r) for r in reads if out.exists() and os.path.exists(r) and os.path.samefile(out, r)), None)
+    folders = _protected_folders(reads)
+    if destroys is None and out.exists() and not directory and out.parent.resolve() in folders \
+            and (out.suffix.lower() in CHECKPOINT_SUFFIXES or out.name in Trainer.RUN_FILES):
+        destroys = out
+    if destroys is None and directory and out.exists() and out.resolve() in folders:
+        destroys = out
+    if destroys is not None:
+        raise UserError(f"{option} {out}: writing there would destroy it ({destroys} is what this command reads, or "
+                        f"part of the run it reads); choose another {option}")
+    if kind is not None:
+        kinds = (".html", ".htm") if kind == ".html" else (kind,)
+        if out.suffix.lower() in CHECKPOINT_SUFFIXES:
+            raise UserError(f"{option} {out} is a checkpoint's name; give a {kind} file name, e.g. "
+                            f"{out.with_suffix(kinds[0])}")
+        if out.is_file() and out.suffix.lower() not in kinds:
+            raise UserError(f"{option} {out} exists and is not a {kind} file; writing there would destroy it. "
+                            f"Choose a {kind} file name")
     return out

@@ -52,13 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from ..factory import create_model
     from ..train import Trainer
     from . import UserError
-    from .prune import check_run_folder, finetune_config, load_network
+    from .args import check_output
+    from .prune import finetune_config, load_network
 
     student_is_file = os.path.exists(args.student)
     if args.student_model and not student_is_file:
         raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
                         f"{args.student!r} is not a file; give the model name as --student alone")
-    check_run_folder(args.out, args.teacher, args.student if student_is_file else None)
+    check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True)
     teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
     data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
     num_classes = data.num_classes

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
 from .args import check_output, device, non_negative_int, positive_int
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt", ".bin")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,25 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CSV with path,group (optional label) columns: accuracy per group and the worst-group gap "
                         "(paths relative to --data; the class is the folder name unless a label column says)")
     p.set_defaults(func=run)
-
-
-def output_file(path: str | os.PathLike, kind: str, reads: Iterable[str | os.PathLike | None] = (),
-                option: str = "--out") -> Path:
-    """``check_output`` plus the file's kind: a ``kind`` output (".json", ".png", ".html") never takes a checkpoint's
-    name, and an existing file is overwritten only when it is of that kind, so a typo cannot turn a run's weights,
-    config or metrics into a report."""
-    from ..cli import UserError
-
-    out = check_output(path, reads=reads, option=option)
-    suffix = out.suffix.lower()
-    kinds = (".html", ".htm") if kind == ".html" else (kind,)
-    if suffix in CHECKPOINT_SUFFIXES:
-        raise UserError(f"{option} {out} is a checkpoint's name; give a {kind} file name, e.g. "
-                        f"{out.with_suffix(kinds[0])}")
-    if out.is_file() and suffix not in kinds:
-        raise UserError(f"{option} {out} exists and is not a {kind} file; writing there would destroy it. "
-                        f"Choose a {kind} file name")
-    return out
 
 
 def _grayscale_input(model: Any, mean: Sequence[float], std: Sequence[float]):
@@ -129,10 +108,10 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
 
     reads = [args.checkpoint, args.data, args.groups]
     if args.json:
-        output_file(args.json, ".json", reads, "--json")
+        check_output(args.json, reads=reads, option="--json", kind=".json")
     png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
     if png:
-        output_file(png, ".png", reads, "--confusion-png")
+        check_output(png, reads=reads, option="--confusion-png", kind=".png")
         if args.json and Path(png).resolve() == Path(args.json).resolve():
             raise UserError(f"--confusion-png and --json are both {png}; give two different files")
     return png

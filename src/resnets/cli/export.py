@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import model_from_checkpoint
     from . import UserError
     from .args import check_output
-    from .prune import checkpoint_reads
 
     if args.format not in FORMATS:
         raise UserError(f"--format {args.format!r} is not supported; choose one of: {', '.join(FORMATS)}")
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     suffix = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}[args.format]
     source = Path(args.checkpoint)
     default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
-    out = check_output(args.out or default, reads=checkpoint_reads(args.checkpoint))
+    out = check_output(args.out or default, reads=[args.checkpoint])
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     calibration = None

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from ..precision import PRECISION_CHOICES
-from .args import device, non_negative_int, positive_float, positive_int, unit_fraction
+from .args import check_output, device, non_negative_int, positive_float, positive_int, unit_fraction
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,31 +71,6 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
     return resolve_config(None, values)
 
 
-def checkpoint_reads(*paths: str | None) -> list[Path]:
-    """What ``check_output`` must protect for these input checkpoints: the files, and the run folder a
-    checkpoint lies in (its last.pt, best.safetensors), so no output lands on a sibling checkpoint of the run."""
-    from ..train.trainer import Trainer
-
-    reads: list[Path] = []
-    for path in paths:
-        if not path or not os.path.exists(path):
-            continue
-        reads.append(Path(path))
-        folder = Path(path).parent
-        if os.path.isfile(path) and any((folder / name).exists() for name in Trainer.RUN_FILES):
-            reads.append(folder)
-    return reads
-
-
-def check_run_folder(out: str, *inputs: str | None) -> Path:
-    """Refuse a run folder (``--out``) that is an input checkpoint's own folder: the trainer's best.safetensors
-    and last.pt would land on the files read."""
-    from .args import check_output
-
-    folders = [Path(p).parent for p in inputs if p and os.path.isfile(p)]
-    return check_output(out, reads=[*checkpoint_reads(*inputs), *folders], directory=True)
-
-
 def load_network(path: str, model_name: str | None, option: str, model_option: str) -> tuple[Any, dict]:
     """The network in checkpoint ``path`` and its metadata. A state dict without a spec (torchvision, timm)
     needs its architecture named, which the error says how to do on the command line (``model_option``)."""
@@ -120,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
     from .quantize import top1
 
-    check_run_folder(args.out, args.checkpoint)
+    check_output(args.out, reads=[args.checkpoint], directory=True)
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)
     try:

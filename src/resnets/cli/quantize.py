@@ -38,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import model_from_checkpoint
     from . import UserError
     from .args import check_output
-    from .prune import checkpoint_reads
 
     if args.qat_epochs < 0:
         raise UserError(f"--qat-epochs {args.qat_epochs:g} is negative; give 0 (no QAT) or more")
-    check_output(args.out, reads=checkpoint_reads(args.checkpoint))
+    check_output(args.out, reads=[args.checkpoint])
     model, ckpt = model_from_checkpoint(args.checkpoint)
     data = load_deploy_data(args.data, ckpt.metadata, args.calib_images, val_split=args.val_split)
     if data.val_loader is None:

@@ -24,11 +24,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import UserError
     from ..report import REPORT_NAME, BrowserNotFound, ReportError, render_report, screenshot
-    from .eval import output_file
+    from .args import check_output
 
-    page_path = output_file(args.out or Path(args.run_dir) / REPORT_NAME, ".html", [args.run_dir], "--out")
+    page_path = check_output(args.out or Path(args.run_dir) / REPORT_NAME, reads=[args.run_dir], kind=".html")
     if args.screenshot:
-        shot = output_file(args.screenshot, ".png", [args.run_dir, page_path], "--screenshot")
+        shot = check_output(args.screenshot, reads=[args.run_dir, page_path], option="--screenshot", kind=".png")
         if shot.resolve() == page_path.resolve():
             raise UserError(f"--screenshot {shot} is the report page itself; give a .png file name")
     try:
