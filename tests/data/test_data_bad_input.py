@@ -3,7 +3,6 @@ pixels or a clear DataError."""
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from resnets.cli import main

@@ -9,13 +9,7 @@ from resnets.evaluate.calibration import (calibration_report, expected_calibrati
 from resnets.weights import read_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _calibrated_toy(n=20000, k=5, seed=0):

@@ -8,13 +8,7 @@ from resnets.data import make_image_folder
 from resnets.evaluate.groups import GroupsFileError, evaluate_groups, group_accuracy, read_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_group_accuracy_and_gap(tmp_path):

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from resnets import create_model, save_weights
 from resnets.cli import main
@@ -11,13 +10,7 @@ from resnets.data import make_image_folder
 from resnets.weights import read_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CLASSES = ["class_0", "class_1", "class_2"]

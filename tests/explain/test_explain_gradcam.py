@@ -9,13 +9,7 @@ from resnets.evaluate.robustness import Normalized
 from resnets.explain.gradcam import default_target_layer, grad_cam, save_explanation, save_gallery, saliency
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIZE, PATCH = 24, 6

@@ -10,13 +10,7 @@ from resnets import create_model
 from resnets.explain.gradflow import GradientFlowCallback, measure_gradient_flow, plot_gradient_flow, read_gradflow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(n=16, classes=10):

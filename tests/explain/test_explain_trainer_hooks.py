@@ -10,13 +10,7 @@ from resnets.train import resolve_config
 from resnets.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SETTINGS = {"model": "resnet20", "steps": 4, "lr": 0.02, "val_split": 0.25, "workers": 0, "augment": {},

@@ -15,13 +15,7 @@ from resnets.explain.gradcam import save_explanation
 from resnets.report import ReportError, find_browser, render_report, scan_run, screenshot
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make_run(root):
