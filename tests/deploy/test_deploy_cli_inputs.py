@@ -7,7 +7,7 @@ import torch
 from resnets import ResNet, save_weights
 from resnets.cli import main
 
-from conftest import cli_error as _error
+from conftest import cli_error as _error, color_batch  # tests/deploy/conftest.py, imported at collection time
 
 TRAIN = ["--epochs", "1", "--batch-size", "8", "--val-split", "0.25", "--set", "workers=0", "--set", "progress=false",
          "--set", "tensorboard=false"]
@@ -137,7 +137,6 @@ def test_a_named_architecture_loads_a_spec_less_state_dict(tmp_path):
 
 
 def test_int8_files_are_named_as_such(workspace, trained_tiny, tmp_path, capsys):
-    from conftest import color_batch
     from resnets.deploy import quantize_int8, save_quantized
 
     _, _, checkpoint = workspace
