@@ -93,6 +93,43 @@ def test_a_new_run_refuses_a_folder_that_holds_another_run(tmp_path):
     train(tiny_config(epochs=1), tmp_path / "empty", splits=tiny_splits())  # an empty folder is fine
 
 
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def on_step_end(self, trainer, step, loss):
+        if step == self.at:
+            raise _Stop
+
+
+def test_a_run_of_another_architecture_resumes_and_a_custom_loss_is_asked_for(tmp_path):
+    """A pruned model (per-block widths) resumes from its checkpoint's spec, not from the config's model name;
+    a distillation run's loss cannot come from the run folder, so resume says what to give it."""
+    from resnets.train.trainer import resume
+
+    config = tiny_config(epochs=2, checkpoint_every_steps=1)
+    narrow = lambda: create_model("resnet20", num_classes=3, layers=(1, 1, 1))  # noqa: E731
+    whole = train(config, tmp_path / "whole", splits=tiny_splits(), model=narrow())
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "cut", splits=tiny_splits(), model=narrow(), callbacks=[_StopAt(4)])
+    resumed = resume(tmp_path / "cut", splits=tiny_splits())
+    a, b = weights(whole.model), weights(resumed.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def loss(trainer, images, labels):
+        logits = trainer.forward_model(images)
+        return nn.functional.cross_entropy(logits, labels), logits
+
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "kd", splits=tiny_splits(), loss_fn=loss, callbacks=[_StopAt(2)])
+    with pytest.raises(ConfigError, match=r"started with loss_fn \(function\) .*cannot rebuild"):
+        resume(tmp_path / "kd", splits=tiny_splits())
+
+
 def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
     """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
     and each result equals its own separate evaluation of the final weights."""

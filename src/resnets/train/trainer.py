@@ -149,6 +149,9 @@ class Trainer:
             if not any(isinstance(c, AdversarialTraining) for c in self.callbacks):
                 self.callbacks.append(AdversarialTraining(**config.adversarial))  # keys validated by the config
         self.loss_fn = loss_fn
+        # what the caller supplied that a run folder cannot rebuild: resume() needs them given again
+        self._resume_needs = ([f"loss_fn ({type(loss_fn).__name__})"] if loss_fn is not None else []) + \
+            (["param_groups"] if param_groups is not None else [])
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA GPU is available; use --device cpu")
@@ -571,7 +574,7 @@ class Trainer:
             "spec": self.spec.to_dict() if self.spec is not None else None,
             "classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
             "image_size": int(self.splits.image_size), "model_name": self.config.model,
-            "config": self.config.to_dict(),
+            "config": self.config.to_dict(), "resume_needs": list(self._resume_needs),
         }
         if self.ema is not None:
             state["state_dict_ema"] = {k: v.detach().cpu() for k, v in self.ema.state.items()}
@@ -908,6 +911,16 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
                           f"{', '.join(RESUME_OVERRIDABLE)} can). Start a new run to change them.")
     values.update(overrides or {})
     config = TrainConfig.from_dict(values, source=f"{run_dir / 'last.pt'}")
+    missing = [need for need in body.get("resume_needs", []) if need.split(" ")[0] not in kwargs]
+    if missing:
+        raise ConfigError(f"{run_dir} was started with {' and '.join(missing)} from the command that made it "
+                          "(resnets distill or finetune), which `resnets train --resume` cannot rebuild: run that "
+                          "command again into a new folder (Python: resume(run_dir, loss_fn=..., param_groups=...))")
+    if "model" not in kwargs and body.get("spec"):  # the architecture that made the weights (pruned widths too)
+        from ..factory import create_model
+        from ..spec import ResNetSpec
+
+        kwargs["model"] = create_model(ResNetSpec.from_dict(body["spec"]))
     trainer = Trainer(config, run_dir, **kwargs)
     trainer.load_training_state(body)
     return trainer.fit()
