@@ -196,6 +196,12 @@ def test_experiment_names_a_damaged_record_and_the_budget_batch_size(setup, caps
     err = capsys.readouterr().err
     assert f"{out / 'degradation.json'} is damaged" in err and "not overwritten" in err
     assert (out / "degradation.json").read_text() == "{not json"
+    record = json.dumps({"budget": {"epochs": 3.0}, "data": {}, "runs": {"plain20": []}, "final": {}})
+    (out / "degradation.json").write_text(record)  # twins of another budget are kept, not replaced
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "records twins trained with another budget" in err and "epochs 3.0 -> 1.0" in err
+    assert (out / "degradation.json").read_text() == record
     argv[-1] = "epochs=1,batch_size=512,train_subset=all,val_subset=all,bf16=0"
     argv[argv.index("--out") + 1] = str(tmp / "exp2")
     assert main(argv) == 2

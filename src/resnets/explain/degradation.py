@@ -328,9 +328,13 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"{previous} is damaged ({exc}); it records the twins already trained there, so it is "
                              "not overwritten: repair or move it away, or choose another --out") from None
-        if old.get("budget") == result.budget and old.get("data") == result.data:
-            result.runs.update(old.get("runs", {}))
-            result.params.update({k: v["params"] for k, v in old.get("final", {}).items() if v.get("params")})
+        if old.get("budget") != result.budget or old.get("data") != result.data:
+            changed = [f"{key} {old.get(part, {}).get(key)!r} -> {value!r}" for part in ("budget", "data")
+                       for key, value in getattr(result, part).items() if old.get(part, {}).get(key) != value]
+            raise ValueError(f"{previous} records twins trained with another budget or data ({'; '.join(changed)}); "
+                             "it is kept: choose another --out for this budget, or move that folder away")
+        result.runs.update(old.get("runs", {}))
+        result.params.update({k: v["params"] for k, v in old.get("final", {}).items() if v.get("params")})
     for d in depths:
         for prefix in ("plain", "resnet"):
             name = f"{prefix}{d}"
