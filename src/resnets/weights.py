@@ -49,7 +49,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     # mkstemp makes the file private (0600); the result gets the mode a plain open() would give it (or keeps the
     # mode of the file it replaces), so a run folder shared by a team stays readable
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _umasked_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name ends like the target (".tmp.pt2"): some writers check the extension they are given
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

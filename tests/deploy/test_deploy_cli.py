@@ -7,7 +7,7 @@ import torch
 from resnets import model_from_checkpoint
 from resnets.cli import main
 
-from conftest import cli_error as _error
+from deploy_helpers import cli_error as _error
 
 
 def test_export_cli_writes_verified_files(workspace, capsys):

@@ -7,7 +7,7 @@ import torch
 from resnets import ResNet, save_weights
 from resnets.cli import main
 
-from conftest import cli_error as _error, color_batch  # tests/deploy/conftest.py, imported at collection time
+from deploy_helpers import cli_error as _error, color_batch
 
 TRAIN = ["--epochs", "1", "--batch-size", "8", "--val-split", "0.25", "--set", "workers=0", "--set", "progress=false",
          "--set", "tensorboard=false"]
@@ -62,7 +62,7 @@ def test_outputs_never_overwrite_the_inputs(workspace, run_folder, capsys):
     (["distill", "--temperature", "0"], "argument --temperature: 0 is not a positive"),
     (["prune", "--device", "gpu"], "unknown device 'gpu'"),
     (["quantize", "--calib-images", "0"], "argument --calib-images: 0 is not a positive whole number"),
-    (["quantize", "--val-split", "1.5"], "argument --val-split: 1.5 is not a fraction"),
+    (["quantize", "--val-split", "1.5"], "argument --val-split: val_split (--val-split) 1.5 is neither a fraction"),
     (["export", "--tolerance", "-1"], "argument --tolerance: -1 is not a positive finite number"),
     (["export", "--calib-images", "0"], "argument --calib-images: 0 is not a positive whole number"),
     (["bench", "--rounds", "0"], "argument --rounds: 0 is not a positive whole number"),

@@ -10,7 +10,7 @@ from resnets.deploy.export import (ExportError, ExportVerificationError, _compar
                                    export_program, fp32_logit_tolerance)
 from resnets.deploy.quantize import CalibrationError
 
-from conftest import color_batch
+from deploy_helpers import color_batch
 
 SIZE = (3, 16, 16)
 

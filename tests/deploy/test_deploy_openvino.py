@@ -12,7 +12,7 @@ from resnets.deploy.export import ExportError, export_model
 from resnets.deploy.openvino import compile_openvino, export_openvino, openvino_bf16_supported
 from resnets.deploy.quantize import CalibrationError
 
-from conftest import cli_error, color_batch
+from deploy_helpers import cli_error, color_batch
 
 SIZE = (3, 16, 16)
 

@@ -9,7 +9,7 @@ import torch
 from resnets import save_weights
 from resnets.deploy import CalibrationError, load_quantized, quantize_int8, save_quantized
 
-from conftest import color_batch
+from deploy_helpers import color_batch
 
 
 def _calibration():

@@ -136,6 +136,13 @@ def test_atomic_write_gives_the_mode_of_a_plain_write_or_keeps_the_replaced_file
         os.umask(old_mask)
 
 
+def test_atomic_write_names_its_temporary_file_like_the_target(tmp_path):
+    """Some writers (torch.export's .pt2 archive) check the extension of the path they are given."""
+    seen = []
+    atomic_write(tmp_path / "model.pt2", lambda tmp: (seen.append(tmp), open(tmp, "wb").write(b"x")))
+    assert seen[0].endswith(".pt2") and (tmp_path / "model.pt2").read_bytes() == b"x"
+
+
 def test_unknown_torchvision_tag_lists_available():
     with pytest.raises(CheckpointError, match="IMAGENET1K_V1"):
         resnets.create_model("resnet50", weights="IMAGENET9K_V7")

@@ -102,6 +102,28 @@ def test_resume_refuses_flags_it_would_ignore_and_takes_the_checkpoint_path(caps
     assert code == 0, err  # the finished run resumes to its end at once
 
 
+def test_finetune_into_a_run_folder_is_refused_before_it_writes_anything(capsys, tmp_path, monkeypatch):
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=8)
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--model", "resnet20", "--data", str(data), "--epochs", "1", "--batch-size", "4",
+                   "--no-progress", "--out", str(run))[0] == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, err = run_cli(capsys, "finetune", "--from", str(run / "best.safetensors"), "--data", str(data),
+                        "--epochs", "1", "--batch-size", "4", "--out", str(run))
+    assert code == 2 and err.count("\n") == 1 and "writing there would destroy it" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "finetune.yaml").write_text("an earlier fine-tuning's record")
+    code, err = run_cli(capsys, "finetune", "--from", str(run / "best.safetensors"), "--data", str(data),
+                        "--epochs", "1", "--batch-size", "4", "--out", str(other))
+    assert code == 2 and "already holds a run (finetune.yaml)" in err
+    assert (other / "finetune.yaml").read_text() == "an earlier fine-tuning's record"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--batch-size", "0"], "argument --batch-size: 0 is not a positive whole number"),
     (["--epochs", "-1"], "argument --epochs: -1 is not a positive finite number"),

@@ -74,7 +74,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt", ".bin")
 def _protected_folders(reads: Iterable[str | os.PathLike | None]) -> list[Path]:
     """The run folders behind the inputs: an input folder, or the folder of an input file that holds a run's
     files (its sibling checkpoints are as precious as the one named)."""
-    from ..train.trainer import Trainer
+    from ..train.trainer import files_of_a_run
 
     folders = []
     for source in reads:
@@ -83,21 +83,33 @@ def _protected_folders(reads: Iterable[str | os.PathLike | None]) -> list[Path]:
         source = Path(source)
         if source.is_dir():
             folders.append(source.resolve())
-        elif any((source.parent / name).exists() for name in Trainer.RUN_FILES):
+        elif files_of_a_run(source.parent):
             folders.append(source.parent.resolve())
     return folders
+
+
+def val_split(text: str) -> float | int:
+    """``--val-split``: a fraction below 1 or a whole count of images, the data layer's one rule."""
+    from ..data.errors import DataError
+    from ..data.folder import check_val_split
+
+    try:
+        return check_val_split(_number(text, float))
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike | None] = (), option: str = "--out",
                  directory: bool = False, kind: str | None = None) -> Path:
     """Refuse, before any work, an output that would destroy something the user made; return it as a Path.
 
-    Refused: a folder where a file is meant (or the reverse); the command's own input (``reads``); an existing
-    checkpoint or run file in an input's run folder (``--out RUN/last.pt`` while reading ``RUN/best.safetensors``);
+    Refused: a folder where a file is meant (or the reverse); the command's own input (``reads``); a file the run
+    behind an input wrote (``--out RUN/last.pt`` while reading ``RUN/best.safetensors``; a command's own earlier
+    output beside them may be replaced);
     for a folder output (``directory``), an input's run folder itself. With ``kind`` (".json", ".png", ".html"),
     also a checkpoint's name, and an existing file of another kind (a typo must not turn weights into a report).
     Raises ``UserError``."""
-    from ..train.trainer import Trainer
+    from ..train.trainer import files_of_a_run
     from . import UserError
 
     out = Path(path)
@@ -110,7 +122,7 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
     destroys = next((Path(r) for r in reads if out.exists() and os.path.exists(r) and os.path.samefile(out, r)), None)
     folders = _protected_folders(reads)
     if destroys is None and out.exists() and not directory and out.parent.resolve() in folders \
-            and (out.suffix.lower() in CHECKPOINT_SUFFIXES or out.name in Trainer.RUN_FILES):
+            and out.name in files_of_a_run(out.parent):
         destroys = out
     if destroys is None and directory and out.exists() and out.resolve() in folders:
         destroys = out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import positive_int
+from .args import positive_int, val_split
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True,
                    help="cifar10, cifar100, an extracted cifar-10-batches-py folder, an ImageFolder tree "
                         "DIR/<class>/<image>, or a root with train/ and val/ (or test/)")
-    p.add_argument("--val-split", type=float, default=0.1,
+    p.add_argument("--val-split", type=val_split, default=0.1,
                    help="held-out fraction in [0, 1), or a whole count of images, when there is no validation tree "
                         "(default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out (default 0)")

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.distill import DistillationLoss
     from ..factory import create_model
     from ..train import Trainer
+    from ..train.trainer import check_new_run_dir
     from . import UserError
     from .args import check_output
     from .prune import finetune_config, load_network
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
                         f"{args.student!r} is not a file; give the model name as --student alone")
     check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True)
+    check_new_run_dir(args.out)
     teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
     data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
     num_classes = data.num_classes

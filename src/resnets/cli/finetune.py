@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from .args import device, positive_float, positive_int, unit_fraction
+from .args import device, positive_float, positive_int, unit_fraction, val_split
 
 
 def _stage_lrs(text: str | None) -> dict[str, float]:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="architecture of a state dict without a spec (e.g. resnet50)")
     p.add_argument("--data", required=True, help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--val-split", type=float, default=0.1, help="held-out fraction when the data has no val/ tree")
+    p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) when the data has no val/ tree")
     p.add_argument("--image-size", type=positive_int, help="resize images to this side (default: the data's own, or 224)")
     p.add_argument("--freeze", default="none", help="freeze up to and including: none, stem, layer1..layerN, "
                                                     "all-but-head (default none)")
@@ -81,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
                             apply_finetune_policy, check_head, linear_probe, load_source, trainable_summary)
     from ..transfer.loop import evaluate, write_json
     from ..transfer.source import zoo_name
+    from ..train.trainer import check_new_run_dir
     from ..weights import save_weights
     from . import UserError
+    from .args import check_output
 
-    if args.epochs < 1 or args.batch_size < 1:
-        raise UserError("--epochs and --batch-size must be at least 1")
+    check_output(args.out, reads=[args.source], directory=True)
+    check_new_run_dir(args.out)  # before finetune.yaml is written there
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..precision import PRECISION_CHOICES
-from .args import check_output, device, non_negative_int, positive_float, positive_int, unit_fraction
+from .args import check_output, device, non_negative_int, positive_float, positive_int, unit_fraction, val_split
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
                    help="or fit fine-tuning into this many minutes")
     p.add_argument("--lr", type=positive_float, default=lr)
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--val-split", type=unit_fraction, default=0.1, help="held-out fraction (0-1)")
+    p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count)")
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (0: load in this process)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
@@ -90,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.data import load_deploy_data
     from ..deploy.prune import PruningError, prune_model
     from ..train import Trainer
+    from ..train.trainer import check_new_run_dir
     from . import UserError
     from .quantize import top1
 
     check_output(args.out, reads=[args.checkpoint], directory=True)
+    check_new_run_dir(args.out)
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)
     try:

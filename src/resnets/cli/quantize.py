@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import positive_int, unit_fraction
+from .args import positive_int, val_split
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="the training images (ImageFolder tree or cifar10)")
     p.add_argument("--out", required=True, help="where to write the int8 model (.pt, weights only)")
     p.add_argument("--calib-images", type=positive_int, default=512)
-    p.add_argument("--val-split", type=unit_fraction, default=0.1, help="held-out fraction (0-1) to measure on")
+    p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) to measure on")
     p.add_argument("--qat-epochs", type=float, default=0.0, help="quantization-aware fine-tuning epochs if needed")
     p.add_argument("--max-drop", type=float, default=0.3, help="top-1 points PTQ may lose before QAT runs")
     p.set_defaults(func=run)

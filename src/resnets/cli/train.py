@@ -10,7 +10,7 @@ from pathlib import Path
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES
 from ..train.config import COMPILE_MODES
-from .args import device, non_negative_int, positive_float, positive_int
+from .args import device, non_negative_int, positive_float, positive_int, val_split
 
 # flag -> TrainConfig key, for the common overrides (everything else through --set key=value)
 _FLAGS = {
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fit the schedule so training ends within this wall-clock budget")
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation for the final evaluation")
-    p.add_argument("--val-split", type=float, help="validation fraction (or count) held out when there is no val tree")
+    p.add_argument("--val-split", type=val_split, help="validation fraction (or count) held out when there is no val tree")
     p.add_argument("--image-size", type=positive_int)
     p.add_argument("--workers", type=non_negative_int)
     p.add_argument("--channels-last", action="store_true", default=None)

@@ -567,7 +567,7 @@ class Trainer:
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "total_steps": self.total_steps, "best_val_top1": self.best_val_top1,
                          "best_epoch": self.best_epoch, "elapsed": self.elapsed,
-                         "error_warmup_active": self.error_warmup_active,
+                         "error_warmup_active": self.error_warmup_active, "lr": self.lr,
                          "budget_fit": copy.deepcopy(self.budget_fit)},
             "epoch_sums": self.epoch_sums.detach().cpu(),
             "error_window": self.error_window.detach().cpu(),
@@ -610,6 +610,7 @@ class Trainer:
         self.schedule = LRSchedule.from_config(self.config, self.steps_per_epoch, self.total_steps)
         self.best_val_top1, self.best_epoch, self.elapsed = p["best_val_top1"], p["best_epoch"], float(p["elapsed"])
         self.error_warmup_active = bool(p["error_warmup_active"])
+        self.lr = float(p.get("lr", self.lr))  # the rate of the last step: an epoch that ends right after a resume
         self._restore_budget_fit(p.get("budget_fit"))  # absent in checkpoints of older versions: no re-fits
         self.epoch_sums = body["epoch_sums"].to(self.device)
         self.error_window = body["error_window"].to(self.device)
@@ -647,17 +648,17 @@ class Trainer:
 
         if self.out_dir is None or restart_count() > 0:
             return
-        found = [name for name in self.RUN_FILES if (self.out_dir / name).exists()]
-        if not self.process.any_true(bool(found)):
-            return
-        how = (f"resume it with `resnets train --resume {self.out_dir}`, " if "last.pt" in found else "")
-        raise ConfigError(f"{self.out_dir} already holds a run ({', '.join(found)}); {how}choose another output "
-                          "folder, or delete that one first")
+        own = [name for name in self.RUN_FILES if (self.out_dir / name).exists()]  # finetune.yaml is the caller's
+        if self.process.any_true(bool(own)):
+            check_new_run_dir(self.out_dir, self.RUN_FILES)
 
     def _prepare_run_dir(self) -> None:
         if not (self.is_main and self.out_dir is not None):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(".*.tmp*"):  # a save a kill cut short (atomic_write's temporary files)
+            if stale.name.split(".")[1] in {name.split(".")[0] for name in self.RUN_FILES}:
+                stale.unlink(missing_ok=True)
         text = self.config.to_yaml()
         atomic_write(self.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text))
         metrics = self.out_dir / "metrics.jsonl"
@@ -886,6 +887,22 @@ class Trainer:
         shown["lr"] = f"{self.lr:.4g}"
         bar.set_description(f"epoch {self.epoch}", refresh=False)
         bar.set_postfix(shown, refresh=False)
+
+
+def files_of_a_run(folder: str | os.PathLike) -> list[str]:
+    """The files in ``folder`` that a training run (train, finetune, prune, distill) writes."""
+    return [name for name in (*Trainer.RUN_FILES, "finetune.yaml") if (Path(folder) / name).exists()]
+
+
+def check_new_run_dir(folder: str | os.PathLike, names: Sequence[str] | None = None) -> None:
+    """Refuse a folder that holds another run (any of ``names``, default: every file a run writes), so nothing a
+    run made is overwritten; the commands call it before any work, the Trainer again when it starts."""
+    found = files_of_a_run(folder) if names is None else [n for n in names if (Path(folder) / n).exists()]
+    if found:
+        how = (f"resume it with `resnets train --resume {folder}` if `resnets train` or `resnets prune` made it, or "
+               if "last.pt" in found else "")
+        raise ConfigError(f"{folder} already holds a run ({', '.join(found)}); {how}choose another output folder, "
+                          "or delete that one first")
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, **kwargs: Any) -> RunResult:
