@@ -130,15 +130,21 @@ def test_a_run_of_another_architecture_resumes_and_a_custom_loss_is_asked_for(tm
         resume(tmp_path / "kd", splits=tiny_splits())
 
 
-def test_a_run_killed_at_an_epoch_end_resumes_to_the_same_metrics_and_sweeps_torn_saves(tmp_path):
-    """Killed after its last step but before the epoch's record: the resumed record keeps the step's lr, and the
-    temporary file of a save the kill cut short is removed."""
+def test_a_run_killed_at_an_epoch_end_resumes_to_the_same_metrics_and_sweeps_torn_saves(tmp_path, monkeypatch):
+    """Killed after its epoch's last step was saved but before the epoch's record: the resumed record keeps that
+    step's lr (not the base lr), and the temporary file of a save the kill cut short is removed."""
     from resnets.train.trainer import resume
 
     config = tiny_config(epochs=2, checkpoint_every_steps=1)
     whole = train(config, tmp_path / "whole", splits=tiny_splits())
-    with pytest.raises(_Stop):
-        train(config, tmp_path / "cut", splits=tiny_splits(), callbacks=[_StopAt(3)])
+    with monkeypatch.context() as patch:
+        def killed(self, *args):
+            raise _Stop
+
+        patch.setattr(Trainer, "_end_epoch", killed)
+        with pytest.raises(_Stop):
+            train(config, tmp_path / "cut", splits=tiny_splits())
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["progress"]["batch_in_epoch"] == 3
     torn = tmp_path / "cut" / ".last.pt.k1ll3d.tmp.pt"
     torn.write_bytes(b"half a checkpoint")
     resumed = resume(tmp_path / "cut", splits=tiny_splits())
