@@ -152,6 +152,13 @@ def test_a_run_killed_at_an_epoch_end_resumes_to_the_same_metrics_and_sweeps_tor
     assert not torn.exists()
 
 
+def test_the_progress_bar_ends_on_the_last_epoch_not_the_next(capsys):
+    train(tiny_config(progress=True), splits=tiny_splits())
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if "6/6" in line][-1]
+    assert last.startswith("epoch 1:"), last
+
+
 def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
     """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
     and each result equals its own separate evaluation of the final weights."""

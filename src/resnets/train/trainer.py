@@ -885,7 +885,8 @@ class Trainer:
             shown = {"loss": f"{float(sums[0]) / seen:.3f}", "acc": f"{float(sums[1]) / seen:.3f}"}
         shown["img/s"] = f"{images_seen / max(time.perf_counter() - epoch_start, 1e-9):.0f}"
         shown["lr"] = f"{self.lr:.4g}"
-        bar.set_description(f"epoch {self.epoch}", refresh=False)
+        # the epoch the figures describe: after an epoch's record, self.epoch already counts the next one
+        bar.set_description(f"epoch {record['epoch'] if record is not None else self.epoch}", refresh=False)
         bar.set_postfix(shown, refresh=False)
 
 
