@@ -26,6 +26,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     (["--resume", "/nonexistent/run"], "no training checkpoint at"),
     (["--recipe", "cifar-fast", "--set", "compile_mode=fast"], "compile_mode='fast' is unknown"),
     (["--recipe", "cifar-fast", "--compile", "reduce-overhead"], "set progressive_min_size=null"),
+    (["--recipe", "cifar-fast", "--set", "workers=-2"], "workers=-2 must be >= 0"),
+    (["--recipe", "cifar-fast", "--set", "eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
 ])
 def test_user_errors_are_one_line_with_exit_2(capsys, argv, words):
     code, err = run_cli(capsys, "train", *argv)

@@ -245,6 +245,10 @@ class TrainConfig:
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive (or null)")
         need(self.eval_every >= 1, f"eval_every={self.eval_every} must be at least 1")
         need(self.log_every >= 1, f"log_every={self.log_every} must be at least 1")
+        need(self.workers >= 0, f"workers={self.workers} must be >= 0 (0 loads in the training process)")
+        need(self.eval_batch_size >= 1, f"eval_batch_size={self.eval_batch_size} must be at least 1")
+        need(self.checkpoint_every_steps >= 0,
+             f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0: only at epoch ends)")
         need(self.val_split >= 0, f"val_split={self.val_split} must be >= 0")
         need(self.error_warmup_lr is None or self.error_warmup_lr > 0, "error_warmup_lr must be positive (or null)")
         need(0 < self.error_warmup_until <= 1, "error_warmup_until is a training error in (0, 1]")
