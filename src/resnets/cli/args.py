@@ -119,13 +119,13 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
             raise UserError(f"{option} {out} is a file; give a folder (a new or an empty one)")
         if not directory and out.is_dir():
             raise UserError(f"{option} {out} is a folder; give a file name, e.g. {out / 'out'}")
-    destroys = next((Path(r) for r in reads if out.exists() and os.path.exists(r) and os.path.samefile(out, r)), None)
-    folders = _protected_folders(reads)
-    if destroys is None and out.exists() and not directory and out.parent.resolve() in folders \
-            and out.name in files_of_a_run(out.parent):
-        destroys = out
-    if destroys is None and directory and out.exists() and out.resolve() in folders:
-        destroys = out
+    destroys = None
+    if out.exists() and reads:  # only an existing path can destroy anything; a new one needs no look at the inputs
+        destroys = next((Path(r) for r in reads if os.path.exists(r) and os.path.samefile(out, r)), None)
+        folders = _protected_folders(reads)
+        if destroys is None and (out.resolve() in folders if directory else
+                                 out.parent.resolve() in folders and out.name in files_of_a_run(out.parent)):
+            destroys = out
     if destroys is not None:
         raise UserError(f"{option} {out}: writing there would destroy it ({destroys} is what this command reads, or "
                         f"part of the run it reads); choose another {option}")
