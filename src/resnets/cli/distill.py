@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .args import positive_float, unit_fraction
 
@@ -17,18 +18,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "ends up a normal checkpoint in --out/best.safetensors.",
         epilog="example: resnets distill --teacher runs/r56/best.safetensors --student resnet20 --data cifar10 "
                "--epochs 30 --out runs/r20-kd")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint")
+    p.add_argument("--teacher", help="teacher checkpoint (required, with --student, --data and --out, unless "
+                   "--resume)")
     p.add_argument("--teacher-model", metavar="NAME", help="architecture of a --teacher without a spec "
                    "(a torchvision/timm state dict), e.g. resnet50")
-    p.add_argument("--student", required=True, help="student model name (resnets models) or checkpoint to start from")
+    p.add_argument("--student", help="student model name (resnets models) or checkpoint to start from")
     p.add_argument("--student-model", metavar="NAME", help="architecture of a --student checkpoint without a spec "
                    "(a torchvision/timm state dict), e.g. resnet18")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data")
+    p.add_argument("--out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a distillation run from RUN_DIR/last.pt with the "
+                   "arguments recorded in RUN_DIR/distill.yaml (the teacher must still be where it was; only "
+                   "--workers and --device may be given with it)")
     p.add_argument("--temperature", type=positive_float, default=4.0)
     p.add_argument("--alpha", type=unit_fraction, default=0.9, help="weight of the soft-target term (0-1)")
     add_finetune_args(p, lr=0.1)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
 
 
 def check_student_head(student, metadata: dict, origin: str, classes: list[str]) -> None:
@@ -44,39 +49,72 @@ def check_student_head(student, metadata: dict, origin: str, classes: list[str])
                       "student")
 
 
+def _teacher_and_data(args: argparse.Namespace):
+    """The teacher network, its metadata and the data split, from the teacher's saved classes and statistics."""
+    from ..deploy.data import load_deploy_data
+    from . import UserError
+    from .prune import load_network
+
+    teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
+    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
+    if teacher.spec.num_classes != data.num_classes:
+        raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {data.num_classes}; "
+                        "distil on the data the teacher was trained for")
+    return teacher, metadata, data
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..deploy.data import load_deploy_data
+    import torch
+
     from ..deploy.distill import DistillationLoss
     from ..factory import create_model
     from ..train import Trainer
-    from ..train.trainer import check_new_run_dir
+    from ..train.distributed import fault_drill_from_env
+    from ..train.trainer import check_new_run_dir, resume
     from . import UserError
     from .args import check_output
     from .prune import finetune_config, load_network
+    from .resuming import read_record, refuse_changes_on_resume, require, resume_folder, write_record
 
-    student_is_file = os.path.exists(args.student)
-    if args.student_model and not student_is_file:
-        raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
-                        f"{args.student!r} is not a file; give the model name as --student alone")
-    check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True)
-    check_new_run_dir(args.out)
-    teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
-    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
-    num_classes = data.num_classes
-    if teacher.spec.num_classes != num_classes:
-        raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {num_classes}; "
-                        "distil on the data the teacher was trained for")
-    if student_is_file:
-        student, student_meta = load_network(args.student, args.student_model, "--student", "--student-model")
-        check_student_head(student, student_meta, f"--student {args.student}", data.splits.classes)
-        name = str(student_meta.get("model_name") or args.student_model or "student")
+    if args.resume:
+        refuse_changes_on_resume(args, may_change=("workers", "device"))
+        folder = resume_folder(args.resume)
+        saved = read_record(folder, "distill")
+        if not os.path.exists(saved.teacher):
+            raise UserError(f"the run was distilled from --teacher {saved.teacher}, which is not there any more "
+                            f"(relative paths are from the folder the run started in); put it back to resume {folder}")
+        teacher, _, data = _teacher_and_data(saved)
+        kept = {key: getattr(args, key) for key in ("workers", "device") if getattr(args, key) is not None}
+        result = resume(folder, kept, splits=data.splits, callbacks=fault_drill_from_env(),
+                        loss_fn=DistillationLoss(teacher, temperature=saved.temperature, alpha=saved.alpha))
+        name, out = result.config.model, folder
     else:
-        student, name = create_model(args.student, num_classes=num_classes), args.student
-    config = finetune_config(args, name, metadata)
-    loss = DistillationLoss(teacher, temperature=args.temperature, alpha=args.alpha)
-    result = Trainer(config, args.out, splits=data.splits, model=student, loss_fn=loss).fit()
+        require(args, "teacher", "student", "data", "out")
+        student_is_file = os.path.exists(args.student)
+        if args.student_model and not student_is_file:
+            raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
+                            f"{args.student!r} is not a file; give the model name as --student alone")
+        check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True)
+        check_new_run_dir(args.out)
+        teacher, metadata, data = _teacher_and_data(args)
+        if student_is_file:
+            student, student_meta = load_network(args.student, args.student_model, "--student", "--student-model")
+            check_student_head(student, student_meta, f"--student {args.student}", data.splits.classes)
+            name = str(student_meta.get("model_name") or args.student_model or "student")
+        else:
+            name = args.student
+        config = finetune_config(args, name, metadata)
+        if not student_is_file:  # a fresh student's initialisation follows the run's seed, so reruns match
+            torch.manual_seed(config.seed)
+            student = create_model(args.student, num_classes=data.num_classes)
+        os.makedirs(args.out, exist_ok=True)
+        write_record(Path(args.out), "distill", args)
+        loss = DistillationLoss(teacher, temperature=args.temperature, alpha=args.alpha)
+        result = Trainer(config, args.out, splits=data.splits, model=student, loss_fn=loss,
+                         callbacks=fault_drill_from_env()).fit()
+        out = Path(args.out)
     if result.final_val_top1 is not None:
-        print(f"distilled {name}: top-1 {100 * result.final_val_top1:.2f}%; checkpoint {args.out}/best.safetensors")
+        print(f"distilled {name}: top-1 {100 * result.final_val_top1:.2f}%; checkpoint {out / 'best.safetensors'}")
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
 from .args import device, positive_float, positive_int, unit_fraction, val_split
 
 
@@ -32,11 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "up to a stage; choose the BatchNorm policy and per-part learning rates; train with the resnets "
                     "trainer (SGD, warmup + cosine) and write RUN/ (finetune.yaml, config.yaml, metrics.jsonl, "
                     "best.safetensors, last.pt, summary.json).")
-    p.add_argument("--from", dest="source", required=True, metavar="CKPT_OR_WEIGHTS",
-                   help="checkpoint file or run folder, torchvision/timm state dict file, or torchvision weight tag")
+    p.add_argument("--from", dest="source", metavar="CKPT_OR_WEIGHTS",
+                   help="checkpoint file or run folder, torchvision/timm state dict file, or torchvision weight tag "
+                        "(required, with --data and --out, unless --resume)")
     p.add_argument("--model", help="architecture of a state dict without a spec (e.g. resnet50)")
-    p.add_argument("--data", required=True, help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--data", help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tuning run from RUN_DIR/last.pt with the "
+                   "arguments recorded in RUN_DIR/finetune.yaml (only --device may be given with it)")
     p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) when the data has no val/ tree")
     p.add_argument("--image-size", type=positive_int, help="resize images to this side (default: the data's own, or 224)")
     p.add_argument("--freeze", default="none", help="freeze up to and including: none, stem, layer1..layerN, "
@@ -62,29 +67,92 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-weight-decay", type=float, default=1e-4)
     p.add_argument("--keep-head", action="store_true", help="keep the source's classifier (classes must match)")
     p.add_argument("--adapt-in-chans", action="store_true", help="convert the first convolution to the data's channels")
-    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device, help="cpu (default), cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
+
+
+def _policy(model, args: argparse.Namespace, num_classes: int | None) -> tuple[Any, Any]:
+    """The parameter groups of ``args``' fine-tuning policy, and the progressive unfreezer when it asks for one.
+    ``num_classes`` replaces the head (None keeps it)."""
+    from ..transfer import FinetuneConfig, PolicyError, ProgressiveUnfreezer, apply_finetune_policy
+    from . import UserError
+
+    try:
+        config = FinetuneConfig(num_classes=num_classes, freeze=args.freeze, bn=args.bn, lr=args.lr,
+                                head_lr_mult=args.head_lr_mult, stage_lr_mults=_stage_lrs(args.stage_lr),
+                                layer_decay=args.layer_decay, weight_decay=args.weight_decay)
+        if args.unfreeze_every:
+            unfreezer = ProgressiveUnfreezer(model, config, epochs_per_part=args.unfreeze_every)
+            return unfreezer.param_groups, unfreezer
+        return (None if args.linear_probe else apply_finetune_policy(model, config)), None
+    except PolicyError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _callbacks(unfreezer) -> list:
+    """Progressive unfreezing, and the fault drill that rehearses a kill (``RESNETS_FAULT_KILL``)."""
+    from ..train.distributed import fault_drill_from_env
+    from ..transfer import UnfreezeCallback
+
+    return ([UnfreezeCallback(unfreezer)] if unfreezer is not None else []) + fault_drill_from_env()
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume(args)
+    from .resuming import require
+
+    require(args, "source", "data", "out")
+    return _start(args)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """Rebuild the model (from last.pt's spec), the data split and the policy's groups from the run's record;
+    the trainer then restores every state, so the run ends as an uninterrupted one would (CPU)."""
+    from ..data import load_data
+    from ..factory import create_model
+    from ..spec import ResNetSpec
+    from ..train.checkpoint import load_training_checkpoint
+    from ..train.trainer import resume
+    from .resuming import read_record, refuse_changes_on_resume, resume_folder
+
+    refuse_changes_on_resume(args, may_change=("device",))
+    folder = resume_folder(args.resume)
+    saved = read_record(folder, "finetune")
+    body = load_training_checkpoint(folder / "last.pt")
+    model = create_model(ResNetSpec.from_dict(body["spec"]))
+    splits = load_data(saved.data, val_split=saved.val_split, seed=saved.seed, image_size=body["image_size"],
+                       normalization=(tuple(body["mean"]), tuple(body["std"])))
+    groups, unfreezer = _policy(model, saved, num_classes=None)  # the checkpoint's head fits the data already
+    result = resume(folder, {"device": args.device} if args.device else {}, splits=splits, model=model,
+                    param_groups=groups, callbacks=_callbacks(unfreezer))
+    return _report(result, folder)
+
+
+def _report(result, out) -> int:
+    print(f"done: best val acc {result.best_val_top1} -> {out / 'best.safetensors'}"
+          if result.best_val_top1 is not None else f"done -> {out}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
     import random
     from pathlib import Path
 
     import torch
-    import yaml
 
     from ..data import AugmentConfig, DataError, load_data, make_loader
-    from ..transfer import (FinetuneConfig, PolicyError, ProgressiveUnfreezer, UnfreezeCallback,
-                            apply_finetune_policy, check_head, linear_probe, load_source, trainable_summary)
+    from ..transfer import check_head, linear_probe, load_source, trainable_summary
     from ..transfer.loop import evaluate, write_json
     from ..transfer.source import zoo_name
     from ..train.trainer import check_new_run_dir
     from ..weights import save_weights
     from . import UserError
     from .args import check_output
+    from .resuming import recorded_args, write_record
 
     check_output(args.out, reads=[args.source], directory=True)
     check_new_run_dir(args.out)  # before finetune.yaml is written there
@@ -106,35 +174,20 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UserError(str(exc)) from None
     check_head(info, len(splits.classes), replace_head=not args.keep_head, class_names=splits.classes)
-
-    try:
-        config = FinetuneConfig(num_classes=None if args.keep_head else len(splits.classes), freeze=args.freeze,
-                                bn=args.bn, lr=args.lr, head_lr_mult=args.head_lr_mult,
-                                stage_lr_mults=_stage_lrs(args.stage_lr), layer_decay=args.layer_decay,
-                                weight_decay=args.weight_decay)
-        unfreezer = None
-        if args.unfreeze_every:
-            unfreezer = ProgressiveUnfreezer(model, config, epochs_per_part=args.unfreeze_every)
-            groups = unfreezer.param_groups
-        elif not args.linear_probe:
-            groups = apply_finetune_policy(model, config)
-    except PolicyError as exc:
-        raise UserError(str(exc)) from None
+    groups, unfreezer = _policy(model, args, num_classes=None if args.keep_head else len(splits.classes))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"classes": list(splits.classes), "mean": list(splits.mean), "std": list(splits.std),
                 "image_size": int(splits.image_size), "source": info.origin, "source_classes": info.num_classes,
-                "finetune": {k: v for k, v in vars(args).items() if k != "func"}}
-    run_config = {"command": "finetune", **metadata["finetune"], "source_spec": info.spec.to_dict(),
-                  "data": splits.describe()}
-    (out / "finetune.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+                "finetune": recorded_args(args)}
+    write_record(out, "finetune", args, source_spec=info.spec.to_dict(), dataset=splits.describe())
     try:
         augment = (AugmentConfig.preset("cifar" if splits.in_memory else "imagenet") if args.augment == "auto"
                    else AugmentConfig.preset(args.augment))
     except ValueError as exc:
         raise UserError(f"--augment: {exc}") from None
-    device = torch.device(args.device)
+    device = torch.device(args.device or "cpu")
     val_loader = (make_loader(splits.val, batch_size=max(args.batch_size, 256), train=False, device=device)
                   if splits.val is not None and len(splits.val) else None)
 
@@ -146,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         row = {"mode": "linear_probe", "train_acc": result.train_accuracy, "val_acc": result.val_accuracy,
                "train_size": result.num_train, "feature_dim": result.feature_dim, "cache_hit": result.cache_hit}
         if val_loader is not None:  # the installed head, checked end to end from images
-            row["val_acc_from_images"] = evaluate(model, val_loader, args.device, args.amp)["acc"]
+            row["val_acc_from_images"] = evaluate(model, val_loader, str(device), args.amp)["acc"]
         (out / "metrics.jsonl").write_text(__import__("json").dumps(row) + "\n")
         save_weights(model, out / "best.safetensors", {**metadata, "val_acc": result.val_accuracy})
         write_json(out / "summary.json", row)
@@ -166,16 +219,14 @@ def run(args: argparse.Namespace) -> int:
             image_size=int(splits.image_size), augment=augment.to_dict(), batch_size=args.batch_size,
             epochs=args.epochs, lr=args.lr, lr_scaling="none", nesterov=True, weight_decay=args.weight_decay,
             schedule="cosine", warmup=args.warmup_epochs, warmup_unit="epochs",
-            label_smoothing=args.label_smoothing, device=args.device, precision="bf16" if args.amp else "fp32",
+            label_smoothing=args.label_smoothing, device=str(device), precision="bf16" if args.amp else "fp32",
             channels_last=args.channels_last, seed=args.seed, tensorboard=False)
         train_config.validate()
         # The policy's groups carry lr_scale (the per-part multipliers); the trainer schedules the base
         # rate and multiplies. Progressive unfreezing runs as a callback at each epoch start.
         trainer = Trainer(train_config, out, splits=splits, model=model, param_groups=groups,
-                          callbacks=[UnfreezeCallback(unfreezer)] if unfreezer is not None else [])
+                          callbacks=_callbacks(unfreezer))
         result = trainer.fit()
     except (ConfigError, NonFiniteLossError) as exc:
         raise UserError(str(exc)) from None
-    print(f"done: best val acc {result.best_val_top1} -> {out / 'best.safetensors'}"
-          if result.best_val_top1 is not None else f"done -> {out}")
-    return 0
+    return _report(result, out)

@@ -40,7 +40,7 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count)")
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (0: load in this process)")
-    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", type=device, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="default auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
@@ -55,7 +55,7 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
         raise UserError("give the fine-tuning length: --epochs N or --time-budget MINUTES")
     values = {"model": model_name, "data": args.data, "val_split": args.val_split, "batch_size": args.batch_size,
               "lr": args.lr, "schedule": "cosine", "warmup": 0.05, "warmup_unit": "epochs", "nesterov": True,
-              "weight_decay": 5e-4, "device": args.device,
+              "weight_decay": 5e-4, "device": args.device or "cpu",
               "precision": args.precision or "auto",
               "channels_last": True, "augment": {"crop_padding": 4, "pad_mode": "zeros", "flip": True}
               if data_meta.get("image_size", 32) <= 64 else {"random_resized_crop": True, "flip": True}}

@@ -94,16 +94,6 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _settings_a_resume_cannot_change(args: argparse.Namespace) -> list[str]:
-    """The flags given with --resume that would change what the run computes (they were silently ignored)."""
-    flags = [f"--{name}" for name in ("recipe", "model", "data", "out") if getattr(args, name)]
-    flags += [f"--{flag.replace('_', '-')}" for flag in _FLAGS
-              if flag not in ("model", "data", "workers", "device") and getattr(args, flag) is not None]
-    flags += [f"--{flag.replace('_', '-')}" for flag in ("channels_last", "grad_checkpointing", "compile", "sync_bn")
-              if getattr(args, flag)]
-    return flags + (["--set"] if args.set else [])
-
-
 def _default_out(config) -> Path:
     return Path("runs") / f"{config.recipe or 'custom'}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -116,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                                      launch, launched_by_torchrun, namespace_to_argv, restart_count, saved_device)
     from ..train.trainer import Trainer, resume
     from ..zoo import get_entry
+    from .resuming import refuse_changes_on_resume, resume_folder
 
     if args.list_recipes:
         from ..train import load_recipe
@@ -136,12 +127,8 @@ def run(args: argparse.Namespace) -> int:
             command = ["train", *namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))]
             return launch(args.nproc, command, args.max_restarts or 0)
         if args.resume:
-            if Path(args.resume).name == "last.pt" and Path(args.resume).is_file():
-                args.resume = str(Path(args.resume).parent)  # the checkpoint itself names its run folder
-            changed = _settings_a_resume_cannot_change(args)
-            if changed:
-                raise UserError(f"--resume continues a run exactly as configured; drop {', '.join(changed)} "
-                                "(--workers, --device and --no-progress may change; start a new run to change the rest)")
+            refuse_changes_on_resume(args, may_change=("workers", "device", "no_progress"))
+            args.resume = str(resume_folder(args.resume))
             with distributed_session(args.device or saved_device(args.resume)) as process:
                 kept = {"progress": False} if args.no_progress else {}
                 if args.workers is not None:

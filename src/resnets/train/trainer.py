@@ -604,6 +604,11 @@ class Trainer:
         if list(body["classes"]) != self.classes:
             raise CheckpointError(f"the checkpoint's classes {body['classes'][:5]}... differ from the data's "
                                   f"{self.classes[:5]}...; resume with the same --data")
+        saved = [list(map(float, body.get(key) or [])) for key in ("mean", "std")]
+        now = [list(map(float, self.splits.mean)), list(map(float, self.splits.std))]
+        if all(saved) and not torch.allclose(torch.tensor(saved), torch.tensor(now), atol=1e-6):
+            raise CheckpointError(f"the checkpoint was trained on images normalised with mean/std {saved}, but the "
+                                  f"data now gives {now}; resume with the data and normalization the run started with")
         p = body["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
         self.total_steps = int(p["total_steps"])
@@ -648,7 +653,7 @@ class Trainer:
 
         if self.out_dir is None or restart_count() > 0:
             return
-        own = [name for name in self.RUN_FILES if (self.out_dir / name).exists()]  # finetune.yaml is the caller's
+        own = [name for name in self.RUN_FILES if (self.out_dir / name).exists()]  # finetune/distill.yaml: the caller's
         if self.process.any_true(bool(own)):
             check_new_run_dir(self.out_dir, self.RUN_FILES)
 
@@ -890,9 +895,20 @@ class Trainer:
         bar.set_postfix(shown, refresh=False)
 
 
+COMMAND_RECORDS = {"finetune": "finetune.yaml", "distill": "distill.yaml"}
+"""The file in which a command that builds its own model, parameter groups or loss records its arguments,
+so that the same command can rebuild them and resume the run (``resnets finetune --resume RUN``)."""
+
+
 def files_of_a_run(folder: str | os.PathLike) -> list[str]:
     """The files in ``folder`` that a training run (train, finetune, prune, distill) writes."""
-    return [name for name in (*Trainer.RUN_FILES, "finetune.yaml") if (Path(folder) / name).exists()]
+    return [name for name in (*Trainer.RUN_FILES, *COMMAND_RECORDS.values()) if (Path(folder) / name).exists()]
+
+
+def resume_command(folder: str | os.PathLike) -> str:
+    """The command line that resumes the run in ``folder``: the command whose record it holds, else train."""
+    command = next((c for c, name in COMMAND_RECORDS.items() if (Path(folder) / name).exists()), "train")
+    return f"resnets {command} --resume {folder}"
 
 
 def check_new_run_dir(folder: str | os.PathLike, names: Sequence[str] | None = None) -> None:
@@ -900,8 +916,7 @@ def check_new_run_dir(folder: str | os.PathLike, names: Sequence[str] | None = N
     run made is overwritten; the commands call it before any work, the Trainer again when it starts."""
     found = files_of_a_run(folder) if names is None else [n for n in names if (Path(folder) / n).exists()]
     if found:
-        how = (f"resume it with `resnets train --resume {folder}` if `resnets train` or `resnets prune` made it, or "
-               if "last.pt" in found else "")
+        how = f"resume it with `{resume_command(folder)}`, or " if "last.pt" in found else ""
         raise ConfigError(f"{folder} already holds a run ({', '.join(found)}); {how}choose another output folder, "
                           "or delete that one first")
 
@@ -931,9 +946,11 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     config = TrainConfig.from_dict(values, source=f"{run_dir / 'last.pt'}")
     missing = [need for need in body.get("resume_needs", []) if need.split(" ")[0] not in kwargs]
     if missing:
-        raise ConfigError(f"{run_dir} was started with {' and '.join(missing)} from the command that made it "
-                          "(resnets distill or finetune), which `resnets train --resume` cannot rebuild: run that "
-                          "command again into a new folder (Python: resume(run_dir, loss_fn=..., param_groups=...))")
+        command = resume_command(run_dir)
+        how = (f"resume it with `{command}`" if not command.startswith("resnets train")
+               else "pass them again (Python: resume(run_dir, loss_fn=..., param_groups=...))")
+        raise ConfigError(f"{run_dir} was started with {' and '.join(missing)} from the command that made it, "
+                          f"which `resnets train --resume` cannot rebuild: {how}")
     if "model" not in kwargs and body.get("spec"):  # the architecture that made the weights (pruned widths too)
         from ..factory import create_model
         from ..spec import ResNetSpec
