@@ -17,10 +17,12 @@ the spec) and rebuilt by ``load_quantized`` by replaying the same preparation wi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -73,15 +75,35 @@ class QuantizedModel(nn.Module):
         return self.net(x)
 
 
+@contextlib.contextmanager
+def _fx_quietly() -> Iterator[None]:
+    """Hide torch's deprecation notices for the FX flow (``torch.ao.quantization``, quint8 tensors, observers'
+    ``reduce_range``, the storage torch's loader builds for quantized tensors): they address whoever calls torch, here resnets, and a user of ``resnets quantize`` can do
+    nothing about them. docs/deploy.md records the deprecation and the PT2E flow that replaces FX."""
+    with warnings.catch_warnings():
+        for message in ("torch.ao.quantization is deprecated", "Please use quant_min and quant_max",
+                        "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def _fx_prepare(model: nn.Module, example: torch.Tensor, qat: bool = False) -> nn.Module:
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     torch.backends.quantized.engine = "x86"
     net = _traceable_copy(model)
-    if qat:
-        return prepare_qat_fx(net.train(), get_default_qat_qconfig_mapping("x86"), (example,))
-    return prepare_fx(net, get_default_qconfig_mapping("x86"), (example,))
+    with _fx_quietly():
+        if qat:
+            return prepare_qat_fx(net.train(), get_default_qat_qconfig_mapping("x86"), (example,))
+        return prepare_fx(net, get_default_qconfig_mapping("x86"), (example,))
+
+
+def _fx_convert(prepared: nn.Module) -> nn.Module:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with _fx_quietly():
+        return convert_fx(prepared)
 
 
 def _unique_source_partitions(graph_module: torch.fx.GraphModule) -> None:
@@ -147,9 +169,7 @@ def quantize_int8(model: nn.Module, calibration_data: Iterable[torch.Tensor] | N
     if flow == "fx":
         prepared = _fx_prepare(model, example)
         seen = _calibrate(prepared, batches, max_images)
-        from torch.ao.quantization.quantize_fx import convert_fx
-
-        net = convert_fx(prepared)
+        net = _fx_convert(prepared)
     elif flow == "pt2e":
         net, seen = _pt2e_quantize(model, example, lambda m: _calibrate(m, batches, max_images))
     else:
@@ -165,9 +185,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def convert_qat(prepared: nn.Module, spec: ResNetSpec | None) -> QuantizedModel:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    return QuantizedModel(convert_fx(copy.deepcopy(prepared).eval()), spec, "fx", 0).eval()
+    return QuantizedModel(_fx_convert(copy.deepcopy(prepared).eval()), spec, "fx", 0).eval()
 
 
 def save_quantized(model: QuantizedModel, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
@@ -191,7 +209,8 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     from ..weights import CheckpointError
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with _fx_quietly():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
         raise CheckpointError(f"could not read int8 model {str(path)!r}: {str(exc).splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != QUANT_FORMAT:
@@ -200,11 +219,9 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     float_model = ResNet(spec).eval()
     size = spec.default_input_size
     prepared = _fx_prepare(float_model, torch.zeros(1, *size))
-    from torch.ao.quantization.quantize_fx import convert_fx
-
     with torch.no_grad():
         prepared(torch.zeros(1, *size))  # give every observer a range so convert succeeds
-    net = convert_fx(prepared)
+    net = _fx_convert(prepared)
     from collections import OrderedDict
 
     state = OrderedDict(payload["state_dict"])
