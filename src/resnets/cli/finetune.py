@@ -127,8 +127,8 @@ def _resume(args: argparse.Namespace) -> int:
     splits = load_data(saved.data, val_split=saved.val_split, seed=saved.seed, image_size=body["image_size"],
                        normalization=(tuple(body["mean"]), tuple(body["std"])))
     groups, unfreezer = _policy(model, saved, num_classes=None)  # the checkpoint's head fits the data already
-    result = resume(folder, {"device": args.device} if args.device else {}, splits=splits, model=model,
-                    param_groups=groups, callbacks=_callbacks(unfreezer))
+    result = resume(folder, {"device": args.device} if args.device else {}, checkpoint=body, splits=splits,
+                    model=model, param_groups=groups, callbacks=_callbacks(unfreezer))
     return _report(result, folder)
 
 

@@ -78,8 +78,9 @@ class QuantizedModel(nn.Module):
 @contextlib.contextmanager
 def _fx_quietly() -> Iterator[None]:
     """Hide torch's deprecation notices for the FX flow (``torch.ao.quantization``, quint8 tensors, observers'
-    ``reduce_range``, the storage torch's loader builds for quantized tensors): they address whoever calls torch, here resnets, and a user of ``resnets quantize`` can do
-    nothing about them. docs/deploy.md records the deprecation and the PT2E flow that replaces FX."""
+    ``reduce_range``, the storage torch's loader builds for quantized tensors): they address whoever calls torch,
+    here resnets, and a user of ``resnets quantize`` can do nothing about them. docs/deploy.md records the
+    deprecation and the PT2E flow that replaces FX."""
     with warnings.catch_warnings():
         for message in ("torch.ao.quantization is deprecated", "Please use quant_min and quant_max",
                         "torch.quantize_per_tensor, torch.quantize_per_channel", "TypedStorage is deprecated"):

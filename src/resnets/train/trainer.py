@@ -931,12 +931,14 @@ RESUME_OVERRIDABLE = ("progress", "tensorboard", "workers", "log_every", "device
 last bits of the arithmetic, nothing else)."""
 
 
-def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
+def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
+           checkpoint: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run's (CPU).
 
-    ``overrides`` may change only ``RESUME_OVERRIDABLE`` keys (logging, workers, device)."""
+    ``overrides`` may change only ``RESUME_OVERRIDABLE`` keys (logging, workers, device). ``checkpoint`` is
+    ``last.pt`` when the caller has already read it (to rebuild what it passes in ``kwargs``)."""
     run_dir = Path(run_dir)
-    body = load_training_checkpoint(run_dir / "last.pt")
+    body = checkpoint if checkpoint is not None else load_training_checkpoint(run_dir / "last.pt")
     values = dict(body["config"])
     refused = sorted(set(overrides or {}) - set(RESUME_OVERRIDABLE))
     if refused:
