@@ -12,6 +12,7 @@ from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
 from resnets.train import (Callback, ConfigError, LRSchedule, NonFiniteLossError, TrainConfig, Trainer, load_training_checkpoint,
                            param_groups, resolve_config, train)
 from resnets.train import checkpoint as checkpoint_module
+from resnets.train import trainer as trainer_module
 from resnets.train.trainer import probe_step_count
 from resnets.weights import model_from_checkpoint
 
@@ -163,7 +164,6 @@ def test_last_validation_pass_also_gives_the_final_tta_result(monkeypatch):
     """The last epoch's validation and the final test-time-augmented evaluation are one pass over the data,
     and each result equals its own separate evaluation of the final weights."""
     from resnets.evaluate import evaluate
-    from resnets.train import trainer as trainer_module
 
     calls = []
     for name in ("evaluate", "evaluate_with_plain"):
@@ -334,9 +334,32 @@ def test_a_refit_follows_the_length_rank_0_broadcasts(monkeypatch):
     assert trainer.total_steps == trainer.config.steps == 17 == trainer.schedule.total_steps
 
 
+class StepClock:
+    """Stands in for the trainer's `time` module: its clock moves only when a training step runs, so the time
+    budget sees the same pace on a quiet machine and on one whose other jobs eat the cores."""
+
+    def __init__(self, seconds_per_step: float):
+        self.now, self.seconds_per_step = 0.0, seconds_per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def count_steps_of(self, trainer: Trainer, monkeypatch) -> None:
+        real_step = trainer.train_step
+
+        def step(images, labels):
+            self.now += self.seconds_per_step
+            return real_step(images, labels)
+
+        monkeypatch.setattr(trainer, "train_step", step)
+
+
 def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
     """A run of one or two epochs must still be corrected when the machine slows down mid-epoch."""
+    clock = StepClock(seconds_per_step=0.25)  # a machine of fixed pace: the test does not depend on this one's load
+    monkeypatch.setattr(trainer_module, "time", clock)
     trainer = Trainer(tiny_config(epochs=None, time_budget=0.2, batch_size=4), splits=tiny_splits())
+    clock.count_steps_of(trainer, monkeypatch)
     calls = []
     real_refit = trainer.refit_time_budget
 
@@ -348,6 +371,7 @@ def test_time_budget_refits_within_an_epoch_as_well_as_at_its_end(monkeypatch):
     trainer.fit()
     spe = trainer.steps_per_epoch  # 9 batches of 4: re-fits after every 2nd step of an epoch, and at its end
     assert spe == 9 and trainer.budget_fit is not None
+    assert trainer.budget_fit["step_seconds"] == 0.25 and trainer.total_steps > 2 * spe  # several epochs fitted
     mid_epoch = [(step, batch) for step, batch in calls if batch]  # the epoch end has reset its batch count
     assert mid_epoch and all(step % 2 == 0 and batch < spe for step, batch in mid_epoch)
     assert any(batch == 0 and step % spe == 0 for step, batch in calls)  # the epoch-end re-fit is still there
