@@ -35,7 +35,7 @@ def _config(args, model: str, **extra):
     values = {"model": model, "data": args.data, "val_split": args.val_count, "batch_size": args.batch_size, "lr": 0.2,
               "schedule": "onecycle", "peak_at": 0.2, "nesterov": True, "weight_decay": 5e-4,
               "augment": {"crop_padding": 4, "pad_mode": "zeros", "flip": True}, "label_smoothing": 0.0,
-              "precision": "bf16" if args.device == "cpu" else "fp32", "channels_last": True,
+              "precision": args.precision, "channels_last": True,
               "device": args.device, "eval_batch_size": 500, "progress": False, "tensorboard": False,
               "seed": 0, "workers": 0}
     values.update(extra)
@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--out", default="runs/deploy")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (the default): bf16 where the CPU or GPU has it natively, fp32 elsewhere; the "
+                             "figures in docs/benchmarks.md ran in bf16 on a CPU with AVX-512 BF16")
     parser.add_argument("--val-count", type=int, default=5000, help="held-out validation images")
     parser.add_argument("--batch-size", type=int, default=128)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -222,7 +225,13 @@ def main() -> None:
     p.set_defaults(func=cmd_distill)
     args = parser.parse_args()
     torch.manual_seed(0)
-    args.func(args)
+    from resnets.data import DataError
+    from resnets.train import ConfigError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as exc:  # above all a stage rerun into a folder that holds its earlier run: nothing is overwritten
+        raise SystemExit(f"cifar_compression.py {args.stage}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ NAMES = {"n01440764": "tench", "n02102040": "springer", "n02979186": "cassette p
 def train(minutes: float, device: str) -> None:
     from resnets.cli import main
 
-    main(["train", "--recipe", "imagenette", "--data", DATA, "--image-size", "112", "--time-budget", str(minutes),
-          "--out", str(RUN), "--device", device, "--no-progress"])
+    status = main(["train", "--recipe", "imagenette", "--data", DATA, "--image-size", "112", "--time-budget",
+                   str(minutes), "--out", str(RUN), "--device", device, "--no-progress"])
+    if status:  # the command printed why (a folder that already holds a run: pass --run, or use `gallery`)
+        raise SystemExit(status)
 
 
 def gallery(device: str) -> None:
