@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from resnets.cli.eval import load_for_inference
+    from resnets.evaluate.loading import load_for_inference
     from resnets.data import load_eval, make_loader
     from resnets.evaluate import evaluate
     from resnets.precision import cpu_name

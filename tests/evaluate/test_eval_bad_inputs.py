@@ -112,3 +112,23 @@ def test_predict_without_class_names_shows_indices(tmp_path, capsys):
     captured = capsys.readouterr()
     assert {t["class"] for t in json.loads(captured.out)[0]["top"]} == {"0", "1", "2"}
     assert "stores no class names" in captured.err and "dataset folders" not in captured.err
+
+
+def test_load_for_inference_in_python_gives_what_resnets_eval_prints(run, capsys):
+    """The README's Python route (load_for_inference, load_eval, make_loader, evaluate) and the command agree."""
+    from resnets.data import load_eval, make_loader
+    from resnets.evaluate import InferenceModel, evaluate, load_for_inference
+    from resnets.weights import CheckpointError
+
+    _, best, data = run
+    m = load_for_inference(best)
+    assert isinstance(m, InferenceModel) and not m.model.training
+    assert (m.classes, m.mean, m.std, m.image_size, m.crop_fraction) == (CLASSES, (0.5,) * 3, (0.25,) * 3, 8, 0.875)
+    dataset = load_eval(data, m.classes, image_size=m.image_size, normalization=(m.mean, m.std))
+    loader = make_loader(dataset, train=False, mean=m.mean, std=m.std, crop_fraction=m.crop_fraction, workers=0)
+    result = evaluate(m.model, loader, len(m.classes), m.classes)
+    assert _eval(best, data) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["count"], printed["top1"], printed["loss"]) == (6, result.top1, pytest.approx(result.loss, rel=1e-5))
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        load_for_inference(best, use_ema=True)

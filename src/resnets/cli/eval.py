@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
 
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
@@ -39,69 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _grayscale_input(model: Any, mean: Sequence[float], std: Sequence[float]):
-    """Wrap a 1-channel model so it takes the RGB batches every loader makes: with the grey statistics repeated
-    over the 3 channels, the luminance-weighted sum (ITU-R 601, PIL's "L") of the normalised channels is the
-    normalised grey image. Returns (model, mean, std) for 3-channel input."""
-    import torch
-
-    class GrayscaleInput(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = net
-            self.spec = net.spec
-            self.register_buffer("weights", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model((x * self.weights.to(x.dtype)).sum(1, keepdim=True))
-
-    return GrayscaleInput(model), tuple(mean) * 3, tuple(std) * 3
-
-
-def load_for_inference(checkpoint: str, use_ema: bool = False, need_classes: bool = True):
-    """(model, classes, mean, std, image_size, crop_fraction) from a resnets checkpoint; errors name what is
-    missing. ``crop_fraction`` is the checkpoint's (published weights saved with ``pretrained_cfg``) or the
-    ImageNet convention's 0.875. The model takes 3-channel (RGB) input: a 1-channel checkpoint is wrapped to
-    convert to grey. Without ``need_classes`` a checkpoint with no class names gives ``classes=None``."""
-    from ..cli import UserError
-    from ..data.loader import EVAL_CROP_FRACTION
-    from ..model import ResNet
-    from ..weights import load_state_dict, read_checkpoint
-
-    ckpt = read_checkpoint(checkpoint)
-    if ckpt.spec is None:
-        raise UserError(f"{checkpoint} holds no model spec; evaluate a checkpoint written by `resnets train` "
-                        "(best.safetensors or last.pt)")
-    meta = ckpt.metadata
-    classes = meta.get("classes")
-    if not classes and need_classes:
-        raise UserError(f"{checkpoint} stores no class names, so dataset folders cannot be matched to outputs")
-    if classes and len(classes) != ckpt.spec.num_classes:
-        raise UserError(f"{checkpoint} names {len(classes)} classes but its model has {ckpt.spec.num_classes} outputs; "
-                        "save it with the class list of the head it has (after reset_classifier, the new classes)")
-    in_chans = ckpt.spec.in_chans
-    if in_chans not in (1, 3):
-        raise UserError(f"{checkpoint} takes {in_chans}-channel input; evaluation and prediction read images as RGB "
-                        "(3 channels) or, for a 1-channel model, as grey")
-    model = ResNet(ckpt.spec)
-    state = ckpt.state_dict
-    if use_ema:
-        state = ckpt.raw.get("state_dict_ema")
-        if state is None:
-            raise UserError(f"{checkpoint} holds no EMA weights (the run had ema_decay=0, or it is not a last.pt)")
-    load_state_dict(model, state)
-    mean = tuple(meta.get("mean") or (0.5,) * in_chans)
-    std = tuple(meta.get("std") or (0.25,) * in_chans)
-    if len(mean) != in_chans or len(std) != in_chans:
-        raise UserError(f"{checkpoint} stores {len(mean)} mean and {len(std)} std values for a model with "
-                        f"{in_chans} input channel(s); save it with one value per channel")
-    model = model.eval()
-    if in_chans == 1:
-        model, mean, std = _grayscale_input(model, mean, std)
-    return model.eval(), (list(classes) if classes else None), mean, std, meta.get("image_size"), \
-        float(meta.get("crop_fraction") or EVAL_CROP_FRACTION)
-
-
 def _check_outputs(args: argparse.Namespace) -> str | None:
     """Refuse bad output paths before the evaluation runs; return the confusion PNG path (or None)."""
     from ..cli import UserError
@@ -123,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import DataError, load_eval, make_loader
     from ..evaluate import evaluate, evaluate_with_plain, save_confusion_png
+    from ..evaluate.loading import load_for_inference
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     png = _check_outputs(args)

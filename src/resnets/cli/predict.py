@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_eval_image
-    from .eval import load_for_inference
+    from ..evaluate.loading import load_for_inference
 
     model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, need_classes=False)
     if classes is None:  # still useful: name the outputs by index, and say how to get names
