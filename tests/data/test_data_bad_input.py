@@ -109,6 +109,16 @@ def test_training_needs_two_classes_but_evaluation_of_a_subset_works(tmp_path):
         load_data(root, cache_dir=tmp_path / "c")
     dataset = load_eval(one, ["dogs", "cats"], cache_dir=tmp_path / "c")
     assert dataset.labels.tolist() == [1, 1, 1, 1]
+    # among 3 classes, a class folder with no images, or none readable, would be an output nothing trains
+    three = make_image_folder(tmp_path / "three", classes=3, per_class=3, size=8)
+    (three / "class_3_empty").mkdir()
+    with pytest.raises(DataError, match="without readable images: class_3_empty; add images"):
+        load_data(three, cache_dir=tmp_path / "c")
+    (three / "class_3_empty").rmdir()
+    for file in (three / "class_2").iterdir():
+        file.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="without readable images: class_2;"):
+        load_data(three, cache_dir=tmp_path / "c")
     assert len(load_data(one, val_split=0, classes=["dogs", "cats"], cache_dir=tmp_path / "c").train) == 4
 
 

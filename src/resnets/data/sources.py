@@ -70,9 +70,16 @@ def _split_folders(path: Path) -> dict[str, Path]:
 
 def _check_training_classes(train, classes: Sequence[str], folder: Path) -> None:
     """Refuse training data with fewer than 2 classes that have images: a one-class "classifier" trains to
-    100% accuracy and learns nothing, which is worse than an error."""
+    100% accuracy and learns nothing, which is worse than an error. A class folder without readable images
+    is refused too (as torchvision's ImageFolder does)."""
     present = sorted(set(train.labels.tolist()))
     if len(present) >= 2:
+        with_images = set(present)
+        empty = [name for index, name in enumerate(classes) if index not in with_images]
+        if empty:  # an output no image teaches: it shifts every probability and the run's class count
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise DataError(f"{folder} has class folder(s) without readable images: {shown}; add images to "
+                            "them or move them out of the tree (each class folder becomes a model output)")
         return
     with_images = [classes[index] for index in present]
     shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
