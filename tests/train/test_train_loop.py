@@ -3,6 +3,8 @@ weights-only last.pt, schedules, no-decay groups, time budgets, callbacks."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -491,3 +493,15 @@ def test_grad_checkpointing_trains_to_the_same_weights():
     with pytest.raises(ConfigError, match="set_grad_checkpointing"):
         Trainer(tiny_config(grad_checkpointing=True), splits=tiny_splits(), model=nn.Sequential(
             nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)))
+
+
+def test_a_schedule_the_run_cannot_reach_is_warned_about():
+    """A recipe's milestones or warm-up kept while the run was shortened would leave the rate where it never
+    should stay: say so before training."""
+    with pytest.warns(UserWarning, match=r"milestones \[3, 9\] \(steps\) lie at or beyond the run's end \(6 steps\)"):
+        Trainer(tiny_config(schedule="step", milestones=[3, 9], milestone_unit="steps"), splits=tiny_splits())
+    with pytest.warns(UserWarning, match=r"warm-up \(9 steps\) is as long as the run or longer \(6 steps\)"):
+        Trainer(tiny_config(schedule="cosine", warmup=3, warmup_unit="epochs"), splits=tiny_splits())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(tiny_config(schedule="cosine", warmup=1, warmup_unit="epochs"), splits=tiny_splits())

@@ -233,6 +233,10 @@ class Trainer:
             warnings.warn(f"milestones {list(self.schedule.milestones)} (steps) lie at or beyond the run's end "
                           f"({self.total_steps} steps): the learning rate never drops there. Shorten milestones "
                           "with --set milestones=[...] (or use --time-budget, which scales them)", UserWarning)
+        if self.schedule is not None and self.schedule.warmup_steps >= self.total_steps > 1:
+            warnings.warn(f"the warm-up ({self.schedule.warmup_steps} steps) is as long as the run or longer "
+                          f"({self.total_steps} steps): the learning rate never reaches lr={config.base_lr:g}. "
+                          "Shorten it with --set warmup=N (warmup_unit: steps or epochs)", UserWarning)
         self._writer = None
         self._resumed = False
 
