@@ -448,7 +448,8 @@ def torchvision_state_dict(model_name: str, tag: str) -> dict[str, torch.Tensor]
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # noqa: BLE001 - network failures come in many types
         raise CheckpointError(f"could not download {type(weights).__name__}.{weights.name} from {weights.url} ({exc}). "
-                              "When offline, download the file elsewhere and pass its path as weights=PATH.") from None
+                              "When offline, download the file elsewhere and pass its path instead of the tag "
+                              "(weights=PATH in Python; `resnets finetune --from PATH --model NAME`).") from None
 
 
 def _torchvision_weights(model_name: str, tag: str):

@@ -150,6 +150,19 @@ def test_unknown_torchvision_tag_lists_available():
         resnets.create_model("resnet20", weights="DEFAULT")
 
 
+def test_offline_weight_tag_says_how_to_pass_a_downloaded_file(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(CheckpointError, match=r"could not download ResNet18_Weights.IMAGENET1K_V1 from https://.*"
+                                              r"\(Name or service not known\).*weights=PATH in Python; "
+                                              r"`resnets finetune --from PATH --model NAME`"):
+        resnets.create_model("resnet18", weights="IMAGENET1K_V1")
+
+
 def test_pretrained_config_states_torchvision_preprocessing_and_categories():
     v1, v2 = resnets.pretrained_config("resnet50", "IMAGENET1K_V1"), resnets.pretrained_config("resnet50", "DEFAULT")
     assert len(v2["classes"]) == 1000 and v2["classes"][0] == "tench"
