@@ -149,7 +149,7 @@ def test_predict_prints_top_k_and_json(trained_run, capsys):
     images = [str(folder / "cat" / "00000.png"), str(folder / "dog" / "00001.png")]
     assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), *images, "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("00000.png: ")
+    assert len(lines) == 2 and lines[0].startswith(f"{images[0]}: ")
     assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), *images, "--json"]) == 0
     items = json.loads(capsys.readouterr().out)
     assert [len(i["top"]) for i in items] == [3, 3]
@@ -158,3 +158,29 @@ def test_predict_prints_top_k_and_json(trained_run, capsys):
     assert {t["class"] for t in items[0]["top"]} == set(CLASSES)
     assert main(["predict", "--checkpoint", str(root / "run" / "best.safetensors"), "missing.png"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_takes_folders_batches_and_keeps_going_past_a_bad_file(trained_run, tmp_path, capsys):
+    root, folder, _ = trained_run
+    checkpoint = str(root / "run" / "best.safetensors")
+    every = sorted(str(path) for path in folder.rglob("*.png"))
+    assert main(["predict", "--checkpoint", checkpoint, *every[:3], "--json", "--batch-size", "1"]) == 0
+    one_at_a_time = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--checkpoint", checkpoint, str(folder), "--json", "--batch-size", "2"]) == 0
+    batched = json.loads(capsys.readouterr().out)
+    assert [item["image"] for item in batched] == every  # a folder: every image under it, sorted by path
+    for alone, together in zip(one_at_a_time, batched):
+        assert [t["class"] for t in alone["top"]] == [t["class"] for t in together["top"]]
+        assert [t["probability"] for t in alone["top"]] == pytest.approx([t["probability"] for t in together["top"]],
+                                                                         abs=1e-5)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main(["predict", "--checkpoint", checkpoint, every[0], str(bad), every[1], "--json"]) == 1
+    captured = capsys.readouterr()
+    items = json.loads(captured.out)
+    assert [item["image"] for item in items] == [every[0], str(bad), every[1]]
+    assert "top" in items[0] and "top" in items[2] and "cannot read" in items[1]["error"]
+    assert "1 of 3 images could not be read" in captured.err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "empty")]) == 2
+    assert "no images under the folder" in capsys.readouterr().err
