@@ -82,3 +82,24 @@ def test_corruption_accuracy_and_mce():
     assert d["mean_error"] == pytest.approx(expected_mean)
     assert d["mce"] == pytest.approx(sum(sum(1 - a for a in res.accuracy[n]) / 2.5 for n in names) / 2)
     assert CorruptionResult.from_dict(d).accuracy == res.accuracy
+
+
+def test_a_corruption_gets_the_same_noise_alone_or_with_others():
+    """Fog evaluated alone and as part of 'all' (a baseline's mCE run) must see the same corrupted images."""
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.clone())
+            return torch.zeros(x.shape[0], 2)
+
+    x, y = _images(2, 16), torch.tensor([0, 1])
+    alone, together = Recorder(), Recorder()
+    corruption_accuracy(alone, [(x, y)], names=["fog"], seed=3)
+    corruption_accuracy(together, [(x, y)], names=["gaussian_noise", "fog"], seed=3)
+    fog_alone, fog_together = alone.seen[1:], together.seen[6:]  # after the clean pass (and 5 noise severities)
+    assert len(fog_alone) == len(fog_together) == 5
+    assert all(torch.equal(a, b) for a, b in zip(fog_alone, fog_together))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from resnets import create_model, save_weights
 from resnets.cli import main
@@ -207,3 +208,133 @@ def test_experiment_names_a_damaged_record_and_the_budget_batch_size(setup, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--budget batch_size=N" in err and "--batch-size" not in err
+
+
+def test_gradcam_and_robustness_take_a_grayscale_checkpoint(setup, capsys):
+    """A 1-channel model reads the RGB images as grey, as `resnets eval` does, not 'create it with in_chans=3'."""
+    from resnets.evaluate import load_for_inference
+    from resnets.evaluate.robustness import pixel_model_from_checkpoint
+
+    tmp, data, _ = setup
+    gray = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1), in_chans=1),
+                        tmp / "gray.safetensors", {"classes": CLASSES, "mean": [0.5], "std": [0.25], "image_size": 16})
+    assert main(["explain", "gradcam", "--checkpoint", str(gray), str(data / "class_0"), "--out", str(tmp / "g")]) == 0
+    assert main(["robustness", "--checkpoint", str(gray), "--data", str(data), "--steps", "1", "--eps", "0,8/255",
+                 "--corruptions", "jpeg_compression", "--samples", "4", "--out", str(tmp / "r")]) == 0
+    pixels = torch.rand(2, 3, 16, 16)
+    inference = load_for_inference(gray)
+    mean, std = torch.tensor(inference.mean).view(1, 3, 1, 1), torch.tensor(inference.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = inference.model((pixels - mean) / std)
+        assert torch.allclose(pixel_model_from_checkpoint(str(gray))[0](pixels), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"classes": ["a", "b"], "mean": [0.5] * 3, "std": [0.25] * 3}, "names 2 classes but its model has 3 outputs"),
+    ({"classes": CLASSES, "mean": [0.5], "std": [0.25] * 3}, "one mean and one positive std per channel"),
+    ({"classes": CLASSES, "mean": [0.5] * 3, "std": [0.0, 0.25, 0.25]}, "one mean and one positive std per channel"),
+])
+def test_gradcam_and_robustness_name_metadata_that_does_not_fit_the_model(setup, capsys, meta, message):
+    tmp, data, _ = setup
+    bad = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "bad.safetensors", meta)
+    assert main(["explain", "gradcam", "--checkpoint", str(bad), str(data / "class_0"), "--out", str(tmp / "g")]) == 2
+    assert main(["robustness", "--checkpoint", str(bad), "--data", str(data), "--attack", "fgsm", "--eps", "0",
+                 "--out", str(tmp / "r")]) == 2
+    assert capsys.readouterr().err.count(message) == 2
+
+
+def test_gradflow_keeps_checkpoints_of_the_same_name_apart_and_takes_run_folders(setup):
+    """runA/best.safetensors and runB/best.safetensors were both stored as 'best': the second replaced the first."""
+    tmp, _, ckpt = setup
+    for run in ("runA", "runB"):
+        (tmp / run).mkdir()
+        (tmp / run / "best.safetensors").write_bytes(ckpt.read_bytes())
+    a, b = str(tmp / "runA" / "best.safetensors"), str(tmp / "runB")
+    assert main(["explain", "gradflow", "--model", f"{a},{b},{a}", "--batch-size", "2", "--image-size", "8",
+                 "--out", str(tmp / "f")]) == 0
+    assert list(json.loads((tmp / "f" / "gradflow.json").read_text())) == ["best", "runB"]
+    c = str(tmp / "runB" / "best.safetensors")
+    assert main(["explain", "gradflow", "--model", f"{a},{c}", "--batch-size", "2", "--image-size", "8",
+                 "--out", str(tmp / "g")]) == 0
+    assert list(json.loads((tmp / "g" / "gradflow.json").read_text())) == [a, c]
+
+
+def test_gradcam_prepares_images_with_the_checkpoints_crop_fraction(setup, tmp_path):
+    """A checkpoint's crop_fraction (published weights store one) was ignored: Grad-CAM explained a different crop
+    than `resnets predict` classifies."""
+    from resnets.data import load_eval_image
+    from resnets.evaluate import load_for_inference
+
+    tmp, _, _ = setup
+    ckpt = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "crop.safetensors",
+                        {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 16,
+                         "crop_fraction": 0.5})
+    image = next((make_image_folder(tmp / "big", classes=1, per_class=1, size=40) / "class_0").iterdir())
+    assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(image), "--no-saliency",
+                 "--out", str(tmp / "g")]) == 0
+    row = json.loads((tmp / "g" / "gradcam.json").read_text())[0]
+    inference = load_for_inference(ckpt)
+    mean, std = torch.tensor(inference.mean).view(1, 3, 1, 1), torch.tensor(inference.std).view(1, 3, 1, 1)
+    x = load_eval_image(image, 16, inference.crop_fraction)[None].float() / 255
+    with torch.no_grad():
+        probs = torch.softmax(inference.model((x - mean) / std), 1)[0]
+    assert row["probability"] == pytest.approx(float(probs[CLASSES.index(row["explained_class"])]), abs=1e-5)
+
+
+def test_robustness_and_calibrate_refuse_unnamed_outputs_that_do_not_fit_the_data(setup, capsys):
+    """Without class names, 4 folders on a 3-output model scored the 4th class as always wrong, silently."""
+    tmp, _, _ = setup
+    four = make_image_folder(tmp / "four", classes=4, per_class=3, size=16)
+    bare = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "bare.safetensors",
+                        {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 16})
+    assert main(["robustness", "--checkpoint", str(bare), "--data", str(four), "--attack", "fgsm", "--eps", "0",
+                 "--out", str(tmp / "r")]) == 2
+    assert main(["calibrate", "--checkpoint", str(bare), "--data", str(four), "--out", str(tmp / "r")]) == 2
+    assert capsys.readouterr().err.count("stores no class names and has 3 outputs, but") == 2
+    assert not (tmp / "r").exists()
+
+
+def test_robustness_and_calibrate_crop_as_eval_does(setup, monkeypatch):
+    """The checkpoint's crop_fraction (which `resnets eval` honours for large, streamed images) was ignored."""
+    import resnets.data
+
+    tmp, data, _ = setup
+    ckpt = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "crop.safetensors",
+                        {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 16,
+                         "crop_fraction": 0.5, "config": {"val_split": 0.5, "seed": 0}})
+    seen, make_loader = [], resnets.data.make_loader
+    monkeypatch.setattr(resnets.data, "make_loader",
+                        lambda *a, **k: seen.append(k.get("crop_fraction")) or make_loader(*a, **k))
+    assert main(["robustness", "--checkpoint", str(ckpt), "--data", str(data), "--attack", "fgsm", "--eps", "0",
+                 "--samples", "2", "--out", str(tmp / "r")]) == 0
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp / "r")]) == 0
+    assert seen == [0.5, 0.5, 0.5]
+
+
+def test_robustness_refuses_a_corruption_list_that_names_nothing(setup, capsys):
+    tmp, data, ckpt = setup
+    assert main(["robustness", "--checkpoint", str(ckpt), "--data", str(data), "--attack", "none",
+                 "--corruptions", ",", "--out", str(tmp / "r")]) == 2
+    assert "names no corruption" in capsys.readouterr().err
+
+
+def test_experiment_keeps_twins_when_data_is_spelt_another_way(setup, monkeypatch, capsys):
+    """--data data then --data ./data/ (or its absolute path) is the same data, not 'another budget or data'."""
+    tmp, data, _ = setup
+    monkeypatch.chdir(tmp)
+    budget = "epochs=1,batch_size=4,log_points=1,train_subset=all,val_subset=all,bf16=0"
+    argv = ["experiment", "degradation", "--depths", "20", "--out", "exp", "--budget", budget, "--data"]
+    assert main([*argv, "data"]) == 0
+    capsys.readouterr()
+    for spelling in ("./data/", str(data)):
+        assert main([*argv, spelling]) == 0
+        assert capsys.readouterr().out.count("already trained with this budget") == 2
+
+
+def test_gradflow_reads_data_as_grey_for_a_one_channel_checkpoint(setup):
+    tmp, data, _ = setup
+    gray = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1), in_chans=1),
+                        tmp / "gray.safetensors", {"classes": CLASSES, "mean": [0.5], "std": [0.25]})
+    assert main(["explain", "gradflow", "--model", str(gray), "--data", str(data), "--batch-size", "4",
+                 "--steps", "1", "--out", str(tmp / "f")]) == 0
+    assert [len(v) for v in json.loads((tmp / "f" / "gradflow.json").read_text()).values()] == [2]

@@ -94,3 +94,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     blue = ((pixels[:, 2] > pixels[:, 0] + 40) & (pixels[:, 2] > 120)).float().mean().item()
     assert non_white > 0.03, f"the page looks blank ({non_white:.3%} non-white pixels)"
     assert blue > 0.002, f"no figure colours visible ({blue:.3%} blue pixels)"
+
+
+def test_a_line_torn_by_a_kill_does_not_drop_the_training_curves(tmp_path):
+    """The trainer appends metrics.jsonl line by line (and skips a torn last line when it resumes); one torn line
+    made the report list the whole file as unreadable and show no curves."""
+    run = _make_run(tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 5, "train_lo')
+    found = scan_run(run)
+    assert len(found.metrics) == 5 and found.unreadable == [
+        next(u for u in found.unreadable if u.startswith("metrics.jsonl line 6 (skipped)"))]
+    assert "Training curves" in render_report(run).read_text()

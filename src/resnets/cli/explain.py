@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "writes gradflow.png and gradflow.json.",
                        epilog="example: resnets explain gradflow --model plain56,resnet56 --data cifar10 --steps 50 "
                               "--out gradflow/")
-    f.add_argument("--model", required=True, help="comma list of model names or checkpoint paths")
+    f.add_argument("--model", required=True, help="comma list of model names, checkpoint paths or run folders")
     f.add_argument("--data", help="dataset for the batches (default: random images and labels)")
     f.add_argument("--steps", type=non_negative_int, default=0,
                    help="SGD steps to train before the second measurement")
@@ -78,6 +78,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
 
     from ..cli import UserError
     from ..data import load_eval_image
+    from ..data.loader import EVAL_CROP_FRACTION
     from ..evaluate.robustness import pixel_model_from_checkpoint
     from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
 
@@ -96,9 +97,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
         else:
             raise UserError(f"unknown class {args.target!r}; classes are {', '.join(classes[:20])}"
                             + (" ..." if len(classes) > 20 else ""))
+    crop_fraction = float(ckpt.metadata.get("crop_fraction") or EVAL_CROP_FRACTION)  # as `resnets predict` reads
     images, names = [], []
     for path in image_paths:
-        images.append(load_eval_image(path, size).float() / 255)  # as evaluation prepares it, in [0, 1]
+        images.append(load_eval_image(path, size, crop_fraction).float() / 255)  # as prediction prepares it, in [0, 1]
         names.append(path)
     x = torch.stack(images).to(args.device)
     try:
@@ -145,6 +147,24 @@ def _check_checkpoint_classes(checkpoint: str, classes: list[str]) -> None:
                         "omit --data to measure on random batches")
 
 
+def _is_checkpoint(name: str) -> bool:
+    """A checkpoint file, or a run folder (a folder that is not also a model name, so a stray ./resnet20 folder
+    does not hide the model)."""
+    from ..zoo import list_models
+
+    path = Path(name)
+    return path.is_file() or (path.is_dir() and name not in list_models())
+
+
+def _run_labels(names: list[str]) -> dict[str, str]:
+    """A short label per --model item (a checkpoint's stem, a run folder's name), or the path as given where two
+    would share one (runA/best.safetensors, runB/best.safetensors): one run must not replace another in
+    gradflow.json and the plot."""
+    short = {name: Path(name).stem if _is_checkpoint(name) else name for name in names}
+    taken = list(short.values())
+    return {name: label if taken.count(label) == 1 else name for name, label in short.items()}
+
+
 def run_gradflow(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
@@ -155,10 +175,11 @@ def run_gradflow(args: argparse.Namespace) -> int:
     from ..weights import model_from_checkpoint
     from ..zoo import UnknownModelError
 
-    names = [n.strip() for n in args.model.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in args.model.split(",") if n.strip()))
     if not names:
         raise UserError("--model needs at least one model name or checkpoint, e.g. plain20,resnet20")
     out = check_output(args.out, option="--out", directory=True)
+    labels = _run_labels(names)
     loader = None
     num_classes = args.num_classes
     classes = None
@@ -169,7 +190,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
         classes = list(splits.classes)
         num_classes = len(classes)
         for name in names:  # before any work: a checkpoint must fit the data's classes
-            if Path(name).is_file():
+            if _is_checkpoint(name):
                 _check_checkpoint_classes(name, classes)
         loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0)
 
@@ -183,12 +204,19 @@ def run_gradflow(args: argparse.Namespace) -> int:
     for name in names:
         torch.manual_seed(args.seed)
         try:
-            if Path(name).is_file():
+            if _is_checkpoint(name):
                 model, _ = model_from_checkpoint(name)
             else:
                 model = create_model(name, num_classes=num_classes)
         except UnknownModelError as exc:
             raise UserError(str(exc)) from None
+        if loader is not None and model.spec.in_chans != 3:
+            if model.spec.in_chans != 1:
+                raise UserError(f"{name} takes {model.spec.in_chans}-channel input but --data gives RGB images; "
+                                "omit --data to measure on random batches of its shape")
+            from ..evaluate.loading import GrayscaleInput
+
+            model = GrayscaleInput(model)  # --data gives RGB: read it as grey, as evaluation does
         model.train()
         stream = data_batches() if loader is not None else None
         gen = torch.Generator().manual_seed(args.seed)
@@ -211,7 +239,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
                 loss.backward()
                 opt.step()
             records.append(measure_gradient_flow(model, *probe, step=args.steps))
-        runs[Path(name).stem if Path(name).is_file() else name] = records
+        runs[labels[name]] = records
         first, last = records[0], records[-1]
         print(f"{name}: {len(first.blocks)} blocks; |dL/d out| first/last block at init "
               f"{first.output_grad[0] / max(first.output_grad[-1], 1e-30):.3g}"

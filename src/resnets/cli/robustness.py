@@ -81,11 +81,14 @@ def _model(args: argparse.Namespace):
     return model, ckpt, path
 
 
-def _pixel_batches(dataset: Any, args: argparse.Namespace):
+def _pixel_batches(dataset: Any, args: argparse.Namespace, ckpt: Any):
+    """Pixels in [0, 1], cropped as `resnets eval` crops them (the checkpoint's crop_fraction, for large images)."""
     from ..data import make_loader
+    from ..data.loader import EVAL_CROP_FRACTION
 
+    crop_fraction = float(ckpt.metadata.get("crop_fraction") or EVAL_CROP_FRACTION)
     loader = make_loader(dataset, args.batch_size, train=False, device=args.device, mean=(0.0, 0.0, 0.0),
-                         std=(1.0, 1.0, 1.0), workers=0)
+                         std=(1.0, 1.0, 1.0), workers=0, crop_fraction=crop_fraction)
     seen = 0
     for x, y in loader:
         if args.samples is not None and seen >= args.samples:
@@ -96,11 +99,26 @@ def _pixel_batches(dataset: Any, args: argparse.Namespace):
         yield x.clamp(0, 1), y
 
 
+def _check_unnamed_outputs(ckpt: Any, checkpoint: str, classes: list[str], data: str) -> None:
+    """A checkpoint without class names is matched to --data's folders by position, which only means something
+    when the counts agree; else labels past its outputs count as wrong (or break cross-entropy) silently."""
+    from ..cli import UserError
+
+    outputs = ckpt.spec.num_classes if ckpt.spec is not None else None
+    if not ckpt.metadata.get("classes") and outputs is not None and outputs != len(classes):
+        raise UserError(f"{checkpoint} stores no class names and has {outputs} outputs, but {data} has "
+                        f"{len(classes)} classes ({', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); "
+                        f"use data with its {outputs} class folders, in training order, or a checkpoint that "
+                        "stores its class names")
+
+
 def _eval_set(args: argparse.Namespace, ckpt: Any):
     from ..data import load_eval
 
     meta = ckpt.metadata
-    return load_eval(args.data, classes=meta.get("classes"), image_size=meta.get("image_size"))
+    dataset = load_eval(args.data, classes=meta.get("classes"), image_size=meta.get("image_size"))
+    _check_unnamed_outputs(ckpt, args.checkpoint, list(dataset.classes), args.data)
+    return dataset
 
 
 def _write_json(path: Path, data: Any) -> Path:
@@ -152,13 +170,16 @@ def run_robustness(args: argparse.Namespace) -> int:
         names = parse_corruptions(args.corruptions) if args.corruptions else []
     except ValueError as exc:
         raise UserError(f"--eps/--corruptions: {exc}") from None
+    if args.corruptions and not names:  # "--corruptions ," names nothing: not a silent exit 0 with no result
+        raise UserError(f"--corruptions {args.corruptions!r} names no corruption; give 'all', a family (noise, blur, "
+                        "weather, digital) or corruption names, e.g. --corruptions fog,jpeg_compression")
     out = check_output(args.out, option="--out", directory=True)  # a run folder is a fine --out
     baseline = _read_baseline(args.baseline) if args.baseline else None
     model, ckpt, path = _model(args)
     dataset = _eval_set(args, ckpt)
     if args.attack != "none":
-        result = robust_accuracy(model, _pixel_batches(dataset, args), eps, args.attack, args.norm, steps=args.steps,
-                                 restarts=args.restarts, seed=args.seed, device=args.device)
+        result = robust_accuracy(model, _pixel_batches(dataset, args, ckpt), eps, args.attack, args.norm,
+                                 steps=args.steps, restarts=args.restarts, seed=args.seed, device=args.device)
         data = {**result.to_dict(), "checkpoint": str(path), "data": str(args.data)}
         target = _write_json(out / f"robustness_{args.attack}_{args.norm}.json", data)
         print(f"{args.attack.upper()} ({args.norm}, {result.steps} steps, {result.restarts} restarts) on "
@@ -167,7 +188,8 @@ def run_robustness(args: argparse.Namespace) -> int:
             shown = f"{e * 255:.2f}/255" if args.norm == "linf" else f"{e:g}"
             print(f"  eps {shown:>10}: {a * 100:6.2f}%")
     if names:
-        result = corruption_accuracy(model, _pixel_batches(dataset, args), names, seed=args.seed, device=args.device)
+        result = corruption_accuracy(model, _pixel_batches(dataset, args, ckpt), names, seed=args.seed,
+                                     device=args.device)
         try:
             data = {**result.to_dict(baseline), "checkpoint": str(path), "data": str(args.data)}
         except ValueError as exc:
@@ -207,13 +229,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     val_split, seed = config.get("val_split", 0.1), config.get("seed", 0)
     splits = load_data(args.data, val_split=val_split, seed=seed, classes=meta.get("classes"),
                        image_size=meta.get("image_size"))
+    _check_unnamed_outputs(ckpt, args.checkpoint, list(splits.classes), args.data)
     if splits.val is None or len(splits.val) == 0:
         raise UserError(f"{args.data} gives no validation split to fit the temperature on; pass data with a val/ "
                         "tree or a checkpoint whose run held out val_split > 0")
-    val_logits, val_labels = collect_logits(model, _pixel_batches(splits.val, args), args.device)
+    val_logits, val_labels = collect_logits(model, _pixel_batches(splits.val, args, ckpt), args.device)
     temperature = fit_temperature(val_logits, val_labels)
     test = splits.test if splits.test is not None else splits.val
-    logits, labels = collect_logits(model, _pixel_batches(test, args), args.device)
+    logits, labels = collect_logits(model, _pixel_batches(test, args, ckpt), args.device)
     report = calibration_report(logits, labels, temperature, args.bins)
     report.update(checkpoint=str(path), data=str(args.data), fit_on=f"validation split ({len(val_labels)} images)",
                   evaluated_on="test set" if splits.test is not None else "validation split")

@@ -349,10 +349,12 @@ def corruption_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
                         device: str | torch.device = "cpu") -> CorruptionResult:
     """Accuracy of ``model`` (taking pixels in [0, 1]) on every corruption and severity.
 
-    Batch ``b`` is corrupted with seed ``seed + 1000 * b + severity`` (plus the corruption's
-    index), so an unshuffled loader gives identical corrupted sets on every run.
+    Batch ``b`` is corrupted with seed ``seed + 1000 * b + severity`` plus ten times the corruption's
+    index in ``CORRUPTIONS`` (not in ``names``: fog must get the same noise whether it is evaluated alone or
+    with ``all``, the baseline of an mCE), so an unshuffled loader gives identical corrupted sets on every run.
     """
     names = list(names) if names is not None else list(CORRUPTIONS)
+    order = list(CORRUPTIONS)
     model.eval()
     hits = {name: [0] * len(severities) for name in names}
     clean, seen = 0, 0
@@ -367,7 +369,8 @@ def corruption_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
                 raise ValueError("corruptions take images in [0, 1]; feed un-normalised pixels and wrap the model "
                                  "with Normalized(model, mean, std)")
             clean += (model(x).argmax(1) == y).sum().item()
-            for ci, name in enumerate(names):
+            for name in names:
+                ci = order.index(name) if name in order else 0  # an unknown name: corrupt() says so
                 for si, severity in enumerate(severities):
                     xc = corrupt(x, name, severity, seed=seed + 1000 * b + 10 * ci + severity)
                     hits[name][si] += (model(xc).argmax(1) == y).sum().item()

@@ -296,17 +296,34 @@ def normalization_of(metadata: dict[str, Any]) -> tuple[tuple[float, ...], tuple
 
 
 def pixel_model_from_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Normalized, Any]:
-    """Load a resnets checkpoint as a model taking [0, 1] pixels (its normalisation inside), in eval mode."""
+    """Load a resnets checkpoint as a model taking RGB [0, 1] pixels (its normalisation inside), in eval mode.
+
+    Every loader and image reader gives RGB, so a 1-channel model is wrapped (``GrayscaleInput``) as evaluation
+    does. Metadata that does not fit the model (class names or mean/std of the wrong length) is a
+    ``CheckpointError`` naming the file, not a traceback later or labels silently read off the wrong class."""
     import warnings
 
-    from ..weights import model_from_checkpoint
+    from ..weights import CheckpointError, model_from_checkpoint
+    from .loading import GrayscaleInput
 
     net, ckpt = model_from_checkpoint(path)
+    in_chans, outputs = net.spec.in_chans, net.spec.num_classes
+    classes = ckpt.metadata.get("classes")
+    if classes and len(classes) != outputs:
+        raise CheckpointError(f"{path} names {len(classes)} classes but its model has {outputs} outputs; save it "
+                              "with the class list of the head it has (after reset_classifier, the new classes)")
+    if in_chans not in (1, 3):
+        raise CheckpointError(f"{path} takes {in_chans}-channel input; images are read as RGB (3 channels) or, for "
+                              "a 1-channel model, as grey")
     mean, std, found = normalization_of(ckpt.metadata)
     if not found:
         warnings.warn(f"{path} does not record its input normalisation (metadata 'mean'/'std'); assuming ImageNet "
                       "statistics", stacklevel=2)
-    return Normalized(net, mean, std).to(device).eval(), ckpt
+    elif len(mean) not in (1, in_chans) or len(std) != len(mean) or any(s <= 0 for s in std):
+        raise CheckpointError(f"{path} stores mean {list(mean)} and std {list(std)} for a model with {in_chans} "
+                              "input channel(s); save it with one mean and one positive std per channel")
+    model: nn.Module = GrayscaleInput(net) if in_chans == 1 else net
+    return Normalized(model, mean, std).to(device).eval(), ckpt
 
 
 # ------------------------------------------------------------------ trainer

@@ -328,6 +328,9 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"{previous} is damaged ({exc}); it records the twins already trained there, so it is "
                              "not overwritten: repair or move it away, or choose another --out") from None
+        old_data = old.get("data") if isinstance(old.get("data"), dict) else {}
+        if _same_source(old_data.get("source"), result.data["source"]):  # tdata, ./tdata/ and its absolute path
+            old["data"] = {**old_data, "source": result.data["source"]}
         if old.get("budget") != result.budget or old.get("data") != result.data:
             changed = [f"{key} {old.get(part, {}).get(key)!r} -> {value!r}" for part in ("budget", "data")
                        for key, value in getattr(result, part).items() if old.get(part, {}).get(key) != value]
@@ -356,6 +359,16 @@ def run_degradation(source: str | os.PathLike, depths: Sequence[int], budget: Bu
             result.runs[name] = train_classifier(model, train_loader, val_loader, budget, log=echo)
             _write(result, out)
     return result
+
+
+def _same_source(old: Any, new: str) -> bool:
+    """The same --data spelt another way (a trailing slash, ./, an absolute path): the twins trained on it count."""
+    if old == new:
+        return True
+    try:
+        return isinstance(old, str) and os.path.samefile(old, new)
+    except OSError:  # either path is gone (or a dataset name such as cifar10): only the same text is the same
+        return False
 
 
 def _write(result: DegradationResult, out: Path) -> None:

@@ -62,11 +62,16 @@ class RunContents:
                         self.other_images])
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, rel: Path, found: RunContents) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; a line a kill tore (the trainer appends one per epoch) is skipped and
+    listed among the unreadable, not the reason every curve of the run disappears."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            rows.append(json.loads(line))
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                found.unreadable.append(f"{rel} line {number} (skipped): {exc}")
     return rows
 
 
@@ -115,9 +120,9 @@ def scan_run(run_dir: str | os.PathLike) -> RunContents:
             if path.name == "config.yaml":
                 found.config_text = path.read_text(encoding="utf-8")
             elif path.name == "metrics.jsonl":
-                found.metrics = _read_jsonl(path)
+                found.metrics = _read_jsonl(path, rel, found)
             elif path.name.startswith("gradflow") and path.suffix == ".jsonl":
-                found.gradflow = _read_jsonl(path)
+                found.gradflow = _read_jsonl(path, rel, found)
             elif path.suffix == ".json":
                 _classify_json(str(rel), json.loads(path.read_text(encoding="utf-8")), found)
             elif path.suffix.lower() == ".png" and path.name != "report.png":
