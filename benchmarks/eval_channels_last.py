@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from resnets.evaluate import evaluate
     from resnets.precision import cpu_name
 
-    model, classes, mean, std, size, crop_fraction = load_for_inference(args.checkpoint)
+    model, classes, mean, std, size, crop_fraction, _ = load_for_inference(args.checkpoint)
     dataset = load_eval(args.data, classes=classes, image_size=size, normalization=(mean, std))
     print(f"{args.checkpoint}: {args.batches} batches of {args.batch_size}, fp32, {args.threads} threads, {cpu_name()}")
     for _ in range(args.rounds):

@@ -117,12 +117,12 @@ def test_predict_without_class_names_shows_indices(tmp_path, capsys):
 def test_load_for_inference_in_python_gives_what_resnets_eval_prints(run, capsys):
     """The README's Python route (load_for_inference, load_eval, make_loader, evaluate) and the command agree."""
     from resnets.data import load_eval, make_loader
-    from resnets.evaluate import InferenceModel, evaluate, load_for_inference
+    from resnets.evaluate import LoadedModel, evaluate, load_for_inference
     from resnets.weights import CheckpointError
 
     _, best, data = run
     m = load_for_inference(best)
-    assert isinstance(m, InferenceModel) and not m.model.training
+    assert isinstance(m, LoadedModel) and not m.model.training
     assert (m.classes, m.mean, m.std, m.image_size, m.crop_fraction) == (CLASSES, (0.5,) * 3, (0.25,) * 3, 8, 0.875)
     dataset = load_eval(data, m.classes, image_size=m.image_size, normalization=(m.mean, m.std))
     loader = make_loader(dataset, train=False, mean=m.mean, std=m.std, crop_fraction=m.crop_fraction, workers=0)
@@ -132,3 +132,26 @@ def test_load_for_inference_in_python_gives_what_resnets_eval_prints(run, capsys
     assert (printed["count"], printed["top1"], printed["loss"]) == (6, result.top1, pytest.approx(result.loss, rel=1e-5))
     with pytest.raises(CheckpointError, match="holds no EMA weights"):
         load_for_inference(best, use_ema=True)
+
+
+def test_every_command_reads_a_checkpoint_without_statistics_alike(tmp_path):
+    """eval/predict assumed mean 0.5 / std 0.25 and gradcam/robustness ImageNet's statistics for the same file:
+    one reader now, ImageNet's (what converted torchvision/timm weights need), with a warning."""
+    from resnets.evaluate import load_for_inference
+    from resnets.evaluate.robustness import pixel_model_from_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=3, layers=(1, 1, 1)).eval()
+    path = save_weights(net, tmp_path / "bare.safetensors", {"classes": CLASSES})
+    with pytest.warns(UserWarning, match="does not record its input normalisation.*assuming ImageNet statistics"):
+        loaded = load_for_inference(path)
+    assert (loaded.mean, loaded.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = torch.rand(2, 3, 16, 16)
+    mean, std = torch.tensor(loaded.mean).view(1, 3, 1, 1), torch.tensor(loaded.std).view(1, 3, 1, 1)
+    with pytest.warns(UserWarning, match="assuming ImageNet"), torch.no_grad():
+        assert torch.allclose(pixel_model_from_checkpoint(str(path))[0](pixels), net((pixels - mean) / std))
+    grey = save_weights(create_model("resnet20", num_classes=3, in_chans=1, layers=(1, 1, 1)),
+                        tmp_path / "grey.safetensors", {"classes": CLASSES})
+    with pytest.warns(UserWarning, match="assuming ImageNet"):
+        loaded = load_for_inference(grey)
+    assert loaded.mean == pytest.approx((0.299 * 0.485 + 0.587 * 0.456 + 0.114 * 0.406,) * 3)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     png = _check_outputs(args)
-    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, args.ema)
+    model, classes, mean, std, image_size, crop_fraction, _ = load_for_inference(args.checkpoint, args.ema)
     device = torch.device(args.device)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"

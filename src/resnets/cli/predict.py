@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.loading import load_for_inference
     from ..data.folder import chunks
 
-    model, classes, mean, std, image_size, crop_fraction = load_for_inference(args.checkpoint, need_classes=False)
+    model, classes, mean, std, image_size, crop_fraction, _ = load_for_inference(args.checkpoint, need_classes=False)
     if classes is None:  # still useful: name the outputs by index, and say how to get names
         classes = [str(i) for i in range(model.spec.num_classes)]
         print(f"note: {args.checkpoint} stores no class names, so classes are shown as output indices; to name "

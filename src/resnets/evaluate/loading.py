@@ -4,12 +4,16 @@ trained with, so ``resnets eval``, ``resnets predict`` and Python callers read i
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from ..weights import CheckpointError
+from ..data.stats import KNOWN_STATS
+from ..weights import Checkpoint, CheckpointError
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's "L"
 
 
 class GrayscaleInput(nn.Module):
@@ -21,35 +25,49 @@ class GrayscaleInput(nn.Module):
         super().__init__()
         self.model = model
         self.spec = getattr(model, "spec", None)
-        self.register_buffer("weights", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("weights", torch.tensor(LUMINANCE).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x * self.weights.to(x.dtype)).sum(1, keepdim=True))
 
 
-class InferenceModel(NamedTuple):
-    model: nn.Module  # in eval mode, taking 3-channel (RGB) input
+class LoadedModel(NamedTuple):
+    model: nn.Module  # in eval mode, taking 3-channel (RGB) input normalised with mean and std
     classes: list[str] | None
     mean: tuple[float, ...]  # per RGB channel
     std: tuple[float, ...]
     image_size: int | None
     crop_fraction: float  # centre crop / resize, for images larger than image_size
+    checkpoint: Checkpoint  # the file as read: its metadata, spec and raw contents
+
+
+def normalization_of(metadata: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """(mean, std, found) from checkpoint metadata (``mean``/``std``, possibly under ``data``); ImageNet's
+    statistics when the checkpoint does not say (weights converted from torchvision or timm), with
+    ``found=False`` so callers can warn."""
+    for where in (metadata, metadata.get("data") if isinstance(metadata.get("data"), dict) else None):
+        if where and where.get("mean") is not None and where.get("std") is not None:
+            return tuple(map(float, where["mean"])), tuple(map(float, where["std"])), True
+    mean, std = KNOWN_STATS["imagenet"]
+    return tuple(mean), tuple(std), False
 
 
 def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
-                       need_classes: bool = True) -> InferenceModel:
-    """Load a resnets checkpoint (best.safetensors, last.pt) for evaluation or prediction; errors name what is
-    missing. ``crop_fraction`` is the checkpoint's (published weights saved with ``pretrained_cfg``) or the
-    ImageNet convention's 0.875. A 1-channel model is wrapped (``GrayscaleInput``) to take RGB. Without
-    ``need_classes`` a checkpoint with no class names gives ``classes=None``."""
+                       need_classes: bool = True) -> LoadedModel:
+    """Load a resnets checkpoint (best.safetensors, last.pt, a run folder) for evaluation, prediction or
+    explanation: the one reader behind ``resnets eval``, ``predict``, ``explain gradcam`` and ``robustness``, so
+    each prepares images alike. Errors name what does not fit. ``crop_fraction`` is the checkpoint's (published
+    weights saved with ``pretrained_cfg``) or the ImageNet convention's 0.875. A 1-channel model is wrapped
+    (``GrayscaleInput``) to take RGB. Without ``need_classes`` a checkpoint with no class names gives
+    ``classes=None``."""
     from ..data.loader import EVAL_CROP_FRACTION
     from ..model import ResNet
     from ..weights import load_state_dict, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     if ckpt.spec is None:
-        raise CheckpointError(f"{checkpoint} holds no model spec; evaluate a checkpoint written by `resnets train` "
-                              "(best.safetensors or last.pt)")
+        raise CheckpointError(f"{checkpoint} holds no model spec; use a checkpoint written by resnets (`resnets "
+                              "train`, `finetune`, `save_weights`: best.safetensors or last.pt)")
     meta = ckpt.metadata
     classes = meta.get("classes")
     if not classes and need_classes:
@@ -60,8 +78,8 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
                               "the new classes)")
     in_chans = ckpt.spec.in_chans
     if in_chans not in (1, 3):
-        raise CheckpointError(f"{checkpoint} takes {in_chans}-channel input; evaluation and prediction read images "
-                              "as RGB (3 channels) or, for a 1-channel model, as grey")
+        raise CheckpointError(f"{checkpoint} takes {in_chans}-channel input; images are read as RGB (3 channels) "
+                              "or, for a 1-channel model, as grey")
     model: nn.Module = ResNet(ckpt.spec)
     state = ckpt.state_dict
     if use_ema:
@@ -70,12 +88,17 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
             raise CheckpointError(f"{checkpoint} holds no EMA weights (the run had ema_decay=0, or it is not a "
                                   "last.pt)")
     load_state_dict(model, state)
-    mean: Sequence[float] = tuple(meta.get("mean") or (0.5,) * in_chans)
-    std: Sequence[float] = tuple(meta.get("std") or (0.25,) * in_chans)
-    if len(mean) != in_chans or len(std) != in_chans:
-        raise CheckpointError(f"{checkpoint} stores {len(mean)} mean and {len(std)} std values for a model with "
-                              f"{in_chans} input channel(s); save it with one value per channel")
+    mean, std, found = normalization_of(meta)
+    if not found:
+        warnings.warn(f"{checkpoint} does not record its input normalisation (metadata 'mean'/'std'); assuming "
+                      "ImageNet statistics", UserWarning, stacklevel=2)
+        if in_chans == 1:  # ImageNet's grey: the luminance-weighted channel statistics
+            mean, std = (sum(w * m for w, m in zip(LUMINANCE, mean)),), (sum(w * s for w, s in zip(LUMINANCE, std)),)
+    if len(mean) not in (1, in_chans) or len(std) != len(mean) or any(s <= 0 for s in std):
+        raise CheckpointError(f"{checkpoint} stores mean {list(mean)} and std {list(std)} for a model with "
+                              f"{in_chans} input channel(s); save it with one mean and one positive std per channel")
+    mean, std = tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))  # one value: every RGB channel
     if in_chans == 1:
-        model, mean, std = GrayscaleInput(model), tuple(mean) * 3, tuple(std) * 3
-    return InferenceModel(model.eval(), list(classes) if classes else None, tuple(mean), tuple(std),
-                          meta.get("image_size"), float(meta.get("crop_fraction") or EVAL_CROP_FRACTION))
+        model = GrayscaleInput(model)
+    return LoadedModel(model.eval(), list(classes) if classes else None, mean, std, meta.get("image_size"),
+                       float(meta.get("crop_fraction") or EVAL_CROP_FRACTION), ckpt)

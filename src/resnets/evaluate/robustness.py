@@ -283,47 +283,14 @@ def parse_epsilons(text: str, norm: str = "linf") -> list[float]:
 
 
 # ------------------------------------------------------------- checkpoints
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def normalization_of(metadata: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
-    """(mean, std, found) from checkpoint metadata (``mean``/``std``, possibly under ``data``);
-    ImageNet statistics when the checkpoint does not say, with ``found=False`` so callers can warn."""
-    for where in (metadata, metadata.get("data") if isinstance(metadata.get("data"), dict) else None):
-        if where and where.get("mean") is not None and where.get("std") is not None:
-            return tuple(map(float, where["mean"])), tuple(map(float, where["std"])), True
-    return IMAGENET_MEAN, IMAGENET_STD, False
-
-
 def pixel_model_from_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Normalized, Any]:
-    """Load a resnets checkpoint as a model taking RGB [0, 1] pixels (its normalisation inside), in eval mode.
+    """Load a resnets checkpoint as a model taking RGB [0, 1] pixels (its normalisation inside), in eval mode,
+    with the checkpoint as read. ``load_for_inference`` reads it, so attacks, corruptions and Grad-CAM see the
+    model ``resnets eval`` scores (1-channel models read RGB as grey; metadata that does not fit is an error)."""
+    from .loading import load_for_inference
 
-    Every loader and image reader gives RGB, so a 1-channel model is wrapped (``GrayscaleInput``) as evaluation
-    does. Metadata that does not fit the model (class names or mean/std of the wrong length) is a
-    ``CheckpointError`` naming the file, not a traceback later or labels silently read off the wrong class."""
-    import warnings
-
-    from ..weights import CheckpointError, model_from_checkpoint
-    from .loading import GrayscaleInput
-
-    net, ckpt = model_from_checkpoint(path)
-    in_chans, outputs = net.spec.in_chans, net.spec.num_classes
-    classes = ckpt.metadata.get("classes")
-    if classes and len(classes) != outputs:
-        raise CheckpointError(f"{path} names {len(classes)} classes but its model has {outputs} outputs; save it "
-                              "with the class list of the head it has (after reset_classifier, the new classes)")
-    if in_chans not in (1, 3):
-        raise CheckpointError(f"{path} takes {in_chans}-channel input; images are read as RGB (3 channels) or, for "
-                              "a 1-channel model, as grey")
-    mean, std, found = normalization_of(ckpt.metadata)
-    if not found:
-        warnings.warn(f"{path} does not record its input normalisation (metadata 'mean'/'std'); assuming ImageNet "
-                      "statistics", stacklevel=2)
-    elif len(mean) not in (1, in_chans) or len(std) != len(mean) or any(s <= 0 for s in std):
-        raise CheckpointError(f"{path} stores mean {list(mean)} and std {list(std)} for a model with {in_chans} "
-                              "input channel(s); save it with one mean and one positive std per channel")
-    model: nn.Module = GrayscaleInput(net) if in_chans == 1 else net
-    return Normalized(model, mean, std).to(device).eval(), ckpt
+    loaded = load_for_inference(path, need_classes=False)
+    return Normalized(loaded.model, loaded.mean, loaded.std).to(device).eval(), loaded.checkpoint
 
 
 # ------------------------------------------------------------------ trainer
