@@ -132,6 +132,17 @@ def test_load_eval_image_prepares_a_file_as_the_eval_loader_does(tmp_path):
     small = load_eval_image(splits.train.paths[0], 128)  # smaller than asked: scaled up, still square
     assert small.shape == (3, 128, 128)
     assert load_eval_image(splits.train.paths[0], None).shape == (3, 90, 90)
+    # an image smaller than the size asked of a streamed set, and small images held in memory: as `eval` too
+    for folder, side, size in (("up", 90, 128), ("small", 48, 32)):
+        root = make_image_folder(tmp_path / folder, classes=2, per_class=2, size=side, fmt="png")
+        splits = load_data(root, val_split=0, image_size=size, cache_dir=tmp_path / "cache")
+        assert getattr(splits.train, "in_memory", False) == (folder == "small")
+        loader = make_loader(splits.train, batch_size=4, train=False, workers=0, mean=(0.0, 0.0, 0.0),
+                             std=(1.0, 1.0, 1.0), shuffle=False)
+        batch, _ = next(iter(loader))
+        files = sorted(root.rglob("*.png"))  # the folder's order: class folders, then files, sorted
+        singles = torch.stack([load_eval_image(path, size) for path in files])
+        assert torch.allclose(singles.float() / 255, batch, atol=1e-6), folder
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png"):
         load_eval_image(tmp_path / "broken.png", 72)

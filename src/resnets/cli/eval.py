@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             groups = evaluate_groups(model, args.groups, args.data, classes, mean, std, image_size,
-                                     args.batch_size, str(device))
+                                     args.batch_size, str(device), crop_fraction)
         except GroupsFileError as exc:
             raise UserError(str(exc)) from None
         result.extra["groups"] = {**groups.to_dict(), "file": str(args.groups)}

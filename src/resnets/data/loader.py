@@ -41,34 +41,52 @@ def check_crop_fraction(crop_fraction: float) -> float:
     return float(crop_fraction)
 
 
-def load_eval_image(path: str | os.PathLike, image_size: int | None,
-                    crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
-    """One image file as an RGB uint8 3 x S x S tensor, prepared as evaluation prepares it.
-
-    Larger images: shorter side resized to ``image_size / crop_fraction`` (256 for 224 by default; torchvision's
-    V2 ImageNet weights use 232), then centre-cropped (what the streaming evaluation loader does); smaller ones
-    are resized up to ``image_size`` and centre-cropped; an image already S x S (CIFAR) is left alone.
-    ``image_size=None`` keeps the image as it is. Raises :class:`DataError` naming the file when it is missing,
-    empty, truncated or not an image.
-    """
+def eval_resize(image_size: int, crop_fraction: float = EVAL_CROP_FRACTION) -> tuple[list, int]:
+    """How evaluation prepares a large (streamed) image: (transforms.v2 steps, JPEG draft size). The shorter
+    side is resized to ``image_size / crop_fraction``, then the centre ``image_size`` square is cut: the one
+    definition behind the streaming loader, ``resnets predict`` and per-group evaluation."""
     from torchvision.transforms import v2
 
-    from .folder import check_image_size, open_rgb
+    resize_to = round(image_size / check_crop_fraction(crop_fraction))
+    return [v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)], resize_to
+
+
+def load_eval_image(path: str | os.PathLike, image_size: int | None,
+                    crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
+    """One image file as an RGB uint8 3 x S x S tensor, prepared as ``resnets eval`` prepares a folder of such
+    images, so a prediction agrees with the evaluation of the same file.
+
+    Small images (neither side above 64 px, for a size up to 64: the in-memory route) are fitted to S x S
+    (shorter side resized, centre crop, as the tensor cache decodes them); an image already S x S is left
+    alone. Larger ones go the streaming route (``eval_resize``): shorter side to ``image_size / crop_fraction``
+    (256 for 224 by default; torchvision's V2 ImageNet weights use 232), then the centre crop.
+    ``image_size=None`` keeps the image as it is. Raises :class:`DataError` naming the file when it is
+    missing, empty, truncated or not an image.
+    """
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from .folder import check_image_size, decode_rgb, open_rgb
+    from .sources import SMALL_IMAGE_LIMIT
 
     crop_fraction = check_crop_fraction(crop_fraction)
     image_size = check_image_size(image_size)
-
     try:
-        image = open_rgb(path)
+        if os.path.getsize(path) == 0:
+            raise ValueError("empty file")
+        with Image.open(path) as header:  # the size decides the route; the pixels are decoded below
+            largest = max(header.size)
+        if image_size is None:
+            return v2.PILToTensor()(open_rgb(path))
+        if largest <= SMALL_IMAGE_LIMIT and image_size <= SMALL_IMAGE_LIMIT:
+            return torch.from_numpy(decode_rgb(path, image_size).copy()).permute(2, 0, 1)
+        steps, draft_size = eval_resize(image_size, crop_fraction)
+        image = open_rgb(path, draft_size)
     except FileNotFoundError:
         raise DataError(f"image {str(path)!r} does not exist") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {str(path)!r} as an image ({exc})") from None
-    steps = [v2.PILToTensor()]
-    if image_size and image.size != (image_size, image_size):
-        shorter = round(image_size / crop_fraction) if min(image.size) > image_size else image_size
-        steps = [v2.Resize(shorter, antialias=True), v2.CenterCrop(image_size)] + steps  # on PIL, as the loader
-    return v2.Compose(steps)(image)
+    return v2.Compose(steps + [v2.PILToTensor()])(image)
 
 
 class _EpochLoader:
@@ -196,10 +214,8 @@ class _TransformedFiles(Dataset):
         if train and augment.random_resized_crop:
             steps = [v2.RandomResizedCrop(image_size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
                                           antialias=True)]
-        else:
-            resize_to = round(image_size / check_crop_fraction(crop_fraction))
-            steps = [v2.Resize(resize_to, antialias=True), v2.CenterCrop(image_size)]
-            self.draft_size = resize_to  # shrinking anyway: let the JPEG decoder skip detail we drop
+        else:  # shrinking anyway: let the JPEG decoder skip detail we drop
+            steps, self.draft_size = eval_resize(image_size, crop_fraction)
         if normalize is not None:
             # Everything per image in the workers (CPU training): pad-crop/translate, flip, then normalise.
             if train and (augment.crop_padding or augment.translate):

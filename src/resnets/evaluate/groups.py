@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Sequence
 
+from ..data.loader import EVAL_CROP_FRACTION
+
 
 class GroupsFileError(ValueError):
     """A groups CSV that cannot be read or does not match the evaluated images."""
@@ -166,17 +168,18 @@ def read_group_rows(path: str | os.PathLike) -> list[tuple[str, str, str | None]
 
 def evaluate_groups(model: Any, groups_csv: str | os.PathLike, data_root: str | os.PathLike | None,
                     classes: Sequence[str], mean: Sequence[float], std: Sequence[float], image_size: int | None,
-                    batch_size: int = 128, device: str = "cpu") -> GroupReport:
+                    batch_size: int = 128, device: str = "cpu", crop_fraction: float = EVAL_CROP_FRACTION) -> GroupReport:
     """Predict every image named in ``groups_csv`` and report accuracy per group.
 
     Paths are resolved as given, else relative to ``data_root``, else relative to the CSV's folder.
     The true class is the ``label`` column when present, else the image's folder name. Images are
-    decoded and resized exactly as ``resnets.data`` does for image folders; ``model`` takes
-    normalised images (``mean``/``std`` are applied here).
+    prepared as ``resnets eval`` prepares them (``load_eval_image``: small ones fitted, large ones resized to
+    ``image_size / crop_fraction`` and centre-cropped); ``model`` takes normalised images (``mean``/``std``
+    are applied here).
     """
     import torch
 
-    from ..data.folder import decode_rgb
+    from ..data import load_eval_image
 
     csv_dir = Path(groups_csv).parent
     rows = read_group_rows(groups_csv)
@@ -196,7 +199,7 @@ def evaluate_groups(model: Any, groups_csv: str | os.PathLike, data_root: str | 
     with torch.no_grad():
         for start in range(0, len(resolved), batch_size):
             chunk = resolved[start:start + batch_size]
-            arrays = [torch.from_numpy(decode_rgb(p, image_size).copy()).permute(2, 0, 1) for p, _, _ in chunk]
+            arrays = [load_eval_image(p, image_size, crop_fraction) for p, _, _ in chunk]
             sizes = {tuple(a.shape) for a in arrays}
             if len(sizes) > 1:
                 raise GroupsFileError(f"images have different sizes {sorted(sizes)[:3]}; the checkpoint records no "
