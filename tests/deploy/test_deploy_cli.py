@@ -108,3 +108,29 @@ def test_bench_times_the_bf16_peak_only_where_a_row_needs_it(monkeypatch):
         rows, env = bench_module.benchmark(model, "resnet20", [1], ("fp32",), rounds=1, baseline=False)
         assert (env["peak_bf16_gflops"] is not None) is native
         assert rows and all(r.peak_share > 0 for r in rows)
+
+
+def test_quantization_aware_training_of_a_single_step(workspace, capsys):
+    """36 training images, batch 128, one epoch: one QAT step, whose observers must run before they freeze."""
+    root, data, checkpoint = workspace
+    out = root / "tiny.qat1.pt"
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                 "--calib-images", "8", "--val-split", "0.25", "--qat-epochs", "1", "--max-drop", "-100"]) == 0
+    assert "quantization-aware training: top-1" in capsys.readouterr().out and out.exists()
+
+
+def test_grey_models_calibrate_and_measure_on_grey_images(workspace, tiny_spec, capsys):
+    """The data folders are read as RGB; a 1-channel model gets them as grey, with its 1-value statistics."""
+    from resnets import ResNet, save_weights
+
+    root, data, _ = workspace
+    torch.manual_seed(0)
+    grey = save_weights(ResNet(tiny_spec.replace(in_chans=1)), root / "grey.safetensors",
+                        {"image_size": 16, "mean": [0.4], "std": [0.2],
+                         "classes": sorted(p.name for p in data.iterdir())})
+    assert main(["quantize", "--checkpoint", str(grey), "--data", str(data), "--out", str(root / "grey.int8.pt"),
+                 "--calib-images", "8", "--val-split", "0.25"]) == 0
+    assert "post-training int8: top-1" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(grey), "--format", "exported-program", "--int8", "--calib-data",
+                 str(data), "--calib-images", "8", "--out", str(root / "grey.int8.pt2")]) == 0
+    assert "wrote int8 exported-program" in capsys.readouterr().out

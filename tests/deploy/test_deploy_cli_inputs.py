@@ -165,3 +165,21 @@ def test_bench_prints_a_dash_where_torchvision_has_no_twin():
     line = format_rows([row]).splitlines()[-1]
     assert line.endswith("| - |") and "nan" not in line
     assert format_rows([BenchRow(**{**row.as_dict(), "speedup": 1.5})]).endswith("| 1.50x |")
+
+
+def test_openvino_weights_file_never_overwrites_a_bin_checkpoint(workspace, tmp_path, capsys):
+    """OpenVINO IR writes NAME.bin beside NAME.xml: for a checkpoint named NAME.bin (Hugging Face's
+    pytorch_model.bin) that is the input itself."""
+    pytest.importorskip("openvino")
+    _, _, checkpoint = workspace
+    from resnets import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(checkpoint)
+    source = save_weights(model, tmp_path / "pytorch_model.bin", ckpt.metadata)
+    before = source.read_bytes()
+    err = _error(capsys, ["export", "--checkpoint", str(source), "--format", "openvino",
+                          "--out", str(tmp_path / "pytorch_model.xml")])
+    assert "writing there would destroy it" in err and source.read_bytes() == before
+    assert main(["export", "--checkpoint", str(source), "--format", "openvino"]) == 0
+    assert source.read_bytes() == before and (tmp_path / "pytorch_model.openvino.xml").exists()
+    assert (tmp_path / "pytorch_model.openvino.bin").exists()

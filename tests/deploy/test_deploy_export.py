@@ -107,3 +107,19 @@ def test_onnx_files_carry_the_opset_asked_for(trained_tiny, tmp_path):
     assert onnx_file_opset(tmp_path / "m.onnx") == newest
     with pytest.raises(ExportError, match=f"choose one from 18 to {newest}"):
         check_opset(17)
+
+
+def test_video_checkpoints_export_and_run_channels_last(tmp_path, capsys):
+    """Video nets take (N, C, T, H, W) clips: the export traces one, and channels-last is channels_last_3d."""
+    from resnets import create_model, save_weights
+    from resnets.cli import main
+    from resnets.deploy import make_inference_model
+
+    torch.manual_seed(0)
+    model = create_model("r3d_18", num_classes=3, layers=(1, 1), widths=(8, 16), stem_width=8).eval()
+    checkpoint = save_weights(model, tmp_path / "r3d.safetensors", {"image_size": 16})
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx"]) == 0
+    assert "wrote onnx" in capsys.readouterr().out and (tmp_path / "r3d.onnx").exists()
+    clip = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(make_inference_model(model, "fp32", channels_last=True)(clip), model(clip))

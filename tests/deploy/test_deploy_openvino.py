@@ -151,3 +151,12 @@ def test_optimize_for_inference_weighs_openvino(trained_tiny):
     assert openvino_row.safe  # fp32 OpenVINO reproduces the model, so it competes on speed alone
     with torch.no_grad():
         assert torch.allclose(best(example).float(), trained_tiny(example), atol=1e-3)
+
+
+def test_bench_cli_calibrates_openvino_int8_at_the_timed_size(workspace, capsys):
+    """The checkpoint was trained at 16 px, bench times 24 px: the calibration images must be 24 px too, as the
+    int8 ONNX graph OpenVINO runs takes no other size."""
+    _, data, checkpoint = workspace
+    assert main(["bench", "--checkpoint", str(checkpoint), "--batch", "1", "--precision", "int8", "--rounds", "1",
+                 "--input-size", "24", "--calib-data", str(data), "--openvino"]) == 0
+    assert "| openvino int8 | 1 |" in capsys.readouterr().out

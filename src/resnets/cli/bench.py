@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.bench import benchmark, compare_architectures, format_compare, format_rows
-    from ..deploy.export import ExportError
+    from ..deploy.export import ExportError, input_size_at
     from ..factory import create_model
     from . import UserError
     from .args import check_output
@@ -95,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
         if args.calib_data and "int8" in precisions:
             from ..deploy.data import load_deploy_data
 
-            calibration = load_deploy_data(args.calib_data, metadata, 256).calibration
+            # at the size timed: the int8 ONNX graph OpenVINO runs takes no other
+            side = args.input_size or model.spec.default_image_size
+            calibration = load_deploy_data(args.calib_data, {**metadata, "image_size": side}, 256,
+                                           in_chans=model.spec.in_chans).calibration
         try:
             rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
                                   onnxruntime=args.onnxruntime, openvino=args.openvino, rounds=args.rounds,
                                   calibration=calibration,
-                                  input_size=(model.spec.in_chans, args.input_size, args.input_size)
-                                  if args.input_size else None,
+                                  input_size=input_size_at(model, args.input_size),
                                   log=lambda m: print(m, flush=True))
         except ExportError as exc:  # a runtime asked for (onnxruntime, openvino) is missing
             raise UserError(str(exc)) from None

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, check_opset, export_model
+    from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, check_opset, export_model, input_size_at
     from ..deploy.quantize import CalibrationError
     from ..weights import model_from_checkpoint
     from . import UserError
@@ -53,17 +53,21 @@ def run(args: argparse.Namespace) -> int:
     suffix = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}[args.format]
     source = Path(args.checkpoint)
     default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
+    if args.format == "openvino" and default.with_suffix(".bin") == source:
+        default = source.with_suffix(".openvino.xml")  # the IR's .bin would be the input checkpoint itself
     out = check_output(args.out or default, reads=[args.checkpoint])
+    if args.format == "openvino":  # the IR's weights land beside the .xml: that file must be safe to write too
+        check_output(out.with_suffix(".bin"), reads=[args.checkpoint])
     model, ckpt = model_from_checkpoint(args.checkpoint)
     model.eval()
     calibration = None
     if args.int8:
         from ..deploy.data import load_deploy_data
 
-        calibration = load_deploy_data(args.calib_data, ckpt.metadata, args.calib_images).calibration
-    size = (model.spec.in_chans, ckpt.metadata.get("image_size") or model.spec.default_image_size)
-    kwargs = dict(input_size=(size[0], size[1], size[1]), verify=not args.no_verify, tolerance=args.tolerance,
-                  int8=args.int8, calibration_data=calibration)
+        calibration = load_deploy_data(args.calib_data, ckpt.metadata, args.calib_images,
+                                       in_chans=model.spec.in_chans).calibration
+    kwargs = dict(input_size=input_size_at(model, ckpt.metadata.get("image_size")), verify=not args.no_verify,
+                  tolerance=args.tolerance, int8=args.int8, calibration_data=calibration)
     if args.format == "onnx":
         kwargs["opset"] = args.opset or DEFAULT_OPSET
     try:

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--qat-epochs {args.qat_epochs:g} is negative; give 0 (no QAT) or more")
     check_output(args.out, reads=[args.checkpoint])
     model, ckpt = model_from_checkpoint(args.checkpoint)
-    data = load_deploy_data(args.data, ckpt.metadata, args.calib_images, val_split=args.val_split)
+    data = load_deploy_data(args.data, ckpt.metadata, args.calib_images, val_split=args.val_split,
+                            in_chans=model.spec.in_chans)
     if data.val_loader is None:
         raise UserError("--data has no held-out images to measure the accuracy change on; use --val-split > 0")
     try:

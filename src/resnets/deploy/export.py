@@ -111,10 +111,23 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """One image's (C, H, W) at the model's design size (spec-less modules: ImageNet's 3 x 224 x 224)."""
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """One input's (C, H, W) at the model's design size, (C, T, H, W) for a video net (16 frames of 112 px, as
+    ``resnets models`` lists them); spec-less modules: ImageNet's 3 x 224 x 224."""
+    from ..zoo import VIDEO_INPUT
+
     spec = getattr(model, "spec", None)
-    return spec.default_input_size if spec is not None else (3, 224, 224)
+    if spec is None:
+        return (3, 224, 224)
+    if spec.conv_type != "2d":  # Conv3d layers take clips: a 3-D size would fail inside the exporter
+        return (spec.in_chans, *VIDEO_INPUT[1:])
+    return spec.default_input_size
+
+
+def input_size_at(model: nn.Module, side: int | None) -> tuple[int, ...]:
+    """``default_input_size`` with its height and width set to ``side`` (None: kept)."""
+    size = default_input_size(model)
+    return size if side is None else (*size[:-2], side, side)
 
 
 def _input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:

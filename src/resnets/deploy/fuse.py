@@ -82,8 +82,8 @@ class InferenceModel(nn.Module):
         self.description = description
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and x.ndim in (4, 5):  # 5: video clips (N, C, T, H, W)
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         if self.precision == "bf16":
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return self.model(x).float()
@@ -104,8 +104,9 @@ def make_inference_model(model: nn.Module, precision: Precision = "fp32", channe
         # Cast the weights once: autocast would re-cast every fp32 weight on every call (about 10% of a
         # ResNet-50 batch-1 forward here). With BatchNorm left in, its statistics stay fp32 under autocast.
         net = net.to(torch.bfloat16)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    if channels_last:  # video nets' Conv3d weights are 5-D, for which channels-last is channels_last_3d
+        video = any(isinstance(m, nn.Conv3d) for m in net.modules())
+        net = net.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     if compile:
         # Freezing turns the weights into constants Inductor can prepack for oneDNN (inference only).
         net = torch.compile(net, options={"freezing": True})

@@ -245,19 +245,25 @@ def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1
     loader = make_loader(splits.train, batch_size=min(batch_size, len(splits.train)), train=True,
                          augment={"flip": True}, mean=splits.mean, std=splits.std, drop_last=False)
     total = max(1, int(epochs * len(loader)))
+    from ..evaluate.loading import to_grey
+
+    grey = getattr(getattr(model, "spec", None), "in_chans", 3) == 1  # the loader reads every image as RGB
     example = next(iter(loader))[0][:2]
+    example = to_grey(example) if grey else example
     prepared = prepare_qat(model, example)
     optimizer = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     step = 0
+    # never at step 0: observers frozen before any batch has no ranges to convert with (a 1-step run)
+    freeze_observers, freeze_bn = max(1, total // 2), max(1, 3 * total // 4)
     prepared.train()
     while step < total:
         for images, labels in loader:
-            if step == total // 2:
+            if step == freeze_observers:
                 prepared.apply(torch.ao.quantization.disable_observer)
-            if step == 3 * total // 4:
+            if step == freeze_bn:
                 prepared.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
-            loss = F.cross_entropy(prepared(images), labels)
+            loss = F.cross_entropy(prepared(to_grey(images) if grey else images), labels)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"quantization-aware training diverged (loss {loss.item()}) at step {step}; "
                                    "lower the learning rate")

@@ -16,19 +16,23 @@ from ..weights import Checkpoint, CheckpointError
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's "L"
 
 
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """A normalised RGB batch as the normalised grey batch a 1-channel model takes: the luminance-weighted sum
+    (ITU-R 601, PIL's "L"), exact when the 3 channels were normalised with the grey statistics repeated."""
+    weights = torch.tensor(LUMINANCE, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
 class GrayscaleInput(nn.Module):
-    """Lets a 1-channel model take the RGB batches every loader makes. With the grey statistics repeated over the
-    3 channels, the luminance-weighted sum (ITU-R 601, PIL's "L") of the normalised channels is the normalised
-    grey image."""
+    """Lets a 1-channel model take the RGB batches every loader makes (``to_grey`` first)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.spec = getattr(model, "spec", None)
-        self.register_buffer("weights", torch.tensor(LUMINANCE).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x * self.weights.to(x.dtype)).sum(1, keepdim=True))
+        return self.model(to_grey(x))
 
 
 class LoadedModel(NamedTuple):
