@@ -121,11 +121,27 @@ def test_spec_less_state_dicts_ask_for_the_architecture_option(workspace, traine
     err = _error(capsys, ["distill", "--teacher", str(plain), "--student", "resnet20", "--data", str(data),
                           "--out", str(tmp_path / "kd"), *TRAIN])
     assert "--teacher-model NAME" in err
+    for argv in (["export", "--checkpoint", str(plain), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+                 ["quantize", "--checkpoint", str(plain), "--data", str(data), "--out", str(tmp_path / "q.int8.pt")],
+                 ["bench", "--checkpoint", str(plain), "--batch", "1", "--precision", "fp32", "--rounds", "1"]):
+        err = _error(capsys, argv)  # export, quantize and bench gave Python's create_model(...) advice
+        assert "--model NAME" in err and "create_model" not in err, argv[0]
+
+
+def test_export_and_bench_take_a_spec_less_state_dict_with_model(tmp_path, capsys):
+    from resnets import create_model
+
+    torch.save(create_model("resnet20", num_classes=4).state_dict(), tmp_path / "tv.pth")
+    assert main(["export", "--checkpoint", str(tmp_path / "tv.pth"), "--model", "resnet20", "--format", "onnx",
+                 "--out", str(tmp_path / "tv.onnx")]) == 0
+    assert (tmp_path / "tv.onnx").is_file() and "max |diff|" in capsys.readouterr().out
+    assert main(["bench", "--checkpoint", str(tmp_path / "tv.pth"), "--model", "resnet20", "--batch", "1",
+                 "--precision", "fp32", "--rounds", "1", "--input-size", "32"]) == 0
 
 
 def test_a_named_architecture_loads_a_spec_less_state_dict(tmp_path):
     from resnets import create_model
-    from resnets.cli.prune import load_network
+    from resnets.cli.args import load_network
 
     source = create_model("resnet20", num_classes=4).eval()
     torch.save(source.state_dict(), tmp_path / "tv.pth")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 
 def positive_int(text: str) -> int:
@@ -138,3 +138,18 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
             raise UserError(f"{option} {out} exists and is not a {kind} file; writing there would destroy it. "
                             f"Choose a {kind} file name")
     return out
+
+
+def load_network(path: str, model_name: str | None, option: str, model_option: str) -> tuple[Any, dict]:
+    """The network in checkpoint ``path`` and its metadata. A state dict without a spec (torchvision, timm)
+    needs its architecture named, which the error says how to do on the command line (``model_option``)."""
+    from ..transfer import load_source
+    from ..weights import read_checkpoint
+    from . import UserError
+
+    if model_name is None and read_checkpoint(path).spec is None:
+        raise UserError(f"{option} {path} holds weights without a model spec (a torchvision or timm state dict); "
+                        f"name its architecture with {model_option} NAME (e.g. {model_option} resnet18; "
+                        "`resnets models` lists the names)")
+    model, info = load_source(path, model_name=model_name)
+    return model, info.metadata

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a resnets model name (default resnet50)")
     p.add_argument("--checkpoint", help="time this checkpoint's network instead of a fresh one (int8 calibrates on "
                    "--calib-data when given, else on random images: speed only); --model may only repeat its "
-                   "architecture")
+                   "architecture, or name it for a checkpoint without a spec (a torchvision or timm state dict)")
     p.add_argument("--batch", type=_batches, default=[1, 32], help="comma-separated batch sizes")
     p.add_argument("--precision", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, int8")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (slow to build)")
@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         metadata = {}
         if args.checkpoint:
-            from ..weights import model_from_checkpoint
+            from .args import load_network
 
-            model, ckpt = model_from_checkpoint(args.checkpoint)
-            metadata = ckpt.metadata
+            model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
             name = _checkpoint_name(model.spec, metadata, args.model, args.checkpoint)
         else:
             name = args.model or "resnet50"

@@ -53,7 +53,7 @@ def _teacher_and_data(args: argparse.Namespace):
     """The teacher network, its metadata and the data split, from the teacher's saved classes and statistics."""
     from ..deploy.data import load_deploy_data
     from . import UserError
-    from .prune import load_network
+    from .args import load_network
 
     teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
     data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.trainer import check_new_run_dir, resume
     from . import UserError
     from .args import check_output
-    from .prune import finetune_config, load_network
+    from .args import load_network
+    from .prune import finetune_config
     from .resuming import read_record, refuse_changes_on_resume, require, resume_folder, write_record
 
     if args.resume:

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "openvino: the int8 ONNX graph, int8 weights), calibrated on --calib-data.",
         epilog="example: resnets export --checkpoint runs/r20/best.safetensors --format onnx --out r20.onnx")
     p.add_argument("--checkpoint", required=True, help="a resnets checkpoint (.safetensors / .pt / run folder)")
+    p.add_argument("--model", metavar="NAME", help="architecture of a checkpoint without a spec (a torchvision or "
+                   "timm state dict), e.g. resnet50")
     p.add_argument("--format", required=True, help="onnx, exported-program or openvino")
     p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx / .pt2 / .xml + .bin)")
     p.add_argument("--int8", action="store_true", help="quantize to int8 (needs --calib-data)")
@@ -34,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, check_opset, export_model, input_size_at
     from ..deploy.quantize import CalibrationError
-    from ..weights import model_from_checkpoint
     from . import UserError
+    from .args import load_network
     from .args import check_output
 
     if args.format not in FORMATS:
@@ -58,15 +60,15 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out or default, reads=[args.checkpoint])
     if args.format == "openvino":  # the IR's weights land beside the .xml: that file must be safe to write too
         check_output(out.with_suffix(".bin"), reads=[args.checkpoint])
-    model, ckpt = model_from_checkpoint(args.checkpoint)
+    model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     model.eval()
     calibration = None
     if args.int8:
         from ..deploy.data import load_deploy_data
 
-        calibration = load_deploy_data(args.calib_data, ckpt.metadata, args.calib_images,
+        calibration = load_deploy_data(args.calib_data, metadata, args.calib_images,
                                        in_chans=model.spec.in_chans).calibration
-    kwargs = dict(input_size=input_size_at(model, ckpt.metadata.get("image_size")), verify=not args.no_verify,
+    kwargs = dict(input_size=input_size_at(model, metadata.get("image_size")), verify=not args.no_verify,
                   tolerance=args.tolerance, int8=args.int8, calibration_data=calibration)
     if args.format == "onnx":
         kwargs["opset"] = args.opset or DEFAULT_OPSET

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..precision import PRECISION_CHOICES
-from .args import check_output, device, non_negative_int, positive_float, positive_int, unit_fraction, val_split
+from .args import check_output, device, load_network, non_negative_int, positive_float, positive_int, unit_fraction, val_split
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,21 +68,6 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
         values["normalization"] = [data_meta["mean"], data_meta["std"]]
     values.update(parse_set(args.set))
     return resolve_config(None, values)
-
-
-def load_network(path: str, model_name: str | None, option: str, model_option: str) -> tuple[Any, dict]:
-    """The network in checkpoint ``path`` and its metadata. A state dict without a spec (torchvision, timm)
-    needs its architecture named, which the error says how to do on the command line (``model_option``)."""
-    from ..transfer import load_source
-    from ..weights import read_checkpoint
-    from . import UserError
-
-    if model_name is None and read_checkpoint(path).spec is None:
-        raise UserError(f"{option} {path} holds weights without a model spec (a torchvision or timm state dict); "
-                        f"name its architecture with {model_option} NAME (e.g. {model_option} resnet18; "
-                        "`resnets models` lists the names)")
-    model, info = load_source(path, model_name=model_name)
-    return model, info.metadata
 
 
 def run(args: argparse.Namespace) -> int:

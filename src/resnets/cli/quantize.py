@@ -16,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--max-drop points.",
         epilog="example: resnets quantize --checkpoint runs/r20/best.safetensors --data cifar10 --out r20.int8.pt")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", metavar="NAME", help="architecture of a checkpoint without a spec (a torchvision or "
+                   "timm state dict), e.g. resnet50")
     p.add_argument("--data", required=True, help="the training images (ImageFolder tree or cifar10)")
     p.add_argument("--out", required=True, help="where to write the int8 model (.pt, weights only)")
     p.add_argument("--calib-images", type=positive_int, default=512)
@@ -35,15 +37,14 @@ def top1(model, loader, num_classes: int) -> float:
 def run(args: argparse.Namespace) -> int:
     from ..deploy.data import load_deploy_data
     from ..deploy.quantize import CalibrationError, quantize_int8, quantization_aware_finetune, save_quantized
-    from ..weights import model_from_checkpoint
     from . import UserError
-    from .args import check_output
+    from .args import check_output, load_network
 
     if args.qat_epochs < 0:
         raise UserError(f"--qat-epochs {args.qat_epochs:g} is negative; give 0 (no QAT) or more")
     check_output(args.out, reads=[args.checkpoint])
-    model, ckpt = model_from_checkpoint(args.checkpoint)
-    data = load_deploy_data(args.data, ckpt.metadata, args.calib_images, val_split=args.val_split,
+    model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
+    data = load_deploy_data(args.data, metadata, args.calib_images, val_split=args.val_split,
                             in_chans=model.spec.in_chans)
     if data.val_loader is None:
         raise UserError("--data has no held-out images to measure the accuracy change on; use --val-split > 0")
@@ -59,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         int8 = top1(quantized, data.val_loader, data.num_classes)
         print(f"after {args.qat_epochs:g} epochs of quantization-aware training: top-1 {100 * int8:.2f}% "
               f"({100 * (int8 - fp32):+.2f} points vs fp32)")
-    save_quantized(quantized, args.out, {"fp32_top1": fp32, "int8_top1": int8, "classes": ckpt.metadata.get("classes")})
+    save_quantized(quantized, args.out, {"fp32_top1": fp32, "int8_top1": int8, "classes": metadata.get("classes")})
     print(f"wrote {args.out}")
     return 0
