@@ -63,6 +63,10 @@ def test_prune_and_distill_cli_write_normal_checkpoints(workspace, capsys):
                  *common]) == 0
     pruned, ckpt = model_from_checkpoint(root / "pruned" / "best.safetensors")
     assert ckpt.spec.block_widths is not None and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+    from resnets.profile import profile
+
+    before = profile(model_from_checkpoint(checkpoint)[0], (3, 16, 16)).macs  # the checkpoint's 16 px, not 32
+    assert f"MACs {before / 1e6:.1f}M ->" in capsys.readouterr().out
     assert main(["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--out", str(root / "kd"),
                  "--temperature", "4", *common]) == 0
     student, ckpt = model_from_checkpoint(root / "kd" / "best.safetensors")

@@ -123,3 +123,15 @@ def test_video_checkpoints_export_and_run_channels_last(tmp_path, capsys):
     clip = torch.randn(2, 3, 4, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(make_inference_model(model, "fp32", channels_last=True)(clip), model(clip))
+    # what needs image folders (calibration, pruning, distillation) refuses a video net in one line
+    from resnets.data import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=16)
+    for argv in (["quantize", "--data", str(data), "--out", str(tmp_path / "q.int8.pt")],
+                 ["export", "--format", "onnx", "--int8", "--calib-data", str(data), "--out", str(tmp_path / "q.onnx")],
+                 ["prune", "--data", str(data), "--out", str(tmp_path / "p"), "--epochs", "1"]):
+        assert main([argv[0], "--checkpoint", str(checkpoint), *argv[1:]]) == 2
+        assert "video network" in capsys.readouterr().err, argv[0]
+    assert main(["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--data", str(data),
+                 "--out", str(tmp_path / "d"), "--epochs", "1"]) == 2
+    assert "video network" in capsys.readouterr().err

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             # at the size timed: the int8 ONNX graph OpenVINO runs takes no other
             side = args.input_size or model.spec.default_image_size
             calibration = load_deploy_data(args.calib_data, {**metadata, "image_size": side}, 256,
-                                           in_chans=model.spec.in_chans).calibration
+                                           in_chans=model.spec.in_chans, conv_type=model.spec.conv_type).calibration
         try:
             rows, env = benchmark(model.eval(), name, batches, precisions, use_compile=args.compile,
                                   onnxruntime=args.onnxruntime, openvino=args.openvino, rounds=args.rounds,

@@ -56,7 +56,7 @@ def _teacher_and_data(args: argparse.Namespace):
     from .args import load_network
 
     teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
-    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split)
+    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, conv_type=teacher.spec.conv_type)
     if teacher.spec.num_classes != data.num_classes:
         raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {data.num_classes}; "
                         "distil on the data the teacher was trained for")

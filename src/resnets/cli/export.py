@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.data import load_deploy_data
 
         calibration = load_deploy_data(args.calib_data, metadata, args.calib_images,
-                                       in_chans=model.spec.in_chans).calibration
+                                       in_chans=model.spec.in_chans, conv_type=model.spec.conv_type).calibration
     kwargs = dict(input_size=input_size_at(model, metadata.get("image_size")), verify=not args.no_verify,
                   tolerance=args.tolerance, int8=args.int8, calibration_data=calibration)
     if args.format == "onnx":

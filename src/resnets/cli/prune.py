@@ -72,6 +72,7 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.data import load_deploy_data
+    from ..deploy.export import input_size_at
     from ..deploy.prune import PruningError, prune_model
     from ..train import Trainer
     from ..train.trainer import check_new_run_dir
@@ -83,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)
     try:
-        result = prune_model(model, args.target_macs, criterion=args.criterion, min_keep=args.min_keep)
+        # MACs counted at the size the network was trained at, not its design size
+        result = prune_model(model, args.target_macs, criterion=args.criterion, min_keep=args.min_keep,
+                             input_size=input_size_at(model, metadata.get("image_size")))
     except PruningError as exc:
         raise UserError(str(exc)) from None
     print(f"pruned: {result}; block widths {list(result.block_widths)}")
-    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, seed=config.seed)
+    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, seed=config.seed,
+                            conv_type=model.spec.conv_type)
     if data.val_loader is not None:
         before = top1(model, data.val_loader, data.num_classes)
         cut = top1(result.model, data.val_loader, data.num_classes)

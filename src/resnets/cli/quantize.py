@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, reads=[args.checkpoint])
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     data = load_deploy_data(args.data, metadata, args.calib_images, val_split=args.val_split,
-                            in_chans=model.spec.in_chans)
+                            in_chans=model.spec.in_chans, conv_type=model.spec.conv_type)
     if data.val_loader is None:
         raise UserError("--data has no held-out images to measure the accuracy change on; use --val-split > 0")
     try:

@@ -37,16 +37,22 @@ class _GreyLoader:
 
 
 def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibration_images: int = 512,
-                     val_split: float = 0.1, seed: int = 0, batch_size: int = 128, in_chans: int = 3) -> DeployData:
+                     val_split: float = 0.1, seed: int = 0, batch_size: int = 128, in_chans: int = 3,
+                     conv_type: str = "2d") -> DeployData:
     """Calibration batches from the training split and a loader of the held-out split.
 
     The checkpoint's saved mean/std, class list and image size (``best.safetensors`` metadata) are
     used when present, so the images look exactly as they did in training. For a 1-channel model
-    (``in_chans=1``) the batches are grey (``to_grey``); the loaders read every image as RGB.
+    (``in_chans=1``) the batches are grey (``to_grey``); the loaders read every image as RGB. Video nets
+    (``conv_type`` 3d or 2plus1d) are refused: image folders give no clips.
     """
     from ..data import load_data, make_loader
     from ..data.errors import DataError
 
+    if conv_type != "2d":
+        raise DataError(f"the model is a video network (conv_type={conv_type!r}, clips of C x T x H x W), and "
+                        "calibration, pruning and distillation data here are image folders; export it in fp32 "
+                        "(resnets export --format onnx) or time it with resnets bench without --calib-data")
     if in_chans not in (1, 3):
         raise DataError(f"the model takes {in_chans}-channel input; calibration and evaluation images are read as "
                         "RGB (3 channels) or, for a 1-channel model, as grey")

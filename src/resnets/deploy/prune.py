@@ -189,6 +189,9 @@ def prune_model(model: ResNet, target_macs_fraction: float = 0.5, criterion: Cri
         raise PruningError(f"target_macs_fraction={target_macs_fraction} must be between 0 and 1 (0.5 halves the MACs)")
     if model.spec.groups != 1:
         raise PruningError("grouped (ResNeXt) bottlenecks are not supported for pruning")
+    if model.spec.conv_type != "2d":
+        raise PruningError(f"video networks (conv_type={model.spec.conv_type!r}) are not supported for pruning; "
+                           "prune 2-D image networks")
     was_training = model.training
     model.eval()
     blocks = [b for _, b in _named_blocks(model)]
