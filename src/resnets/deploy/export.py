@@ -210,7 +210,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
         calibration_data = list(calibration_data)  # read twice: to calibrate and to verify on
     example = _inputs(model, input_size, 2, seed=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fp32_path = path if not int8 else path.with_name(path.stem + ".fp32.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
@@ -218,14 +217,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
                                     output_names=["logits"], verbose=False)
     from ..weights import atomic_write
 
-    def save(tmp: str) -> None:  # checked before it replaces anything at fp32_path
-        program.save(tmp)
-        _check_file_opset(tmp, opset, fp32_path)
+    # int8: the fp32 graph the quantizer reads is scratch, not a file left (or overwritten) beside the output
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32_path = Path(scratch) / "fp32.onnx" if int8 else path
 
-    atomic_write(fp32_path, save)
-    if int8:
-        atomic_write(path, lambda tmp: (_onnx_quantize(fp32_path, Path(tmp), calibration_data, ort),
-                                        _check_file_opset(tmp, opset, path)))
+        def save(tmp: str) -> None:  # checked before it replaces anything at fp32_path
+            program.save(tmp)
+            _check_file_opset(tmp, opset, fp32_path)
+
+        atomic_write(fp32_path, save)
+        if int8:
+            atomic_write(path, lambda tmp: (_onnx_quantize(fp32_path, Path(tmp), calibration_data, ort),
+                                            _check_file_opset(tmp, opset, path)))
     check = int8_check_images(calibration_data) if int8 else _inputs(model, input_size, 3, seed=1)
     diff, agree, tol = float("nan"), float("nan"), tolerance
     if verify:
