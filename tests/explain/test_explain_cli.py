@@ -338,3 +338,19 @@ def test_gradflow_reads_data_as_grey_for_a_one_channel_checkpoint(setup):
     assert main(["explain", "gradflow", "--model", str(gray), "--data", str(data), "--batch-size", "4",
                  "--steps", "1", "--out", str(tmp / "f")]) == 0
     assert [len(v) for v in json.loads((tmp / "f" / "gradflow.json").read_text()).values()] == [2]
+
+
+def test_gradcam_into_the_same_folder_leaves_no_overlay_of_the_earlier_run(setup):
+    """A second run explaining fewer images left the first run's extra overlays, which the report then showed."""
+    tmp, data, ckpt = setup
+    out = tmp / "cams"
+    keep = out / "notes.png"  # not the command's: never removed
+    assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data / "class_1"), "--out", str(out)]) == 0
+    keep.write_bytes(b"mine")
+    first = sorted(p.name for p in out.glob("gradcam_0*.png"))
+    assert len(first) == 6
+    assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data / "class_2" / "00000.png"),
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("gradcam_0*.png")) == ["gradcam_000_00000.png"]
+    assert keep.read_bytes() == b"mine" and (out / "gradcam_gallery.png").is_file()
+    assert [row["png"] for row in json.loads((out / "gradcam.json").read_text())] == [str(out / "gradcam_000_00000.png")]

@@ -81,6 +81,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     from ..data.loader import EVAL_CROP_FRACTION
     from ..evaluate.robustness import pixel_model_from_checkpoint
     from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
+    from ..weights import atomic_write
 
     image_paths = _image_paths(args.images)
     out = check_output(args.out, reads=args.images, option="--out", directory=True)  # not into the images
@@ -123,9 +124,26 @@ def run_gradcam(args: argparse.Namespace) -> int:
                      "probability": float(probs[i, cls]), "png": str(target_png)})
         print(f"{path} -> {target_png}: {title}")
     save_gallery(out / "gradcam_gallery.png", x.cpu(), cams.cpu(), titles)
-    (out / "gradcam.json").write_text(json.dumps(rows, indent=2))
+    _remove_stale_overlays(out / "gradcam.json", {row["png"] for row in rows})
+    atomic_write(out / "gradcam.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
     print(f"wrote {len(rows)} overlays and {out / 'gradcam_gallery.png'}")
     return 0
+
+
+def _remove_stale_overlays(record: Path, written: set[str]) -> None:
+    """An earlier run into the same --out listed its overlays in gradcam.json; those this run did not write again
+    (it explained fewer or other images) would sit in the report beside the new ones. Only files that record
+    names are removed."""
+    try:
+        previous = json.loads(record.read_text(encoding="utf-8"))
+        listed = {str(row["png"]) for row in previous}
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # no earlier run, or a record that is not ours: leave every file alone
+    for png in listed - written:
+        path = Path(png)
+        if path.parent.resolve() == record.parent.resolve() and path.name.startswith("gradcam_") \
+                and path.suffix == ".png":
+            path.unlink(missing_ok=True)
 
 
 def _check_checkpoint_classes(checkpoint: str, classes: list[str]) -> None:
