@@ -106,3 +106,14 @@ def test_a_line_torn_by_a_kill_does_not_drop_the_training_curves(tmp_path):
     assert len(found.metrics) == 5 and found.unreadable == [
         next(u for u in found.unreadable if u.startswith("metrics.jsonl line 6 (skipped)"))]
     assert "Training curves" in render_report(run).read_text()
+
+
+def test_a_result_file_of_an_unexpected_layout_is_listed_not_fatal(tmp_path):
+    """A hand-made calibration-like file without a temperature stopped the whole report with a KeyError."""
+    run = _make_run(tmp_path / "run")
+    (run / "calib.json").write_text(json.dumps({"ece": 0.1, "bins": [], "nll": 0.5}))
+    (run / "corr.json").write_text(json.dumps({"mean_error": 0.2, "accuracy": {"fog": "high"}}))
+    page = render_report(run).read_text()
+    assert "Training curves" in page and "Files that could not be read" in page
+    assert "calib.json (skipped: not the layout resnets writes; KeyError" in page
+    assert "corr.json (skipped: not the layout resnets writes;" in page

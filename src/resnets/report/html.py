@@ -259,6 +259,15 @@ def _robustness_plot(results: dict[str, dict[str, Any]]) -> bytes:
 
 
 # ----------------------------------------------------------------- sections
+def _add_section(sections: list[Section], found: RunContents, source: str, build: Callable[[], Section]) -> None:
+    """A hand-edited or foreign result file must not stop the whole report: its section is left out and the
+    file is listed among those that could not be read."""
+    try:
+        sections.append(build())
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError) as exc:
+        found.unreadable.append(f"{source} (skipped: not the layout resnets writes; {type(exc).__name__}: {exc})")
+
+
 def _sections(found: RunContents, run_dir: Path) -> list[Section]:
     sections: list[Section] = []
     if found.summary:
@@ -268,48 +277,69 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
     if found.config_text:
         sections.append(Section("Configuration", f"<pre>{html.escape(found.config_text)}</pre>"))
     if found.metrics:
-        last = found.metrics[-1]
-        rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in last.items()]
-        sections.append(Section("Training curves", _img(_curves(found.metrics), "training curves")
-                                + f"<p>{len(found.metrics)} epochs logged; last record:</p>" + _table(["metric", "value"], rows)))
-    for name, data in found.evals.items():
-        body = (f"<p>top-1 {_pct(data.get('top1'))}, top-5 {_pct(data.get('top5'))}, loss {data.get('loss', 0):.4f}, "
-                f"{data.get('count')} images, TTA {html.escape(str(data.get('tta')))}</p>")
-        body += _img(_confusion(data), "confusion matrix")
-        if data.get("per_class_accuracy"):
-            body += _img(_per_class(data["per_class_accuracy"]), "per-class accuracy")
-        sections.append(Section(f"Evaluation: {name}", body))
-    if not found.evals and found.summary and isinstance(found.summary.get("final_per_class_top1"), dict):
-        sections.append(Section("Per-class accuracy", _img(_per_class(found.summary["final_per_class_top1"]),
-                                                           "per-class accuracy")))
-    for name, data in found.calibration.items():
-        from ..evaluate.calibration import reliability_diagram
+        def curves() -> Section:
+            last = found.metrics[-1]
+            rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in last.items()]
+            return Section("Training curves", _img(_curves(found.metrics), "training curves")
+                           + f"<p>{len(found.metrics)} epochs logged; last record:</p>"
+                           + _table(["metric", "value"], rows))
 
-        png = _png_via_file(lambda p, data=data: reliability_diagram(data, p))
-        body = _table(["", "ECE", "NLL"], [["as trained", f"{data['ece']:.4f}", f"{data['nll']:.4f}"],
-                                          [f"temperature {data['temperature']:.3f}", f"{data['ece_scaled']:.4f}",
-                                           f"{data['nll_scaled']:.4f}"]])
-        sections.append(Section(f"Calibration: {name}", body + _img(png, "reliability diagram")))
+        _add_section(sections, found, "metrics.jsonl", curves)
+    for name, data in found.evals.items():
+        def evaluation(name: str = name, data: dict = data) -> Section:
+            body = (f"<p>top-1 {_pct(data.get('top1'))}, top-5 {_pct(data.get('top5'))}, loss "
+                    f"{data.get('loss', 0):.4f}, {data.get('count')} images, TTA {html.escape(str(data.get('tta')))}</p>")
+            body += _img(_confusion(data), "confusion matrix")
+            if data.get("per_class_accuracy"):
+                body += _img(_per_class(data["per_class_accuracy"]), "per-class accuracy")
+            return Section(f"Evaluation: {name}", body)
+
+        _add_section(sections, found, name, evaluation)
+    if not found.evals and found.summary and isinstance(found.summary.get("final_per_class_top1"), dict):
+        _add_section(sections, found, "summary.json", lambda: Section(
+            "Per-class accuracy", _img(_per_class(found.summary["final_per_class_top1"]), "per-class accuracy")))
+    for name, data in found.calibration.items():
+        def calibration(name: str = name, data: dict = data) -> Section:
+            from ..evaluate.calibration import reliability_diagram
+
+            body = _table(["", "ECE", "NLL"], [["as trained", f"{data['ece']:.4f}", f"{data['nll']:.4f}"],
+                                              [f"temperature {data['temperature']:.3f}", f"{data['ece_scaled']:.4f}",
+                                               f"{data['nll_scaled']:.4f}"]])
+            png = _png_via_file(lambda p: reliability_diagram(data, p))
+            return Section(f"Calibration: {name}", body + _img(png, "reliability diagram"))
+
+        _add_section(sections, found, name, calibration)
     if found.robustness:
-        rows = []
-        for name, r in found.robustness.items():
-            for eps, acc in zip(r["epsilons"], r["accuracy"]):
-                eps_text = f"{eps * 255:.1f}/255" if r.get("norm") == "linf" else f"{eps:g}"
-                rows.append([name, r["attack"], r.get("norm"), r.get("steps"), r.get("restarts"), eps_text, _pct(acc)])
-        sections.append(Section("Adversarial robustness", _img(_robustness_plot(found.robustness), "robustness")
-                                + _table(["source", "attack", "norm", "steps", "restarts", "epsilon", "accuracy"], rows)))
+        def robustness() -> Section:
+            rows = []
+            for name, r in found.robustness.items():
+                for eps, acc in zip(r["epsilons"], r["accuracy"]):
+                    eps_text = f"{eps * 255:.1f}/255" if r.get("norm") == "linf" else f"{eps:g}"
+                    rows.append([name, r["attack"], r.get("norm"), r.get("steps"), r.get("restarts"), eps_text,
+                                 _pct(acc)])
+            return Section("Adversarial robustness", _img(_robustness_plot(found.robustness), "robustness")
+                           + _table(["source", "attack", "norm", "steps", "restarts", "epsilon", "accuracy"], rows))
+
+        _add_section(sections, found, ", ".join(found.robustness), robustness)
     for name, data in found.corruptions.items():
-        rows = [[c] + [_pct(a) for a in accs] + [_pct(sum(accs) / len(accs))] for c, accs in data["accuracy"].items()]
-        extra = f", mCE {data['mce'] * 100:.1f}" if "mce" in data else ""
-        body = (f"<p>clean accuracy {_pct(data['clean_accuracy'])}, mean corruption error "
-                f"{_pct(data['mean_error'])}{extra} ({data.get('samples')} images)</p>")
-        sections.append(Section(f"Corruptions: {name}", body + _table(
-            ["corruption", "s1", "s2", "s3", "s4", "s5", "mean"], rows)))
+        def corruptions(name: str = name, data: dict = data) -> Section:
+            rows = [[c] + [_pct(a) for a in accs] + [_pct(sum(accs) / len(accs))]
+                    for c, accs in data["accuracy"].items()]
+            extra = f", mCE {data['mce'] * 100:.1f}" if "mce" in data else ""
+            body = (f"<p>clean accuracy {_pct(data['clean_accuracy'])}, mean corruption error "
+                    f"{_pct(data['mean_error'])}{extra} ({data.get('samples')} images)</p>")
+            return Section(f"Corruptions: {name}", body + _table(["corruption", "s1", "s2", "s3", "s4", "s5", "mean"],
+                                                                 rows))
+
+        _add_section(sections, found, name, corruptions)
     for name, data in found.groups.items():
-        rows = [[g, v["count"], _pct(v["accuracy"])] for g, v in data["per_group"].items()]
-        body = (f"<p>worst group {html.escape(str(data['worst_group']))}: {_pct(data['worst_group_accuracy'])} "
-                f"(gap to overall {_pct(data['worst_group_gap'])})</p>")
-        sections.append(Section(f"Groups: {name}", body + _table(["group", "images", "accuracy"], rows)))
+        def groups(name: str = name, data: dict = data) -> Section:
+            rows = [[g, v["count"], _pct(v["accuracy"])] for g, v in data["per_group"].items()]
+            body = (f"<p>worst group {html.escape(str(data['worst_group']))}: {_pct(data['worst_group_accuracy'])} "
+                    f"(gap to overall {_pct(data['worst_group_gap'])})</p>")
+            return Section(f"Groups: {name}", body + _table(["group", "images", "accuracy"], rows))
+
+        _add_section(sections, found, name, groups)
     if found.gradflow:
         from ..explain.gradflow import plot_gradient_flow
 
@@ -319,12 +349,15 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
         png = _png_via_file(lambda p: plot_gradient_flow({"run": picks}, p))
         sections.append(Section("Gradient flow", _img(png, "gradient flow")))
     if found.degradation:
-        from ..explain.degradation import plot_degradation
+        def degradation() -> Section:
+            from ..explain.degradation import plot_degradation
 
-        png = _png_via_file(lambda p: plot_degradation(found.degradation, p))
-        rows = [[k, _pct(v["train_error"]), _pct(v["val_error"])] for k, v in found.degradation["final"].items()]
-        sections.append(Section("Degradation experiment", _img(png, "degradation")
-                                + _table(["model", "train error", "val error"], rows)))
+            rows = [[k, _pct(v["train_error"]), _pct(v["val_error"])] for k, v in found.degradation["final"].items()]
+            png = _png_via_file(lambda p: plot_degradation(found.degradation, p))
+            return Section("Degradation experiment", _img(png, "degradation")
+                           + _table(["model", "train error", "val error"], rows))
+
+        _add_section(sections, found, "degradation.json", degradation)
     if found.gradcam_images:
         tiles = "".join(f'<figure>{_img(p.read_bytes(), p.name)}<figcaption>{html.escape(p.name)}</figcaption></figure>'
                         for p in found.gradcam_images)
