@@ -216,6 +216,19 @@ class ResNet(nn.Module):
             raise InputError(f"model takes {self.spec.in_chans} input channels, got {x.shape[1]} "
                              f"(shape {tuple(x.shape)}); create the model with in_chans={x.shape[1]} "
                              "or convert the images")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise InputError(f"model takes floating-point images, got a {x.dtype} batch; convert it first, "
+                             "e.g. x.float() / 255 and the normalisation the model was trained with")
+        sides = [self.spec.final_side(s, temporal=(rank == 5 and i == 0)) for i, s in enumerate(x.shape[2:])]
+        if min(sides) < 1:
+            smallest = next(s for s in range(1, 4096) if self.spec.final_side(s) >= 1)
+            raise InputError(f"input of shape {tuple(x.shape)} is too small for this model: its stem and pooling "
+                             f"need a side of at least {smallest} px")
+        if self.training and x.shape[0] == 1 and all(s == 1 for s in sides) and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modules()):
+            raise InputError(f"a batch of one {'x'.join(map(str, x.shape[2:]))} input in training mode leaves "
+                             "BatchNorm a single value per channel in the last stage (a 1x1 map); train on "
+                             "batches of 2 or more or larger inputs, or call model.eval() for inference")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(self.conv1(x)))
@@ -263,11 +276,18 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one (0 removes it); the spec follows."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a freshly initialised one (0 removes it); the spec follows.
+
+        ``global_pool`` ("avg" or "max") also swaps the pooling, as timm's method of the same name does.
+        """
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.spec = self.spec.replace(num_classes=num_classes)
+        if global_pool is not None and global_pool not in ("avg", "max"):
+            raise ValueError(f"global_pool={global_pool!r} is not supported; choose 'avg' or 'max' (forward_features "
+                             "gives the unpooled feature map)")
+        self.spec = self.spec.replace(num_classes=num_classes, head_pool=global_pool or self.spec.head_pool)
+        self.avgpool = pool_layer(self.spec)
         if "classes" in getattr(self, "pretrained_cfg", {}):  # published category names belong to the old head
             self.pretrained_cfg = {k: v for k, v in self.pretrained_cfg.items() if k != "classes"}
         device = next(self.parameters()).device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ CONV_TYPES = ("2d", "3d", "2plus1d")
 ACTIVATIONS = ("relu", "gelu")
 HEAD_POOLS = ("avg", "max")
 SMALL_INPUT_STEMS = ("cifar", "patch")
+INT_FIELDS = ("stem_width", "groups", "width_per_group", "in_chans", "num_classes", "output_stride")
+FLOAT_FIELDS = ("width_multiplier", "dropout", "drop_path_rate", "head_dropout", "se_ratio", "logit_scale",
+                "norm_momentum")
+BOOL_FIELDS = ("zero_init_last", "residual", "norm_scale")
 
 
 class SpecError(ValueError):
@@ -101,10 +106,30 @@ class ResNetSpec:
 
     def __post_init__(self) -> None:
         # Normalise sequences coming from JSON/YAML (lists) into tuples so the spec stays hashable.
+        # Wrong types (a string from YAML, a float count) would otherwise pass or fail deep inside torch.
         for name in ("layers", "widths", "strides", "block_widths"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(int(v) for v in value))
+            if value is None:
+                continue
+            if not isinstance(value, (tuple, list)) or not all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+                raise SpecError(f"{name}={value!r} must be a list of whole numbers "
+                                "(one per stage; per block for block_widths)")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "output_stride":
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise SpecError(f"{name}={value!r} must be a whole number")
+            object.__setattr__(self, name, int(value))
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise SpecError(f"{name}={value!r} must be a number")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name}={getattr(self, name)!r} must be true or false")
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -123,6 +148,8 @@ class ResNetSpec:
         need(len(self.widths) == len(self.layers),
              f"widths has {len(self.widths)} entries but layers has {len(self.layers)}: give one width per stage")
         need(all(w >= 1 for w in self.widths), f"widths={self.widths} must be positive")
+        need(self.stem_width >= (2 if self.stem == "deep" else 1),
+             f"stem_width={self.stem_width} must be at least {2 if self.stem == 'deep' else 1}")
         if self.strides is not None:
             need(len(self.strides) == len(self.layers),
                  f"strides has {len(self.strides)} entries but layers has {len(self.layers)}: give one stride per stage")
@@ -133,6 +160,14 @@ class ResNetSpec:
                  f"groups={self.groups}, width_per_group={self.width_per_group} need bottleneck blocks "
                  f"(ResNeXt / wide bottlenecks); with block={self.block!r} use width_multiplier to widen instead")
         need(self.width_multiplier > 0, "width_multiplier must be positive")
+        need(all(w >= 1 for w in self.stage_widths),
+             f"width_multiplier={self.width_multiplier} leaves a stage of widths {self.widths} with no channels "
+             f"({self.stage_widths}); use a larger multiplier")
+        if self.shortcut == "A" and self.residual:  # zero padding can add channels, never remove them
+            chans = (self.stem_width,) + self.stage_out_channels
+            need(all(a <= b for a, b in zip(chans, chans[1:])),
+                 f"shortcut='A' pads channels with zeros, so widths cannot shrink, but the stem and stages give "
+                 f"{' -> '.join(map(str, chans))} channels; use shortcut='B' (projection) or a smaller stem_width")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(0.0 <= self.head_dropout < 1.0, f"head_dropout={self.head_dropout} must be in [0, 1)")
         need(0.0 <= self.drop_path_rate < 1.0, f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
@@ -161,6 +196,7 @@ class ResNetSpec:
             need(self.conv_type == "2d", "block_widths is supported for 2-D networks only")
         if self.se_ratio > 0:
             need(not self.is_preact, "squeeze-excitation is defined here for post-activation blocks only")
+            need(self.conv_type == "2d", "squeeze-excitation is defined here for 2-D networks only; set se_ratio=0")
         need(self.act in ACTIVATIONS, f"act={self.act!r} is unknown; choose one of {ACTIVATIONS}")
         need(self.act == "relu" or self.block == "conv_pool" or self.stem == "patch",
              f"act={self.act!r} applies to conv_pool blocks and the patch stem; the {self.block} blocks use ReLU "
@@ -219,6 +255,21 @@ class ResNetSpec:
     @property
     def effective_output_stride(self) -> int:
         return self.output_stride or self.natural_stride
+
+    def final_side(self, side: int, temporal: bool = False) -> int:
+        """Side of the last feature map for an input side (``temporal``: a clip's length).
+
+        Every downsampling here rounds up (padded strided convs and pools, ceil-mode average pools),
+        except the patch stem (``side - 1``) and the 2x2 max-pools of ``conv_pool`` blocks (round down).
+        """
+        stage_stride = self.effective_output_stride // self.stem_stride
+        if self.stem == "patch":
+            side -= 1
+        elif not temporal:
+            side = -(-side // self.stem_stride)
+        if self.block == "conv_pool":
+            return max(side // stage_stride, 0)
+        return max(-(-side // stage_stride), 0)
 
     @property
     def stage_widths(self) -> tuple[int, ...]:

@@ -418,11 +418,30 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
         load_state_dict(model, source, adapt=adapt, strict=strict)
         return None
     ckpt = read_checkpoint(source)
+    spec = getattr(model, "spec", None)
+    if strict and ckpt.spec is not None and isinstance(spec, ResNetSpec):
+        _check_same_function(ckpt.spec, spec, source)
     try:
         load_state_dict(model, ckpt.state_dict, adapt=adapt, strict=strict)
     except CheckpointError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     return ckpt
+
+
+# Spec fields that change what the same tensors compute (a plain net and its option-A twin, v1 and v1.5
+# bottlenecks have identical state dicts), so only the stored spec can tell the models apart.
+_FUNCTION_FIELDS = ("residual", "stride_on", "act", "head_pool", "logit_scale")
+
+
+def _check_same_function(saved: ResNetSpec, model: ResNetSpec, source: str | os.PathLike) -> None:
+    fields = [f for f in _FUNCTION_FIELDS if f != "stride_on" or saved.is_bottleneck]  # basic blocks ignore it
+    diffs = [f"{name}={getattr(saved, name)!r} (model: {getattr(model, name)!r})" for name in fields
+             if getattr(saved, name) != getattr(model, name)]
+    if diffs:
+        raise CheckpointError(f"{source}: the checkpoint was saved from another architecture whose tensors have the "
+                              f"same names and shapes: {', '.join(diffs)}; rebuild its own model with "
+                              "resnets.model_from_checkpoint(path), or call load_weights(model, path, strict=False) to "
+                              "load the tensors anyway")
 
 
 def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[ResNet, Checkpoint]:
