@@ -148,3 +148,19 @@ def test_fixed_class_list_with_missing_folders(tmp_path):
     splits = load_data(root, classes=["zebra", "class_1", "class_0"], cache_dir=tmp_path / "cache")
     assert splits.classes == splits.train.classes == splits.val.classes == ["zebra", "class_1", "class_0"]
     assert sorted(splits.train.labels.tolist()) == [1, 1, 1, 2, 2, 2]
+
+
+def test_a_val_class_that_train_lacks_is_named_in_training_terms(tmp_path):
+    root = make_split_folder(tmp_path / "data", classes=2, train_per_class=3, val_per_class=1, size=8)
+    make_image_folder(root / "val", classes=1, per_class=1, size=8, names=["zebra"])
+    with pytest.raises(DataError, match=r"class folder\(s\) that .*train lacks: zebra") as caught:
+        load_data(root, cache_dir=tmp_path / "cache")
+    assert "not trained on" not in str(caught.value)  # the evaluation message pointed at another model
+
+
+def test_streamed_statistics_do_not_depend_on_which_split_filled_the_cache(tmp_path):
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=4, size=72, fmt="jpg")
+    load_data(root, val_split=0.5, seed=0, cache_dir=tmp_path / "a")  # seed 0 holds out other files
+    shared = load_data(root, val_split=0.5, seed=1, cache_dir=tmp_path / "a")
+    alone = load_data(root, val_split=0.5, seed=1, cache_dir=tmp_path / "b")
+    assert not shared.in_memory and shared.mean == alone.mean and shared.std == alone.std

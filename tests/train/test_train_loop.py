@@ -202,6 +202,15 @@ def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_damaged_last_pt_is_named_without_torchs_weights_only_advice(tmp_path):
+    from resnets.weights import CheckpointError
+
+    (tmp_path / "last.pt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a readable training checkpoint") as caught:
+        load_training_checkpoint(tmp_path / "last.pt")
+    assert "weights_only" not in str(caught.value)  # torch's advice would have it loaded unsafely
+
+
 def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     def poisoned(trainer, images, targets):
         logits = trainer.forward_model(images)
@@ -291,6 +300,32 @@ def test_time_budget_fits_the_run_and_leaves_the_model_untouched():
     trainer.elapsed = 0.01  # 1 ms/step: much faster than fitted
     trainer.refit_time_budget()
     assert trainer.total_steps == 150 and [r["total_steps"] for r in trainer.budget_fit["refits"]] == [14, 150]
+
+
+def test_a_time_budget_fits_a_run_counted_in_steps_too():
+    # he2015-cifar counts 64000 steps: --time-budget used to be ignored for it without a word
+    class Fitted(Callback):
+        def on_step_end(self, trainer, step, loss):
+            assert trainer.budget_fit is not None, "the budget was not fitted: the run would take 6000 steps"
+
+    trainer = Trainer(tiny_config(epochs=None, steps=6000, time_budget=0.02, schedule="step", milestones=[3000],
+                                  milestone_unit="steps"), splits=tiny_splits(), callbacks=[Fitted()])
+    result = trainer.fit()
+    assert trainer.budget_fit is not None and trainer.budget_fit["nominal_steps"] == 6000
+    assert result.steps == trainer.total_steps < 6000
+    assert abs(trainer.config.milestones[0] - trainer.total_steps / 2) <= 1  # the milestone scaled with the run
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path):
+    from resnets.weights import CheckpointError
+
+    train(tiny_config(epochs=1), tmp_path / "run", splits=tiny_splits())
+    fewer = tiny_splits()
+    fewer.train = fewer.train.subset(torch.arange(30))  # images removed (or added) under a fixed normalisation
+    with pytest.raises(CheckpointError, match="data changed since the run started"):
+        trainer_module.resume(tmp_path / "run", splits=fewer)
+    with pytest.raises(CheckpointError, match="trained on 8 px images"):
+        trainer_module.resume(tmp_path / "run", splits=tiny_splits(size=12))
 
 
 def test_time_budget_counts_the_evaluations_left_at_their_measured_cost():

@@ -116,3 +116,15 @@ def test_resume_errors_name_the_problem(workspace, tmp_path, capsys):
     (kd / "distill.yaml").write_text("command: finetune\n")
     assert main(["distill", "--resume", str(kd)]) == 2
     assert "is not a record of `resnets distill`" in capsys.readouterr().err
+
+
+def test_a_finetune_that_fails_to_start_leaves_the_folder_free_for_the_corrected_command(workspace, tmp_path, capsys):
+    root, data, source, teacher, _ = workspace
+    out = tmp_path / "ft"
+    common = ["finetune", "--from", str(source), "--data", str(data), "--out", str(out), "--epochs", "1"]
+    assert main([*common, "--batch-size", "1000"]) == 2  # no full batch: refused before any work
+    assert main([*common, "--batch-size", "8", "--augment", "bogus"]) == 2
+    assert "no full batch" in capsys.readouterr().err
+    assert not (out / "finetune.yaml").exists()  # its record used to block the retry ("already holds a run")
+    assert main([*common, "--batch-size", "8"]) == 0
+    assert (out / "finetune.yaml").is_file() and (out / "last.pt").is_file()

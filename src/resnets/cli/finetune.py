@@ -181,7 +181,9 @@ def _start(args: argparse.Namespace) -> int:
     metadata = {"classes": list(splits.classes), "mean": list(splits.mean), "std": list(splits.std),
                 "image_size": int(splits.image_size), "source": info.origin, "source_classes": info.num_classes,
                 "finetune": recorded_args(args)}
-    write_record(out, "finetune", args, source_spec=info.spec.to_dict(), dataset=splits.describe())
+    # the record is written only once nothing in the arguments can fail any more (below, before the work
+    # starts): a record left by a start that failed would make the folder refuse the corrected command
+    record = dict(source_spec=info.spec.to_dict(), dataset=splits.describe())
     try:
         augment = (AugmentConfig.preset("cifar" if splits.in_memory else "imagenet") if args.augment == "auto"
                    else AugmentConfig.preset(args.augment))
@@ -192,6 +194,7 @@ def _start(args: argparse.Namespace) -> int:
                   if splits.val is not None and len(splits.val) else None)
 
     if args.linear_probe:
+        write_record(out, "finetune", args, **record)
         eval_loader = make_loader(splits.train, batch_size=256, train=False, device=device)
         result = linear_probe(model, eval_loader, len(splits.classes), val_batches=val_loader,
                               cache_dir=out / "features", data_key=f"{args.data}|{splits.image_size}|{args.seed}",
@@ -226,6 +229,7 @@ def _start(args: argparse.Namespace) -> int:
         # rate and multiplies. Progressive unfreezing runs as a callback at each epoch start.
         trainer = Trainer(train_config, out, splits=splits, model=model, param_groups=groups,
                           callbacks=_callbacks(unfreezer))
+        write_record(out, "finetune", args, **record)
         result = trainer.fit()
     except (ConfigError, NonFiniteLossError) as exc:
         raise UserError(str(exc)) from None

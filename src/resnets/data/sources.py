@@ -89,6 +89,19 @@ def _check_training_classes(train, classes: Sequence[str], folder: Path) -> None
                     f"per class ({folder}/<class>/<image>)")
 
 
+def _check_held_out_classes(folder: Path, train_classes: Sequence[str], train_root: Path) -> None:
+    """A val/ or test/ class folder that train/ lacks: say so in training's terms (the evaluation message
+    would speak of a model "not trained on" it, and suggest evaluating another model)."""
+    from .folder import find_classes
+
+    extra = [name for name in find_classes(folder) if name not in set(train_classes)]
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise DataError(f"{folder} has class folder(s) that {train_root} lacks: {shown}; every class to validate "
+                        f"on needs training images: add {train_root}/<class>/ folders for them, or move them out "
+                        f"of {folder}")
+
+
 def _probe_size(entries: Sequence[FileEntry], count: int = 16) -> int:
     """The largest side among a few readable images spread over the list (headers only)."""
     from PIL import Image
@@ -140,8 +153,13 @@ def _stats(normalization: Normalization, name: str | None, train, cache_dir, key
         return resolve_known_stats(name)
     if isinstance(train, TensorImageDataset):
         return compute_mean_std(train.images)
-    # Streaming: measure on a seeded sample of 256 training images, remembered on disk per file list.
-    path = cache_root(cache_dir) / "stats" / f"{key}.json"
+    # Streaming: measure on a seeded sample of 256 training images, remembered on disk per file list and per
+    # training split (another seed or val_split holds out other files: its statistics must not depend on which
+    # run filled the cache first, or a run resumed with another cache would find them changed).
+    import hashlib
+
+    chosen_files = hashlib.sha256("\n".join(train.paths).encode()).hexdigest()[:16]
+    path = cache_root(cache_dir) / "stats" / f"{key}-{chosen_files}.json"
     try:
         stored = json.loads(path.read_text())
         return tuple(stored["mean"]), tuple(stored["std"])
@@ -293,6 +311,8 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
         held = {}
         for role in ("val", "test"):
             if role in splits:
+                if classes is None:
+                    _check_held_out_classes(splits[role], found_classes, train_root)
                 mapping = map_folder_classes(list(found_classes) if classes is None else list(classes), splits[role])
                 size = image_size if image_size is not None else (train.image_size if small else None)
                 held[role], _, more, _, _ = _folder_dataset(splits[role], mapping, size, cache_dir, workers, small)

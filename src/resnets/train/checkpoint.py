@@ -67,8 +67,11 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for torn or unsafe files
-        raise CheckpointError(f"{str(path)!r} is not a readable training checkpoint ({str(exc).splitlines()[0]}); "
-                              "it may be damaged") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in reason:  # torch's advice (load with weights_only=False) is not one to follow here
+            reason = "not tensors and plain data only, as every last.pt resnets writes"
+        raise CheckpointError(f"{str(path)!r} is not a readable training checkpoint ({reason}); it may be damaged: "
+                              "resume from an intact copy, or start a new run") from None
     if not isinstance(body, dict) or body.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{str(path)!r} is not a resnets training checkpoint (no 'kind: {CHECKPOINT_KIND}')")
     if body.get("version", 0) > CHECKPOINT_VERSION:

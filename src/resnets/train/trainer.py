@@ -223,7 +223,8 @@ class Trainer:
         self.error_warmup_active = bool(config.error_warmup_lr) and (
             not config.error_warmup_models or config.model in config.error_warmup_models)
         self._reset_epoch_sums()
-        self.total_steps = config.total_steps(self.steps_per_epoch) if config.time_budget is None or config.steps else 0
+        # a time budget fits the length at start (fit_time_budget): a recipe's steps or epochs are its nominal length
+        self.total_steps = config.total_steps(self.steps_per_epoch) if config.time_budget is None else 0
         self.schedule = (LRSchedule.from_config(config, self.steps_per_epoch, self.total_steps)
                          if self.total_steps else None)
         self.lr = config.base_lr
@@ -579,6 +580,7 @@ class Trainer:
             "classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
             "image_size": int(self.splits.image_size), "model_name": self.config.model,
             "config": self.config.to_dict(), "resume_needs": list(self._resume_needs),
+            "data_sizes": self._data_sizes(),
         }
         if self.ema is not None:
             state["state_dict_ema"] = {k: v.detach().cpu() for k, v in self.ema.state.items()}
@@ -613,6 +615,14 @@ class Trainer:
         if all(saved) and not torch.allclose(torch.tensor(saved), torch.tensor(now), atol=1e-6):
             raise CheckpointError(f"the checkpoint was trained on images normalised with mean/std {saved}, but the "
                                   f"data now gives {now}; resume with the data and normalization the run started with")
+        if int(body.get("image_size", self.splits.image_size)) != int(self.splits.image_size):
+            raise CheckpointError(f"the checkpoint was trained on {body['image_size']} px images, but the data now "
+                                  f"gives {self.splits.image_size} px; resume with the data the run started with")
+        sizes = body.get("data_sizes")  # absent in checkpoints of older versions
+        if sizes is not None and list(sizes) != self._data_sizes():
+            then, now = (f"{train} training and {val} validation images" for train, val in (sizes, self._data_sizes()))
+            raise CheckpointError(f"the data changed since the run started ({then} then, {now} now): the run "
+                                  "cannot continue exactly; restore the data it started with, or start a new run")
         p = body["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
         self.total_steps = int(p["total_steps"])
@@ -629,6 +639,10 @@ class Trainer:
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         restore_rng_state(body["rng"])
         self._resumed = True
+
+    def _data_sizes(self) -> list[int]:
+        """The sizes of the splits, recorded in last.pt: a resume on other data would visit other batches."""
+        return [len(self.splits.train), len(self.splits.val) if self.splits.val is not None else 0]
 
     def _restore_budget_fit(self, fit: dict | None) -> None:
         """A resumed time-budgeted run keeps re-fitting to what is left of its budget (the checkpoint's
@@ -715,7 +729,7 @@ class Trainer:
         c = self.config
         if not self._resumed:
             self._refuse_a_used_run_dir()
-        if not self._resumed and c.time_budget is not None and not c.steps:
+        if not self._resumed and c.time_budget is not None:  # a resumed run keeps its fit (load_training_state)
             self.fit_time_budget()
         self._prepare_run_dir()
         for callback in self.callbacks:
