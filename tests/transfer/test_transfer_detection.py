@@ -126,3 +126,10 @@ def test_detection_errors_in_words():
         fpn_backbone("r3d_18")
     with pytest.raises(PolicyError, match="anchor_sizes has 2 entries but the pyramid has 5 levels"):
         faster_rcnn("resnet18", num_classes=2, anchor_sizes=(16, 32))
+    # torchvision hands unknown keywords to its image transform, which drops them: a 3-channel net was built
+    with pytest.raises(PolicyError, match=r"FasterRCNN takes no keyword 'in_chans'; in_chans is an option of the "
+                                          r"backbone: build it with fpn_backbone\(NAME, in_chans=...\)"):
+        faster_rcnn("resnet18", num_classes=2, in_chans=1)
+    with pytest.raises(PolicyError, match="MaskRCNN takes no keyword 'bogus_option'$"):
+        mask_rcnn("resnet18", num_classes=2, bogus_option=1)
+    assert faster_rcnn("resnet18", num_classes=2, min_size=64, max_size=96, size_divisible=16).transform.min_size == (64,)

@@ -130,6 +130,27 @@ def _detector_parts(backbone: str | ResNetSpec | nn.Module, returned_layers: Seq
     return fpn, parts
 
 
+def _check_detector_kwargs(detector: type, kwargs: dict[str, Any]) -> None:
+    """torchvision's detectors pass unknown keywords to their image transform, which ignores them: a backbone
+    option given here (in_chans=1, drop_path_rate) built a different model than asked, without a word."""
+    import dataclasses
+    import inspect
+
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    known = {name for cls in (detector, GeneralizedRCNNTransform)
+             for name, p in inspect.signature(cls.__init__).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self" and not name.startswith("_")}
+    unknown = sorted(set(kwargs) - known)
+    if not unknown:
+        return
+    backbone_options = [name for name in unknown if name in {f.name for f in dataclasses.fields(ResNetSpec)}]
+    hint = (f"; {', '.join(backbone_options)} {'is an option' if len(backbone_options) == 1 else 'are options'} of "
+            f"the backbone: build it with fpn_backbone(NAME, {backbone_options[0]}=...) and pass that as backbone "
+            "(with image_mean/image_std of its channel count)" if backbone_options else "")
+    raise PolicyError(f"{detector.__name__} takes no keyword {', '.join(map(repr, unknown))}{hint}")
+
+
 def faster_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: int = 91,
                 weights_backbone: str | os.PathLike | None = None, trainable_layers: int = 3, norm: str = "frozen",
                 returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
@@ -141,6 +162,7 @@ def faster_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes
     ``box_detections_per_img``, ...). With ``backbone="resnet50"`` the state dict has torchvision's
     ``fasterrcnn_resnet50_fpn`` names and shapes, so its checkpoints load directly.
     """
+    _check_detector_kwargs(FasterRCNN, detector_kwargs)
     fpn, parts = _detector_parts(backbone, returned_layers, anchor_sizes,
                                  {"trainable_layers": trainable_layers, "norm": norm, "weights": weights_backbone})
     return FasterRCNN(fpn, num_classes=num_classes, **{**parts, **detector_kwargs})
@@ -151,6 +173,7 @@ def mask_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: 
               returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
               **detector_kwargs: Any) -> MaskRCNN:
     """torchvision's ``MaskRCNN`` on a resnets FPN backbone (arguments as ``faster_rcnn``)."""
+    _check_detector_kwargs(MaskRCNN, detector_kwargs)
     fpn, parts = _detector_parts(backbone, returned_layers, anchor_sizes,
                                  {"trainable_layers": trainable_layers, "norm": norm, "weights": weights_backbone})
     names = parts["box_roi_pool"].featmap_names
