@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or from RUN_DIR/last.pt)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key")
     p.add_argument("--epochs", type=positive_float)
-    p.add_argument("--steps", type=positive_int, help="total optimizer steps (overrides epochs)")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps (instead of the recipe's epochs; not with --epochs)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ...")
@@ -73,13 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict:
     from ..train import parse_set
+    from . import UserError
 
     overrides = parse_set(args.set)
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    if args.epochs is not None and args.steps is None:
+    if args.epochs is not None and overrides.get("steps") is not None:  # steps would win without a word
+        raise UserError(f"--epochs {args.epochs:g} and steps={overrides['steps']} both set the run length; give one")
+    if args.epochs is not None:
         overrides["steps"] = None  # a recipe counted in steps yields to an explicit --epochs
     if args.channels_last:
         overrides["channels_last"] = True
