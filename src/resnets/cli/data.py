@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out (default 0)")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="target size for large images (default native/224)")
-    p.add_argument("--cache-dir", default=None, help="cache folder (default $RESNETS_CACHE or ~/.cache/resnets)")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default $RESNETS_CACHE or ~/.cache/resnets); training reads "
+                   "$RESNETS_CACHE, so to prepare its cache elsewhere set that variable instead")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing archive")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
