@@ -540,3 +540,22 @@ def test_a_schedule_the_run_cannot_reach_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Trainer(tiny_config(schedule="cosine", warmup=1, warmup_unit="epochs"), splits=tiny_splits())
+
+
+def test_every_training_seed_is_validated_on_the_same_held_out_images(tmp_path, monkeypatch):
+    """The hold-out followed the training seed, so runs of seeds 0/1/2 were scored on different images."""
+    from resnets.data import make_image_folder
+    from resnets.train import resolve_config
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=10, size=8)
+    held_out = []
+    for seed in (0, 1):
+        config = resolve_config(None, {"data": str(data), "epochs": 1, "val_split": 0.3, "seed": seed, "batch_size": 4})
+        assert config.split_seed == 0 and config.held_out_seed == 0
+        held_out.append(Trainer(config).splits.val.images.clone())
+    assert torch.equal(*held_out)
+    # a config written before split_seed existed (a run to resume) keeps the hold-out its seed chose
+    old = TrainConfig.from_dict({"data": str(data), "epochs": 1, "val_split": 0.3, "seed": 1, "batch_size": 4})
+    assert old.split_seed is None and old.held_out_seed == 1
+    assert not torch.equal(Trainer(old).splits.val.images, held_out[0])

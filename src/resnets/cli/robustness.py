@@ -226,7 +226,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     model, ckpt, path = _model(args)
     meta = ckpt.metadata
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    val_split, seed = config.get("val_split", 0.1), config.get("seed", 0)
+    val_split = config.get("val_split", 0.1)
+    seed = config["split_seed"] if config.get("split_seed") is not None else config.get("seed", 0)  # the run's hold-out
     splits = load_data(args.data, val_split=val_split, seed=seed, classes=meta.get("classes"),
                        image_size=meta.get("image_size"))
     _check_unnamed_outputs(ckpt, args.checkpoint, list(splits.classes), args.data)

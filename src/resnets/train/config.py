@@ -53,6 +53,9 @@ class TrainConfig:
     data: str = "cifar10"
     val_split: float = 0.1
     """Fraction (or count, if > 1) held out for validation when the data has no validation tree."""
+    split_seed: int | None = None
+    """Seed of that hold-out. New runs get 0 (``resolve_config``), so runs of other ``seed``s are validated on the
+    same images and compare honestly; None (configs written before it existed) follows ``seed``."""
     image_size: int | None = None
     normalization: str | list = "auto"
     """``auto`` (known constants for CIFAR and ImageNet-like data, else computed), a known name
@@ -184,6 +187,11 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = True
     progress: bool = True
+
+    @property
+    def held_out_seed(self) -> int:
+        """The seed that picks the validation hold-out (see ``split_seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     # ------------------------------------------------------------------ checks
     def __post_init__(self) -> None:
@@ -530,4 +538,5 @@ def resolve_config(recipe: str | os.PathLike | None = None, overrides: Mapping[s
     """Recipe (name or path) + overrides -> a validated ``TrainConfig``."""
     values = load_recipe(recipe) if recipe else {}
     values = apply_overrides(values, dict(overrides or {}))
+    values.setdefault("split_seed", 0)  # a new run: the same hold-out whatever its training seed
     return TrainConfig.from_dict(values, source=f"recipe {recipe}" if recipe else "config")

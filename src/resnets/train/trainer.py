@@ -247,7 +247,7 @@ class Trainer:
 
         c = self.config
         try:
-            return load_data(c.data, val_split=c.val_split, seed=c.seed, image_size=c.image_size,
+            return load_data(c.data, val_split=c.val_split, seed=c.held_out_seed, image_size=c.image_size,
                              normalization=c.normalization)
         except DataError as exc:
             raise ConfigError(str(exc)) from None
