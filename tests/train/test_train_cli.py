@@ -211,3 +211,17 @@ def test_grad_checkpointing_flag_sets_the_option():
                                        "--grad-checkpointing"]))
     assert resolve_config("he2015-cifar", on).grad_checkpointing is True
     assert "grad_checkpointing" not in _overrides(parser.parse_args(["train", "--recipe", "he2015-cifar"]))
+
+
+def test_finetune_default_warm_up_leaves_a_short_run_room_to_decay():
+    """A 1-epoch fine-tune with the old fixed 1-epoch warm-up spent every step warming up and never decayed."""
+    from resnets.cli import build_parser
+    from resnets.cli.finetune import _warmup_epochs
+
+    def warmup(*flags: str) -> float:
+        return _warmup_epochs(build_parser().parse_args(["finetune", "--from", "x", "--data", "y", "--out", "z",
+                                                         *flags]))
+
+    assert warmup() == 1.0  # 10 epochs by default: one to warm up, as before
+    assert warmup("--epochs", "1") == 0.2 and warmup("--epochs", "3") == pytest.approx(0.6)
+    assert warmup("--epochs", "1", "--warmup-epochs", "1") == 1.0  # asked for: kept (and the trainer warns)

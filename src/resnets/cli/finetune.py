@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warm-up (default: 1 epoch, at most a fifth of the run, so a short fine-tune still "
+                        "reaches --lr and decays)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", default="auto", help="resnets.data augment preset: auto (cifar for small images, "
                                                      "imagenet for large), none, cifar, he2015, airbench, imagenet")
@@ -136,6 +138,14 @@ def _report(result, out) -> int:
     print(f"done: best val acc {result.best_val_top1} -> {out / 'best.safetensors'}"
           if result.best_val_top1 is not None else f"done -> {out}")
     return 0
+
+
+def _warmup_epochs(args: argparse.Namespace) -> float:
+    """The warm-up asked for, else 1 epoch but at most a fifth of the run: a 1-epoch fine-tune with a 1-epoch
+    warm-up spent every step warming up and never decayed."""
+    if args.warmup_epochs is not None:
+        return args.warmup_epochs
+    return min(1.0, args.epochs / 5) if args.epochs else 1.0
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -221,7 +231,7 @@ def _start(args: argparse.Namespace) -> int:
             model=zoo_name(info.spec) or args.model or "custom", data=str(args.data), val_split=args.val_split,
             image_size=int(splits.image_size), augment=augment.to_dict(), batch_size=args.batch_size,
             epochs=args.epochs, lr=args.lr, lr_scaling="none", nesterov=True, weight_decay=args.weight_decay,
-            schedule="cosine", warmup=args.warmup_epochs, warmup_unit="epochs",
+            schedule="cosine", warmup=_warmup_epochs(args), warmup_unit="epochs",
             label_smoothing=args.label_smoothing, device=str(device), precision="bf16" if args.amp else "fp32",
             channels_last=args.channels_last, seed=args.seed, tensorboard=False)
         train_config.validate()

@@ -237,7 +237,8 @@ class Trainer:
         if self.schedule is not None and self.schedule.warmup_steps >= self.total_steps > 1:
             warnings.warn(f"the warm-up ({self.schedule.warmup_steps} steps) is as long as the run or longer "
                           f"({self.total_steps} steps): the learning rate never reaches lr={config.base_lr:g}. "
-                          "Shorten it with --set warmup=N (warmup_unit: steps or epochs)", UserWarning)
+                          "Shorten it (resnets train: --set warmup=N, in warmup_unit steps or epochs; resnets finetune: "
+                          "--warmup-epochs)", UserWarning)
         self._writer = None
         self._resumed = False
 
