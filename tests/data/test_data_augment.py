@@ -107,3 +107,16 @@ def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
     assert all(second[i] != first[i] for i in first) and third == first
     with pytest.raises(ValueError, match="must be true, false or 'alternate'"):
         AugmentConfig(flip="sometimes")
+
+
+def test_random_resized_crop_keeps_a_non_square_size_and_centres_the_fallback_as_torchvision():
+    from resnets.data.augment import _sample_boxes
+
+    images = torch.rand(3, 3, 8, 12)
+    assert random_resized_crop(images, _gen()).shape == (3, 3, 8, 12)
+    assert augment_batch(images, AugmentConfig(random_resized_crop=True), _gen()).shape == (3, 3, 8, 12)
+    assert random_resized_crop(images, _gen(), (4, 6)).shape == (3, 3, 4, 6)
+    # full area at ratio 4/3 does not fit a 10 x 16 image (h = round(sqrt(160 * 3/4)) = 11): the fallback box is
+    # h = 10, w = round(10 * 4/3) = 13, left = (16 - 13) // 2 = 1 as in torchvision (not round(1.5) = 2)
+    box = _sample_boxes(1, 10, 16, (1.0, 1.0), (4 / 3, 4 / 3), _gen())
+    assert box.tolist() == [[1.0, 0.0, 14.0, 10.0]]

@@ -137,3 +137,30 @@ def test_cifar100_layout(tmp_path):
     splits = load_data(folder, val_split=0, cache_dir=tmp_path / "cache")
     assert len(splits.classes) == 100 and len(splits.train) == 8 and len(splits.test) == 3
     assert splits.std == pytest.approx((0.2673, 0.2564, 0.2762))
+
+
+def test_stray_batch_copies_and_malformed_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    train_labels, _ = _write_cifar10_folder(folder)
+    (folder / "data_batch_1.bak").write_bytes((folder / "data_batch_1").read_bytes())  # not read as more data
+    assert read_cifar_folder(folder).train_labels.tolist() == train_labels
+    for batch, message in [({b"labels": [-1, 2], b"data": np.zeros((2, 3072), np.uint8)}, "negative label"),
+                           ({b"labels": [1, 2], b"data": None}, "unreadable data or labels"),
+                           ({b"labels": ["a", "b"], b"data": np.zeros((2, 3072), np.uint8)}, "unreadable data"),
+                           ({b"labels": [1, 2], b"data": np.zeros((2, 3, 32, 32), np.uint8)}, "unreadable data")]:
+        with open(folder / "data_batch_2", "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+        with pytest.raises(DataError, match=message):
+            read_cifar_folder(folder)
+    (folder / "data_batch_2").unlink()
+    (folder / "data_batch_2").mkdir()
+    with pytest.raises(DataError, match="not a readable CIFAR batch"):
+        read_cifar_folder(folder)
+    (folder / "data_batch_2").rmdir()
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)}, handle, protocol=4)
+    assert len(read_cifar_folder(folder).test_labels) == 0  # an empty split is no crash in max()
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": 10}, handle, protocol=2)
+    with pytest.raises(DataError, match="no list of class names"):
+        read_cifar_folder(folder)

@@ -184,3 +184,15 @@ def test_predict_takes_folders_batches_and_keeps_going_past_a_bad_file(trained_r
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "empty")]) == 2
     assert "no images under the folder" in capsys.readouterr().err
+
+
+def test_logits_and_labels_outside_the_class_count_are_refused():
+    sums = EvalSums.zeros(3)
+    # a fourth output would be counted as another cell (true 0, predicted 3 -> row 1, column 0)
+    with pytest.raises(ValueError, match="logits for 3 classes"):
+        sums.add(torch.tensor([[0.0, 0.0, 0.0, 5.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        sums.add(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([3]))
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        sums.add(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([-1]))
+    assert sums.result().count == 0

@@ -176,27 +176,32 @@ def _sample_boxes(count: int, height: int, width: int, scale: tuple[float, float
     crop_w = torch.where(first >= 0, crop_w.gather(1, pick)[:, 0], torch.tensor(float(fallback_w)))
     crop_h = torch.where(first >= 0, crop_h.gather(1, pick)[:, 0], torch.tensor(float(fallback_h)))
     offsets = torch.rand(2, count, generator=generator)
-    top = torch.where(first >= 0, (offsets[0] * (height - crop_h + 1)).floor(), ((height - crop_h) / 2).round())
-    left = torch.where(first >= 0, (offsets[1] * (width - crop_w + 1)).floor(), ((width - crop_w) / 2).round())
+    # the fallback is centred as torchvision does it, (size - crop) // 2 (round() would go half to even)
+    top = torch.where(first >= 0, (offsets[0] * (height - crop_h + 1)).floor(), ((height - crop_h) / 2).floor())
+    left = torch.where(first >= 0, (offsets[1] * (width - crop_w + 1)).floor(), ((width - crop_w) / 2).floor())
     return torch.stack([left, top, left + crop_w, top + crop_h], dim=1)
 
 
-def random_resized_crop(images: torch.Tensor, generator: torch.Generator, output_size: int | None = None,
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
+                        output_size: int | tuple[int, int] | None = None,
                         scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Inception-style random resized crop of a whole float batch in one ``roi_align`` call.
 
     Boxes follow torchvision's sampling; resampling is bilinear with area averaging when shrinking.
+    ``output_size`` (an int for a square, or (height, width)) defaults to the input's height and width.
     """
     from torchvision.ops import roi_align
 
     if not images.is_floating_point():
         raise TypeError("random_resized_crop needs a floating-point batch; convert uint8 images first")
     count, _, height, width = images.shape
-    output_size = output_size or height
+    output_size = output_size or (height, width)
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
     boxes = _sample_boxes(count, height, width, scale, ratio, generator).to(images.device, images.dtype)
     indices = torch.arange(count, device=images.device, dtype=images.dtype)[:, None]
-    return roi_align(images, torch.cat([indices, boxes], dim=1), (output_size, output_size),
+    return roi_align(images, torch.cat([indices, boxes], dim=1), tuple(output_size),
                      spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 

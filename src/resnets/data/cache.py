@@ -129,7 +129,12 @@ def load_or_decode(root: str | os.PathLike, entries: Sequence[FileEntry], size: 
             with safe_open(str(path), framework="pt") as handle:
                 skipped = [tuple(item) for item in json.loads(handle.metadata().get("skipped", "[]"))]
             tensors = load_file(str(path))
-            result = (tensors["images"], tensors["labels"], skipped)
+            images, labels = tensors["images"], tensors["labels"]
+            # a file that reads but does not fit these entries (written by something else) is rebuilt too
+            if (images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size)
+                    or labels.shape != (images.shape[0],) or images.shape[0] + len(skipped) != len(entries)):
+                raise ValueError("cache file does not match the file list")
+            result = (images, labels, skipped)
         except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never fatal
             result = None
     if result is None:

@@ -165,7 +165,7 @@ def _load_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as handle:
             batch = _ArrayUnpickler(io.BufferedReader(handle), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
         raise DataError(f"{path} is not a readable CIFAR batch file ({exc}); re-extract the archive") from exc
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR batch file (expected a dict, found {type(batch).__name__})")
@@ -174,7 +174,9 @@ def _load_batch(path: Path) -> dict:
 
 def _layout(folder: Path) -> tuple[str, list[str], str, str] | None:
     if (folder / "batches.meta").is_file() and (folder / "test_batch").is_file():
-        train = sorted(p.name for p in folder.glob("data_batch_*"))
+        # data_batch_1 .. data_batch_5 only: a stray copy (data_batch_1.bak) must not be read as more training data
+        numbers = [p.name[len("data_batch_"):] for p in folder.glob("data_batch_*")]
+        train = [f"data_batch_{n}" for n in sorted((n for n in numbers if n.isascii() and n.isdigit()), key=int)]
         return ("cifar10", train, "test_batch", "batches.meta") if train else None
     if all((folder / name).is_file() for name in ("train", "test", "meta")):
         return "cifar100", ["train"], "test", "meta"
@@ -192,9 +194,14 @@ def _images_and_labels(batches: list[dict], label_key: str, path: Path) -> tuple
         labels = np.concatenate([np.asarray(batch[label_key], dtype=np.int64) for batch in batches])
     except KeyError as exc:
         raise DataError(f"CIFAR batch in {path} lacks the {exc} entry") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"CIFAR batch in {path} holds unreadable data or labels ({exc}); "
+                        f"re-extract the archive") from exc
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(f"CIFAR batch in {path} has data of shape {data.shape} for {len(labels)} labels; "
                         f"expected N x 3072 with N labels")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"CIFAR batch in {path} has a negative label ({labels.min()})")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -210,8 +217,11 @@ def read_cifar_folder(folder: str | os.PathLike) -> CifarArrays:
     train_images, train_labels = _images_and_labels([_load_batch(folder / f) for f in train_files], label_key, folder)
     test_images, test_labels = _images_and_labels([_load_batch(folder / test_file)], label_key, folder)
     meta = _load_batch(folder / meta_file)
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(names_key, [])]
-    highest = int(max(train_labels.max(), test_labels.max())) if len(train_labels) else -1
+    names = meta.get(names_key, [])
+    if not isinstance(names, (list, tuple)):
+        raise DataError(f"{folder / meta_file} holds no list of class names under {names_key!r}")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+    highest = int(torch.cat([train_labels, test_labels]).max()) if len(train_labels) + len(test_labels) else -1
     if len(classes) <= highest:
         raise DataError(f"{folder / meta_file} names {len(classes)} classes but labels go up to {highest}")
     return CifarArrays(train_images, train_labels, test_images, test_labels, classes, name)

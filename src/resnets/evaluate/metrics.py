@@ -38,6 +38,13 @@ class EvalSums:
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         logits = logits.float()
         classes = self.confusion.shape[0]
+        # the confusion matrix is indexed by label * classes + prediction: an out-of-range index would land in
+        # another cell (a wider model's extra outputs) or fail with a cryptic reshape error
+        if logits.ndim != 2 or logits.shape[1] != classes:
+            raise ValueError(f"the model gives {tuple(logits.shape)} logits for {classes} classes; evaluate with "
+                             f"num_classes equal to the model's number of outputs")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise ValueError(f"labels must lie in 0..{classes - 1}, got {int(labels.min())}..{int(labels.max())}")
         predicted = logits.argmax(1)
         self.confusion += torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
         k = min(5, logits.shape[1])
