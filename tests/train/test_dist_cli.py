@@ -28,3 +28,22 @@ def test_max_restarts_needs_nproc(capsys):
 
     assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--max-restarts", "1"]) == 2
     assert "--max-restarts goes with --nproc" in capsys.readouterr().err
+
+
+def test_an_interrupted_launcher_stops_with_one_line(monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) on `resnets train --nproc N`: torchrun's agent raises SignalException after stopping
+    the ranks; the launcher reports it in one line with the shell's status, not the agent's traceback."""
+    import signal
+
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from resnets.train.distributed import launch
+
+    def interrupted(args):
+        raise SignalException("Process 1 got signal: 2", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torch.distributed.run, "run", interrupted)
+    assert launch(2, ["train", "--model", "resnet20"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["resnets train: interrupted (SIGINT); the 2 processes were stopped"]

@@ -143,3 +143,47 @@ def test_two_rank_group_collectives_batchnorm_and_stop_agreement(tmp_path):
             raise AssertionError(f"the 2-rank group did not finish in {TIMEOUT_S} s")
     # only rank 0 wrote the run folder of the stopped run
     assert (tmp_path / "nan-run" / "config.yaml").is_file()
+
+
+def _peer_worker(rank: int, port: int) -> None:
+    """Rank 1 fails alone and leaves; rank 0's next collectives (the DDP step, the stop flag) must end it with a
+    one-line ConnectionError (what the CLI prints), not gloo's RuntimeError traceback."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from resnets.train.distributed import distributed_session, forward_backward
+
+    with pytest.raises(ConnectionError if rank == 0 else ValueError) as caught:
+        with distributed_session("cpu") as process:
+            model = process.wrap_model(torch.nn.Linear(3, 2))
+            if rank == 1:
+                raise ValueError("rank 1 fails alone")
+            time.sleep(1)  # rank 1 has left the group
+            trainer = SimpleNamespace(
+                config=SimpleNamespace(accum_steps=1, precision="fp32"), device=torch.device("cpu"), process=process,
+                scaler=torch.amp.GradScaler("cpu", enabled=False),
+                compute_loss=lambda x, y: (torch.nn.functional.cross_entropy(model(x), y), model(x)))
+            try:
+                forward_backward(trainer, torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+            except ConnectionError as exc:
+                assert "another process of the group is gone" in str(exc) and "\n" not in str(exc), str(exc)
+            else:
+                raise AssertionError("the DDP step ran without rank 1")
+            process.any_true(False)
+    assert not torch.distributed.is_initialized()
+    if rank == 0:
+        assert str(caught.value).startswith("rank 0 stopped: another process of the group is gone"), caught.value
+
+
+def test_a_rank_whose_peer_failed_stops_with_a_one_line_error():
+    context = mp.start_processes(_peer_worker, args=(_free_port(),), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=5):  # raises ProcessRaisedException with the rank's traceback
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the 2-rank group did not finish in {TIMEOUT_S} s")

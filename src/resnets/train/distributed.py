@@ -48,12 +48,14 @@ from .process import ProcessContext
 __all__ = ["DistributedBatchNorm2d", "DistributedProcess", "FaultDrill", "check_shared_run_dir",
            "convert_batchnorm", "distributed_session", "fault_drill_from_env", "forward_backward",
            "global_rank", "init_process", "launch", "launched_by_torchrun", "namespace_to_argv",
-           "restart_count", "saved_device", "torchrun_args"]
+           "peers_lost_as_error", "restart_count", "saved_device", "torchrun_args"]
 
 FAULT_DRILL_ENV = "RESNETS_FAULT_KILL"
 """``RANK:STEP``: that rank kills itself (SIGKILL) after optimizer step STEP of the first attempt
 (a recovery rehearsal for ``torchrun --max-restarts``; the tests use it)."""
 DEFAULT_TIMEOUT_MINUTES = 10.0
+PEER_LOST_MARKS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+"""What gloo's errors say when another rank has left the group (it failed and exited, or was killed)."""
 
 
 # ---------------------------------------------------------------- environment
@@ -87,6 +89,20 @@ def _env_int(name: str) -> int:
                           "(launch with torchrun, or unset RANK/WORLD_SIZE/LOCAL_RANK for one process)") from None
 
 
+@contextlib.contextmanager
+def peers_lost_as_error(rank: int) -> Iterator[None]:
+    """A collective that fails because another rank is gone ends this rank with a one-line ``ConnectionError``
+    (the CLI prints it) instead of gloo's traceback, which would bury the error of the rank that failed first."""
+    try:
+        yield
+    except RuntimeError as exc:
+        mark = next((mark for mark in PEER_LOST_MARKS if mark in str(exc)), None)
+        if mark is None or not dist.is_initialized():
+            raise
+        raise ConnectionError(f"rank {rank} stopped: another process of the group is gone ({mark}); the error that "
+                              "rank reported (or torchrun's report, if it was killed) is the cause") from None
+
+
 # ---------------------------------------------------------------- the context
 @dataclass
 class DistributedProcess(ProcessContext):
@@ -112,39 +128,45 @@ class DistributedProcess(ProcessContext):
 
     def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         out = self._collective(values)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        with peers_lost_as_error(self.rank):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.to(values.device)
 
     def any_true(self, flag: bool) -> bool:
         out = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        with peers_lost_as_error(self.rank):
+            dist.all_reduce(out, op=dist.ReduceOp.MAX)
         return bool(out.item())
 
     def broadcast_int(self, value: int) -> int:
         out = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
-        dist.broadcast(out, src=0)
+        with peers_lost_as_error(self.rank):
+            dist.broadcast(out, src=0)
         return int(out.item())
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         if self.sync_bn:
             model = convert_batchnorm(model, self.device)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        with peers_lost_as_error(self.rank):  # DDP broadcasts rank 0's weights here
+            return DistributedDataParallel(model, device_ids=device_ids)
 
     def sync_buffers(self, module: nn.Module) -> None:
-        for buffer in module.buffers():
-            if buffer.device == self.device:
-                dist.broadcast(buffer, src=0)
-            else:
-                moved = self._collective(buffer)
-                dist.broadcast(moved, src=0)
-                buffer.copy_(moved)
+        with peers_lost_as_error(self.rank):
+            for buffer in module.buffers():
+                if buffer.device == self.device:
+                    dist.broadcast(buffer, src=0)
+                else:
+                    moved = self._collective(buffer)
+                    dist.broadcast(moved, src=0)
+                    buffer.copy_(moved)
 
     def barrier(self) -> None:
-        if self.device.type == "cuda":
-            dist.barrier(device_ids=[self.device.index])
-        else:
-            dist.barrier()
+        with peers_lost_as_error(self.rank):
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
 
     def close(self, clean: bool = True) -> None:
         """Leave the group; after a clean finish wait for every rank first, so no rank tears down
@@ -299,6 +321,11 @@ def forward_backward(trainer: Any, images: torch.Tensor, targets: torch.Tensor) 
     statistics are per micro-batch). Under DDP the gradient all-reduce runs once, on the last
     micro-batch (``no_sync`` on the others). Returns (mean loss, logits of the whole batch).
     """
+    with peers_lost_as_error(trainer.process.rank):  # DDP's and DistributedBatchNorm2d's collectives
+        return _forward_backward(trainer, images, targets)
+
+
+def _forward_backward(trainer: Any, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     config = trainer.config
     micro_steps = int(getattr(config, "accum_steps", 1) or 1)
     if micro_steps == 1:
@@ -391,6 +418,7 @@ def launch(nproc: int, command: Sequence[str], max_restarts: int = 0) -> int:
         raise ConfigError(f"--nproc {nproc} must be at least 1")
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts {max_restarts} must be >= 0")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -402,6 +430,10 @@ def launch(nproc: int, command: Sequence[str], max_restarts: int = 0) -> int:
         print(f"resnets train: {nproc}-process run failed after {max_restarts} restart(s) ({failures})",
               file=sys.stderr)
         return 1
+    except SignalException as exc:  # Ctrl-C or a kill: torchrun has stopped the ranks; no agent traceback
+        print(f"resnets train: interrupted ({signal.Signals(exc.sigval).name}); the {nproc} processes were stopped",
+              file=sys.stderr)
+        return 128 + int(exc.sigval)
     return 0
 
 
