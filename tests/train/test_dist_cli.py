@@ -47,3 +47,31 @@ def test_an_interrupted_launcher_stops_with_one_line(monkeypatch, capsys):
     assert launch(2, ["train", "--model", "resnet20"]) == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["resnets train: interrupted (SIGINT); the 2 processes were stopped"]
+
+
+def test_a_restart_continues_only_the_checkpoint_its_own_job_wrote(tmp_path, monkeypatch, capsys):
+    """A folder that already held a run made the first attempt fail; torchrun's restart then resumed that other
+    run's last.pt under its old settings. The launcher now refuses the folder before starting any rank, and a
+    restart continues a last.pt only when this job (TORCHELASTIC_RUN_ID) wrote it."""
+    from resnets.cli import main
+    from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
+    from resnets.train import TrainConfig, Trainer
+    from resnets.train.distributed import restarted_from_own_checkpoint
+
+    images, labels = make_tensor_dataset(classes=2, per_class=4, size=8, seed=0)
+    data = TensorImageDataset(images, labels, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
+    splits = DataSplits(data, None, ["a", "b"], data.mean, data.std, 8, True)
+    config = TrainConfig.from_dict({"model": "resnet20", "model_options": {"layers": [1, 1, 1]}, "data": "memory",
+                                    "batch_size": 4, "steps": 1, "val_split": 0, "progress": False,
+                                    "tensorboard": False, "workers": 0})
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    Trainer(config, tmp_path / "run", splits=splits).fit()
+    assert restarted_from_own_checkpoint(tmp_path / "run")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    assert not restarted_from_own_checkpoint(tmp_path / "run")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --rdzv-id: cannot tell, continue as before
+    assert restarted_from_own_checkpoint(tmp_path / "run")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--out", str(tmp_path / "run"),
+                 "--nproc", "2"]) == 2  # refused by the launcher: no rank starts, no restart is spent
+    assert "already holds a run" in capsys.readouterr().err

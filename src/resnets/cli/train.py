@@ -106,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError
     from ..train import ConfigError, NonFiniteLossError, list_recipes, resolve_config
     from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, global_rank,
-                                     launch, launched_by_torchrun, namespace_to_argv, restart_count, saved_device)
-    from ..train.trainer import Trainer, resume
+                                     launch, launched_by_torchrun, namespace_to_argv, restart_count,
+                                     restarted_from_own_checkpoint, saved_device)
+    from ..train.trainer import Trainer, check_new_run_dir, resume
     from ..zoo import get_entry
     from .resuming import refuse_changes_on_resume, resume_folder
 
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 config = resolve_config(args.recipe, _overrides(args))
                 get_entry(config.model)
                 args.out = args.out or str(_default_out(config))
+                check_new_run_dir(args.out)  # once, here: the ranks would each refuse it, and use up restarts
             command = ["train", *namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))]
             return launch(args.nproc, command, args.max_restarts or 0)
         if args.resume:
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else _default_out(config)
             with distributed_session(config.device) as process:
                 callbacks = fault_drill_from_env()
-                if restart_count() > 0 and check_shared_run_dir(process, out):
+                if restart_count() > 0 and check_shared_run_dir(process, out) and restarted_from_own_checkpoint(out):
                     result = resume(out, process=process, callbacks=callbacks)  # torchrun restarted the group
                 else:  # the Trainer refuses a folder that already holds a run
                     result = Trainer(config, out, process=process, callbacks=callbacks).fit()

@@ -47,8 +47,9 @@ from .process import ProcessContext
 
 __all__ = ["DistributedBatchNorm2d", "DistributedProcess", "FaultDrill", "check_shared_run_dir",
            "convert_batchnorm", "distributed_session", "fault_drill_from_env", "forward_backward",
-           "global_rank", "init_process", "launch", "launched_by_torchrun", "namespace_to_argv",
-           "peers_lost_as_error", "restart_count", "saved_device", "torchrun_args"]
+           "global_rank", "init_process", "job_id", "launch", "launched_by_torchrun", "namespace_to_argv",
+           "peers_lost_as_error", "restart_count", "restarted_from_own_checkpoint", "saved_device",
+           "torchrun_args"]
 
 FAULT_DRILL_ENV = "RESNETS_FAULT_KILL"
 """``RANK:STEP``: that rank kills itself (SIGKILL) after optimizer step STEP of the first attempt
@@ -78,6 +79,26 @@ def restart_count() -> int:
         return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     except ValueError:
         return 0
+
+
+def job_id() -> str | None:
+    """The torchrun job this process belongs to (``TORCHELASTIC_RUN_ID``: a fresh id per launch with
+    ``--standalone``, which ``--nproc`` uses, or the ``--rdzv-id`` given); None outside torchrun or without an id."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return run_id if run_id and run_id != "none" else None
+
+
+def restarted_from_own_checkpoint(run_dir: Path) -> bool:
+    """Whether a restarted group should continue ``run_dir/last.pt``: only when this job's first attempt wrote
+    it. A last.pt that was there before the job started is another run: the first attempt refused the folder,
+    and resuming it on restart would continue someone else's run under its old settings. Without a job id
+    (torchrun without ``--rdzv-id``) this cannot be told, and the checkpoint is continued as before."""
+    from .checkpoint import load_training_checkpoint
+
+    current = job_id()
+    if current is None:
+        return True
+    return load_training_checkpoint(run_dir / "last.pt").get("job_id") == current
 
 
 def _env_int(name: str) -> int:

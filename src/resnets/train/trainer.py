@@ -49,7 +49,7 @@ from .config import CUDA_GRAPH_MODES, ConfigError, TrainConfig
 from .mixing import mix_batch, soft_cross_entropy
 from .optim import (LRSchedule, Lookahead, ModelEMA, build_optimizer, param_groups as default_param_groups,
                     set_learning_rate)
-from .distributed import forward_backward
+from .distributed import forward_backward, job_id
 from .process import ProcessContext
 from .resolution import ResolutionSchedule, resize_batch
 
@@ -581,6 +581,7 @@ class Trainer:
             "classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
             "image_size": int(self.splits.image_size), "model_name": self.config.model,
             "config": self.config.to_dict(), "resume_needs": list(self._resume_needs),
+            "job_id": job_id(),  # a torchrun restart continues only its own job's checkpoint
             "data_sizes": self._data_sizes(),
         }
         if self.ema is not None:
