@@ -163,3 +163,16 @@ def test_fault_drill_parses_rank_and_step(monkeypatch):
     monkeypatch.setenv("RESNETS_FAULT_KILL", "seven")
     with pytest.raises(ConfigError, match="RANK:STEP"):
         fault_drill_from_env()
+
+
+def test_an_evaluation_set_smaller_than_the_process_count_is_named_as_such():
+    """One validation image over two processes left rank 1 none; the error blamed the batch size and pointed at
+    drop_last=False, which evaluation already uses."""
+    from resnets.data import DataError
+
+    with pytest.raises(DataError, match="1 evaluation image.s. over 2 processes leave process 1 none; every process "
+                                        "needs at least one: hold out at least 2 images"):
+        make_loader(_dataset(1), batch_size=500, train=False, rank=1, world_size=2)
+    assert len(make_loader(_dataset(1), batch_size=500, train=False, rank=0, world_size=2)) == 1
+    with pytest.raises(DataError, match="make no full batch of 4"):  # training: the batch is what is too big
+        make_loader(_dataset(6), batch_size=4, train=True, rank=1, world_size=2)

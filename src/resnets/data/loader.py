@@ -118,6 +118,10 @@ class _EpochLoader:
         self._shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) / std_tensor
         self.epoch = 0
         self._start = 0
+        if len(self) == 0 and not self.drop_last and world_size > 1:  # a shard is empty: fewer images than processes
+            raise DataError(f"{len(dataset)} {'training' if train else 'evaluation'} image(s) over {world_size} "
+                            f"processes leave process {rank} none; every process needs at least one: hold out at "
+                            f"least {world_size} images (--val-split) or run fewer processes")
         if len(self) == 0:
             raise DataError(f"{len(dataset)} images over {world_size} process(es) make no full batch of {batch_size}: "
                             f"lower the batch size (--batch-size) or add images (in Python: or pass drop_last=False)")
