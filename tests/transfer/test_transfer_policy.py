@@ -198,8 +198,8 @@ def test_unfreeze_callback_drives_the_schedule_and_restores_it_on_resume():
     assert not model.layer3[0].conv1.weight.requires_grad and model.fc.weight.requires_grad
     callback.on_epoch_start(trainer, 1)
     assert model.layer3[0].conv1.weight.requires_grad and not model.layer2[0].conv1.weight.requires_grad
-    assert trainer.messages == ["epoch 2: unfroze layer3"]
+    assert trainer.messages == ["epoch 1: unfroze layer3"]  # 0-based, as the trainer's epoch lines
     resumed = tiny()
     UnfreezeCallback(ProgressiveUnfreezer(resumed, FinetuneConfig(num_classes=5))).on_epoch_start(trainer, 3)
     assert resumed.layer1[0].conv1.weight.requires_grad and not resumed.conv1.weight.requires_grad
-    assert trainer.messages[-1] == "epoch 4: unfroze layer3, layer2, layer1"  # resumed mid-schedule
+    assert trainer.messages[-1] == "epoch 3: unfroze layer3, layer2, layer1"  # resumed mid-schedule

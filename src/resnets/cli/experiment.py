@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: resnets experiment degradation --data cifar10 --depths 20,56 "
                "--budget epochs=3,train_subset=10000 --out runs/degradation")
     d.add_argument("--data", required=True, help="cifar10, cifar100 or an in-memory-sized ImageFolder tree")
-    d.add_argument("--depths", default="20,56", help="comma list of CIFAR depths 6n+2 (default 20,56)")
+    d.add_argument("--depths", default="20,56", help="comma list of CIFAR depths with a plain and a residual model: 20, 32, 44, 56, 110 (default 20,56)")
     d.add_argument("--budget", default="", help="KEY=VALUE overrides: epochs, train_subset, val_subset, batch_size, "
                                                  "lr, weight_decay, warmup, log_points, bf16 (0, 1 or auto: bf16 where the "
                                                  "device runs it natively, the default), channels_last, seed")

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("gradcam", help="Grad-CAM and saliency overlays (PNG) for images",
                        description="Write one PNG per image (image | Grad-CAM overlay | saliency) for the predicted "
-                                   "class or --class, plus gallery.png. The default layer is the last stage's output "
+                                   "class or --class, plus gradcam_gallery.png and gradcam.json. The default layer is the last stage's output "
                                    "(the final norm+ReLU for pre-activation nets).",
                        epilog="example: resnets explain gradcam --checkpoint runs/r18/best.safetensors img1.jpg "
                               "img2.jpg --out cams/")

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "robustness", help="accuracy under FGSM/PGD attacks (vs epsilon) and common corruptions",
         description="Evaluate a checkpoint under adversarial attacks (accuracy vs epsilon; pixel space [0, 1], "
                     "normalisation inside the model) and/or CIFAR-10-C-style corruptions at 5 severities generated "
-                    "on the fly. Writes robustness.json / corruptions.json into --out (a run folder works).",
+                    "on the fly. Writes robustness_ATTACK_NORM.json (e.g. robustness_pgd_linf.json) and corruptions.json into --out (a run folder works).",
         epilog="example: resnets robustness --checkpoint runs/r20/best.safetensors --data cifar10 "
                "--eps 0,2/255,4/255,8/255 --steps 20 --corruptions all --out runs/r20")
     _common(p)

@@ -336,7 +336,7 @@ class UnfreezeCallback:
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         parts = self.unfreezer.step(epoch)
         if parts and hasattr(trainer, "log"):
-            trainer.log(f"epoch {epoch + 1}: unfroze {', '.join(parts)}")
+            trainer.log(f"epoch {epoch}: unfroze {', '.join(parts)}")  # 0-based, as the epoch lines count
 
     def on_batch(self, trainer: Any, images: torch.Tensor, labels: torch.Tensor) -> None:
         return None
