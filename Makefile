@@ -30,17 +30,19 @@ test: venv
 # DATA=DIR uses a local copy (an ImageFolder tree or an extracted cifar-10-batches-py), e.g.
 #   make demo DATA=/work/shared/data/cifar10/train
 # Training holds out 5,000 images for validation; EVAL_DATA (default: DATA; for cifar10 its official
-# test set) is what `resnets eval` scores; point it at images the run did not train on.
+# test set) is what `resnets eval` scores. When it is the DATA folder the run trained on, eval scores only
+# the images the run held out (--held-out), never the ones it trained on.
 DEMO_DATA = $(if $(DATA),$(DATA),cifar10)
 EVAL_DATA ?= $(DEMO_DATA)
+EVAL_HELD_OUT = $(if $(filter-out cifar10 cifar100,$(DATA)),$(if $(filter $(DEMO_DATA),$(EVAL_DATA)),--held-out))
 DEMO_MINUTES ?= 3
 DEMO_RECIPE ?= cifar-fast-muon
 DEMO_OUT ?= runs/demo
 demo: venv
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/resnets train --recipe $(DEMO_RECIPE) --data $(DEMO_DATA) --time-budget $(DEMO_MINUTES) --out $(DEMO_OUT)
-	$(VENV)/bin/resnets eval --checkpoint $(DEMO_OUT)/best.safetensors --data $(EVAL_DATA) --tta flip-translate \
-	  --precision auto --json $(DEMO_OUT)/eval.json
+	$(VENV)/bin/resnets eval --checkpoint $(DEMO_OUT)/best.safetensors --data $(EVAL_DATA) $(EVAL_HELD_OUT) \
+	  --tta flip-translate --precision auto --json $(DEMO_OUT)/eval.json
 	@echo "run folder: $(DEMO_OUT) (config.yaml, metrics.jsonl, last.pt, best.safetensors, eval.json, eval.confusion.png)"
 
 clean:

@@ -194,7 +194,9 @@ def _read_torch(path: Path, kind: str) -> Checkpoint:
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             if key.endswith("ema") and "state_dict" in obj:
                 continue  # prefer the raw weights; EMA is read explicitly by the trainer
-            meta = {k: v for k, v in obj.items() if not isinstance(v, (dict, torch.Tensor)) or k in ("spec", "metadata")}
+            # the run's config too: later commands (eval --held-out, calibrate) redraw its validation split from it
+            meta = {k: v for k, v in obj.items()
+                    if not isinstance(v, (dict, torch.Tensor)) or k in ("spec", "metadata", "config")}
             return _checkpoint_from(inner, meta, obj)
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return _checkpoint_from(obj, {}, obj)

@@ -196,3 +196,21 @@ def test_logits_and_labels_outside_the_class_count_are_refused():
     with pytest.raises(ValueError, match="labels must lie in 0..2"):
         sums.add(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([-1]))
     assert sums.result().count == 0
+
+
+def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, monkeypatch, capsys):
+    """`make demo DATA=DIR` scored the run on DIR, whose other 90% it had trained on; --held-out takes the run's
+    own validation split (val_split and split seed from its config) and gives the run's own validation result."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=10, size=8, names=CLASSES)
+    assert main(["train", "--model", "resnet20", "--set", "model_options.layers=[1,1,1]", "--data", str(data),
+                 "--epochs", "1", "--batch-size", "4", "--val-split", "0.3", "--seed", "3", "--workers", "0",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data), "--held-out",
+                 "--workers", "0"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["count"] == 9 and printed["top1"] == pytest.approx(summary["final_val_top1"])
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30  # without: every image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Sequence
 
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="default fp32; auto: bf16 where the device runs it natively, else fp32")
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
     p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--held-out", action="store_true",
+                   help="score only the images the checkpoint's run held out of --data for validation (its "
+                        "val_split and split seed): for a run trained on --data itself, whose other images it saw")
     p.add_argument("--groups", metavar="FILE.csv",
                    help="CSV with path,group (optional label) columns: accuracy per group and the worst-group gap "
                         "(paths relative to --data; the class is the folder name unless a label column says)")
@@ -53,6 +57,25 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
     return png
 
 
+def _held_out(args: argparse.Namespace, checkpoint: Any, classes: list[str], image_size: int | None,
+              mean: Sequence[float], std: Sequence[float]) -> Any:
+    """The validation images the checkpoint's run drew from --data: the same split, by the seed it recorded."""
+    from ..cli import UserError
+    from ..data import load_data
+    from ..train.config import held_out_split
+
+    config = checkpoint.metadata.get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"--held-out needs the run's config in {args.checkpoint} (a best.safetensors or last.pt "
+                        "written by resnets train); without it, evaluate on images it did not train on")
+    val_split, seed = held_out_split(config)
+    splits = load_data(args.data, val_split=val_split, seed=seed, classes=classes, image_size=image_size,
+                       normalization=(tuple(mean), tuple(std)))
+    if splits.val is None or len(splits.val) == 0:
+        raise UserError(f"the run held out nothing (val_split={val_split}); evaluate on images it did not train on")
+    return splits.val
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -63,14 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     png = _check_outputs(args)
-    model, classes, mean, std, image_size, crop_fraction, _ = load_for_inference(args.checkpoint, args.ema)
+    model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(args.checkpoint, args.ema)
     device = torch.device(args.device)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        dataset = load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std))
+        dataset = (_held_out(args, checkpoint, classes, image_size, mean, std) if args.held_out else
+                   load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std)))
         loader = make_loader(dataset, batch_size=args.batch_size, train=False, device=device, workers=args.workers,
                              mean=mean, std=std, crop_fraction=crop_fraction, channels_last=channels_last)
     except DataError as exc:

@@ -219,6 +219,7 @@ def _unfit_to_store(temperature: float, fitted_on: int) -> str | None:
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import load_data
+    from ..train.config import held_out_split
     from ..evaluate.calibration import (calibration_report, collect_logits, fit_temperature, reliability_diagram,
                                         store_temperature)
 
@@ -226,8 +227,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     model, ckpt, path = _model(args)
     meta = ckpt.metadata
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    val_split = config.get("val_split", 0.1)
-    seed = config["split_seed"] if config.get("split_seed") is not None else config.get("seed", 0)  # the run's hold-out
+    val_split, seed = held_out_split(config)  # the run's own hold-out
     splits = load_data(args.data, val_split=val_split, seed=seed, classes=meta.get("classes"),
                        image_size=meta.get("image_size"))
     _check_unnamed_outputs(ckpt, args.checkpoint, list(splits.classes), args.data)

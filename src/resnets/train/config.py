@@ -534,6 +534,14 @@ def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dic
     return merged
 
 
+def held_out_split(config: Mapping[str, Any]) -> tuple[float | int, int]:
+    """(val_split, seed) a run drew its validation hold-out with, from its saved config (a checkpoint's
+    ``config`` metadata, possibly written before ``split_seed`` existed), so a later command can score the very
+    images the run never trained on."""
+    seed = config.get("split_seed")
+    return config.get("val_split", 0.1), int(config.get("seed", 0) if seed is None else seed)
+
+
 def resolve_config(recipe: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Recipe (name or path) + overrides -> a validated ``TrainConfig``."""
     values = load_recipe(recipe) if recipe else {}
