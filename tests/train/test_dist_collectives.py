@@ -132,15 +132,20 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     assert not torch.distributed.is_initialized()
 
 
-def test_two_rank_group_collectives_batchnorm_and_stop_agreement(tmp_path):
-    context = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
+def _run_group(worker, *args) -> None:
+    """Run ``worker(rank, *args)`` on WORLD spawned ranks; a rank's exception (with its traceback) or a group that
+    outlives TIMEOUT_S fails the test."""
+    context = mp.start_processes(worker, args=args, nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=5):  # raises ProcessRaisedException with the rank's traceback
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             raise AssertionError(f"the 2-rank group did not finish in {TIMEOUT_S} s")
+
+
+def test_two_rank_group_collectives_batchnorm_and_stop_agreement(tmp_path):
+    _run_group(_worker, _free_port(), str(tmp_path))
     # only rank 0 wrote the run folder of the stopped run
     assert (tmp_path / "nan-run" / "config.yaml").is_file()
 
@@ -180,10 +185,4 @@ def _peer_worker(rank: int, port: int) -> None:
 
 
 def test_a_rank_whose_peer_failed_stops_with_a_one_line_error():
-    context = mp.start_processes(_peer_worker, args=(_free_port(),), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=5):  # raises ProcessRaisedException with the rank's traceback
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise AssertionError(f"the 2-rank group did not finish in {TIMEOUT_S} s")
+    _run_group(_peer_worker, _free_port())
