@@ -292,6 +292,11 @@ def test_robustness_and_calibrate_refuse_unnamed_outputs_that_do_not_fit_the_dat
     assert main(["calibrate", "--checkpoint", str(bare), "--data", str(four), "--out", str(tmp / "r")]) == 2
     assert capsys.readouterr().err.count("stores no class names and has 3 outputs, but") == 2
     assert not (tmp / "r").exists()
+    three = make_image_folder(tmp / "three", classes=3, per_class=3, size=16)  # counts agree: runs, and says how
+    assert main(["robustness", "--checkpoint", str(bare), "--data", str(three), "--attack", "fgsm", "--eps", "0",
+                 "--out", str(tmp / "r3")]) == 0
+    assert "class folders are taken as its outputs in sorted order (class_0, class_1, class_2)" in \
+        capsys.readouterr().err
 
 
 def test_robustness_and_calibrate_crop_as_eval_does(setup, monkeypatch):

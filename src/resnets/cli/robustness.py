@@ -4,6 +4,7 @@ temperature scaling) for a checkpoint on a dataset."""
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,10 @@ def _check_unnamed_outputs(ckpt: Any, checkpoint: str, classes: list[str], data:
                         f"{len(classes)} classes ({', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); "
                         f"use data with its {outputs} class folders, in training order, or a checkpoint that "
                         "stores its class names")
+    if not ckpt.metadata.get("classes"):  # the counts agree: say that the order is assumed, not known
+        print(f"note: {checkpoint} stores no class names; {data}'s class folders are taken as its outputs in sorted "
+              f"order ({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}); save the checkpoint with "
+              "metadata {'classes': [...]} to match them by name", file=sys.stderr)
 
 
 def _eval_set(args: argparse.Namespace, ckpt: Any):
