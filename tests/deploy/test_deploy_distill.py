@@ -63,3 +63,16 @@ def test_a_distillation_step_lowers_the_kl_term(trained_tiny, tiny_spec, batch):
     assert not teacher.training, "the teacher stays in eval mode"
     assert all(p.grad is None for p in teacher.parameters()), "the teacher is never trained"
     assert torch.equal(teacher.fc.weight, trained_tiny.fc.weight)
+
+
+def test_the_trainers_label_smoothing_reaches_the_hard_term():
+    """With label smoothing alone the trainer passes integer labels; the hook must smooth them."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    student = nn.Linear(6, 3)
+    teacher = nn.Linear(6, 3)
+    x, labels = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    trainer = SimpleNamespace(forward_model=student, config=SimpleNamespace(label_smoothing=0.2))
+    loss, logits = DistillationLoss(teacher, temperature=2.0, alpha=0.0)(trainer, x, labels)
+    assert torch.allclose(loss, nn.functional.cross_entropy(logits, labels, label_smoothing=0.2))

@@ -69,3 +69,13 @@ def test_optimize_for_inference_picks_a_safe_candidate(trained_tiny, batch):
         assert torch.allclose(best(x), trained_tiny(x), atol=1e-4)
     with pytest.raises(ValueError, match="precision"):
         optimize_for_inference(trained_tiny, precision="fp16")
+
+
+def test_folding_a_folded_conv_pool_model_again_is_a_no_op():
+    model = _with_running_stats(create_model("resnet_airbench", num_classes=5, widths=(16, 32, 32)))
+    folded = fold_batchnorm(model)
+    again = fold_batchnorm(folded)  # e.g. optimize_for_inference on an already folded model
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(again(x), model(x), atol=1e-5)
+        assert torch.allclose(make_inference_model(folded, "fp32", channels_last=False)(x), model(x), atol=1e-5)

@@ -76,3 +76,20 @@ def test_bad_pruning_requests_are_clear_errors(trained_tiny):
 
     with pytest.raises(PruningError, match="not supported"):
         prune_model(create_model("preact_resnet20"), 0.5)
+
+
+def test_min_keep_is_a_floor_and_a_refused_target_keeps_the_train_mode(trained_tiny):
+    import math
+
+    model = type(trained_tiny)(trained_tiny.spec)
+    model.load_state_dict(trained_tiny.state_dict())
+    last = model.blocks()[2]  # make the 64-wide block the cheapest to prune, down to its floor
+    last.bn1.weight.data.fill_(1e-3)
+    last.bn1.weight.data[0] = 1.0
+    result = prune_model(model.eval(), 0.7, criterion="bn", min_keep=0.3, input_size=(3, 16, 16))
+    widths = [b.conv1.out_channels for b in model.blocks()]
+    assert all(w >= math.ceil(0.3 * full) for w, full in zip(result.block_widths, widths)), result.block_widths
+    model.train()
+    with pytest.raises(PruningError, match="cannot reach"):
+        prune_model(model, 0.01)
+    assert model.training

@@ -29,8 +29,11 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                      temperature: float = 4.0, alpha: float = 0.9) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``alpha * KL term + (1 - alpha) * cross-entropy``; ``targets`` are labels or soft targets (N x C)."""
+                      temperature: float = 4.0, alpha: float = 0.9,
+                      label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha * KL term + (1 - alpha) * cross-entropy``; ``targets`` are labels or soft targets (N x C).
+
+    ``label_smoothing`` applies to integer labels (soft targets already carry theirs)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1] (the weight of the soft-target term)")
     kl = distillation_kl(student_logits, teacher_logits, temperature)
@@ -38,7 +41,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if targets.ndim == 2:
         hard = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
     else:
-        hard = F.cross_entropy(logits, targets)
+        hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
     return alpha * kl + (1.0 - alpha) * hard, {"kl": kl.detach(), "ce": hard.detach()}
 
 
@@ -82,6 +85,8 @@ class DistillationLoss(nn.Module):
             self._teacher_placed = True
         student = trainer.forward_model(images) if trainer is not None else None
         teacher = self.teacher_logits(images)
-        loss, parts = distillation_loss(student, teacher, targets, self.temperature, self.alpha)
+        # the trainer passes integer labels unsmoothed when only label smoothing is on (no mixup/cutmix)
+        smoothing = float(getattr(getattr(trainer, "config", None), "label_smoothing", 0.0) or 0.0)
+        loss, parts = distillation_loss(student, teacher, targets, self.temperature, self.alpha, smoothing)
         self.last = {k: float(v) for k, v in parts.items()}
         return loss, student

@@ -61,6 +61,8 @@ def _block_pairs(module: nn.Module) -> list[tuple[str, str]]:
         # conv1 -> max-pool -> bn1: the norm moves before the pool only where its per-channel scale is
         # positive (max-pooling commutes with x -> a*x + b for a > 0 only).
         bn = module.bn1
+        if not isinstance(bn, nn.BatchNorm2d):  # already folded (or not a BatchNorm)
+            return [("conv2", "bn2")]
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return [("conv2", "bn2")] + ([("conv1", "bn1")] if bool((scale > 0).all()) else [])
     return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]

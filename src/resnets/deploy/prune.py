@@ -124,11 +124,12 @@ def _plan(model: ResNet, blocks: Sequence[nn.Module], criterion: Criterion, targ
           input_size: Sequence[int]) -> list[list[torch.Tensor]]:
     """Remove the globally least important width slots, one at a time, until the MACs fit."""
     import heapq
+    import math
 
     macs = _MacModel(model, input_size)
     rankings = [_block_ranking(b, criterion) for b in blocks]
     widths = [b.conv1.out_channels for b in blocks]
-    floors = [max(1, int(round(min_keep * w))) for w in widths]
+    floors = [max(1, math.ceil(min_keep * w - 1e-9)) for w in widths]  # at least min_keep of each layer
     total = float(macs.total)
     heap = [(float(r[1][w - 1]), i) for i, (r, w) in enumerate(zip(rankings, widths)) if w > floors[i]]
     heapq.heapify(heap)
@@ -194,14 +195,16 @@ def prune_model(model: ResNet, target_macs_fraction: float = 0.5, criterion: Cri
                            "prune 2-D image networks")
     was_training = model.training
     model.eval()
-    blocks = [b for _, b in _named_blocks(model)]
-    for block in blocks:
-        _inner_layers(block)  # raises early on unsupported blocks
-    before = profile(model, input_size)
-    plan = _plan(model, blocks, criterion, target_macs_fraction * before.macs, min_keep, before.input_size)
-    pruned = _build(model, plan)
-    after = profile(pruned, before.input_size)
-    model.train(was_training)
+    try:  # a refused target leaves the caller's model in the mode it came in
+        blocks = [b for _, b in _named_blocks(model)]
+        for block in blocks:
+            _inner_layers(block)  # raises early on unsupported blocks
+        before = profile(model, input_size)
+        plan = _plan(model, blocks, criterion, target_macs_fraction * before.macs, min_keep, before.input_size)
+        pruned = _build(model, plan)
+        after = profile(pruned, before.input_size)
+    finally:
+        model.train(was_training)
     pruned.train(was_training)
     return PruneResult(pruned, before.macs, after.macs, before.params, after.params,
                        tuple(len(k[0]) for k in plan))
