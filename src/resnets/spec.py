@@ -163,6 +163,12 @@ class ResNetSpec:
         need(all(w >= 1 for w in self.stage_widths),
              f"width_multiplier={self.width_multiplier} leaves a stage of widths {self.widths} with no channels "
              f"({self.stage_widths}); use a larger multiplier")
+        if self.is_bottleneck and self.block_widths is None:  # ResNeXt: width * width_per_group / 64, per group
+            inner = [self.bottleneck_width(w) for w in self.stage_widths]
+            need(all(w >= 1 for w in inner),
+                 f"widths={self.widths} with groups={self.groups}, width_per_group={self.width_per_group} leave a "
+                 f"bottleneck without inner channels ({inner}: stage width x width_per_group / 64, rounded down, x "
+                 "groups); use wider stages or a larger width_per_group")
         if self.shortcut == "A" and self.residual:  # zero padding can add channels, never remove them
             chans = (self.stem_width,) + self.stage_out_channels
             need(all(a <= b for a, b in zip(chans, chans[1:])),

@@ -17,6 +17,8 @@ from resnets import CheckpointError, InputError, SpecError
     ("resnet20", {"width_multiplier": 0.01}, "use a larger multiplier"),
     ("r3d_18", {"se_ratio": 1 / 16}, "2-D networks only"),
     ("resnet20", {"stem_width": 32}, "shortcut='A' pads channels"),
+    ("resnext50_32x4d", {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 16)},
+     "leave a bottleneck without inner channels"),  # was a ZeroDivisionError inside a block
 ])
 def test_wrong_option_types_and_values_are_spec_errors(name, changes, words):
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")):
