@@ -66,7 +66,10 @@ def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: Tra
     groups = list(groups)
     if groups and isinstance(groups[0], torch.Tensor):
         groups = [{"params": groups, "name": "all"}]
-    if not groups or not any(len(list(g["params"])) for g in groups):
+    # a generator (module.parameters()) can be read once only, and torch takes a lone tensor as a list of one
+    groups = [{**g, "params": [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])}
+              for g in groups]
+    if not groups or not any(g["params"] for g in groups):
         raise ValueError("nothing to train: no parameter requires gradients")
     prepared = []
     for index, group in enumerate(groups):
@@ -218,7 +221,8 @@ class LRSchedule:
         """The same schedule stretched to another length (time budgets): milestones and warm-up scale."""
         ratio = total_steps / self.total_steps
         return LRSchedule(self.kind, total_steps, tuple(max(1, round(m * ratio)) for m in self.milestones),
-                          self.gamma, int(round(self.warmup_steps * ratio)), self.start, self.final, self.peak_at)
+                          self.gamma, max(1, round(self.warmup_steps * ratio)) if self.warmup_steps else 0,
+                          self.start, self.final, self.peak_at)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:

@@ -57,6 +57,7 @@ class ResolutionSchedule:
             (fraction >= self.ramp_end).astype(np.float64)
         size = self.min_size + ramp * (self.full_size - self.min_size)
         size = np.floor(size / self.size_step + 1e-9) * self.size_step
+        size = np.where(ramp >= 1.0, self.full_size, size)  # the end of the ramp is the full size, a multiple or not
         return np.clip(size, self.min_size, self.full_size).astype(np.int64)
 
     def sizes(self) -> list[int]:
