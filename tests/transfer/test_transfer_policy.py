@@ -203,3 +203,46 @@ def test_unfreeze_callback_drives_the_schedule_and_restores_it_on_resume():
     UnfreezeCallback(ProgressiveUnfreezer(resumed, FinetuneConfig(num_classes=5))).on_epoch_start(trainer, 3)
     assert resumed.layer1[0].conv1.weight.requires_grad and not resumed.conv1.weight.requires_grad
     assert trainer.messages[-1] == "epoch 3: unfroze layer3, layer2, layer1"  # resumed mid-schedule
+
+
+def test_a_part_with_lr_multiplier_zero_is_frozen_running_statistics_included():
+    # Regression: stage_lr_mults={"stem": 0} left the stem's BatchNorm in `train`, so its running statistics
+    # drifted although the stem never steps (also when progressive unfreezing "unlocked" such a part).
+    model = tiny(num_classes=3, layers=(1, 1, 1))
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=3, stage_lr_mults={"stem": 0.0}, lr=0.1))
+    progressive = tiny(num_classes=3, layers=(1, 1, 1))
+    unfreezer = ProgressiveUnfreezer(progressive, FinetuneConfig(num_classes=3, stage_lr_mults={"layer1": 0.0}))
+    for epoch in range(5):
+        unfreezer.step(epoch)
+    assert unfreezer.schedule == ["layer3", "layer2", "layer1", "stem"]  # the schedule's timing is unchanged
+    x, y = batch(n=4, classes=3)
+    for net, opt_groups, part in ((model, groups, "stem"), (progressive, unfreezer.param_groups, "layer1")):
+        before = snapshot(net)
+        sgd_step(net, opt_groups, x, y, steps=1)
+        after = net.state_dict()
+        assert not {k for k in after if part_of(k, net) == part and not torch.equal(before[k], after[k])}, part
+        assert "layer2" in {part_of(k, net) for k in after if not torch.equal(before[k], after[k])}
+
+
+def test_an_unfrozen_part_under_bn_train_uses_batch_statistics_without_another_model_train():
+    # Regression: a locked part's norms were put in inference mode by the hook; unlocking it under bn="train"
+    # left them there until the next model.train(), so a loop calling model.train() once never updated them.
+    model = tiny(num_classes=3, layers=(1, 1, 1))
+    unfreezer = ProgressiveUnfreezer(model, FinetuneConfig(num_classes=3, bn="train"), epochs_per_part=1)
+    x, _ = batch(n=4, classes=3)
+    model.train()
+    unfreezer.step(0)
+    model(x)
+    assert unfreezer.step(1) == ["layer3"]
+    before = model.layer3[0].bn1.running_mean.clone()
+    model(x)
+    assert model.layer3[0].bn1.training and not torch.equal(before, model.layer3[0].bn1.running_mean)
+
+
+@pytest.mark.parametrize("config", [FinetuneConfig(stage_lr_mults={"stem": float("nan")}),
+                                    FinetuneConfig(stage_lr_mults={"layer1": float("inf")}),
+                                    FinetuneConfig(head_lr_mult=float("nan")), FinetuneConfig(lr=float("nan"))])
+def test_non_finite_learning_rates_are_refused_in_words(config):
+    # Regression: `--stage-lr stem=nan` passed the check (nan < 0 is False) and the run diverged at its first steps.
+    with pytest.raises(PolicyError, match="finite|must be positive"):
+        apply_finetune_policy(tiny(num_classes=3, layers=(1, 1, 1)), config)

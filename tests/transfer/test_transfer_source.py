@@ -161,3 +161,17 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_keeps_its_spec(tmp_
     else:
         pytest.fail("no padding gave a header length with low byte 0x80")
     assert read_checkpoint(path).spec.num_classes == 3
+
+
+def test_linear_probe_cache_is_never_reused_for_other_data_pooling_or_precision(tmp_path):
+    # Regression: with the default data_key="" a cache written for one data set was reused for another (its
+    # features and labels), and a model whose pooling changed (same weights) reused the other pooling's features.
+    model = create_model("resnet20", num_classes=3, layers=(1, 1, 1))
+    first = [(torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]))]
+    with pytest.raises(ValueError, match="needs data_key"):
+        linear_probe(model, first, 3, cache_dir=tmp_path / "f")
+    assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d").cache_hit
+    assert linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d").cache_hit
+    model.reset_classifier(3, global_pool="max")  # other features from the same weights
+    assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d").cache_hit
+    assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d", amp=True).cache_hit

@@ -21,6 +21,7 @@ checkpoint) stays that of a plain ``ResNet``. ``to_frozen_batchnorm`` swaps in t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
 
@@ -90,6 +91,14 @@ def parts_to_freeze(model: nn.Module, freeze: str) -> list[str]:
         raise PolicyError(f"cannot freeze up to {freeze!r}: this model has no such stage. Its parts are "
                           f"{', '.join(body)} (freeze one of: none, {', '.join(body)}, all-but-head)")
     return body[: body.index(freeze) + 1]
+
+
+def frozen_parts(model: nn.Module, config: "FinetuneConfig") -> list[str]:
+    """The parts ``config`` keeps fixed: those up to ``config.freeze``, and any whose learning-rate multiplier is 0
+    (a part that never steps must not have its BatchNorm statistics drift either)."""
+    mults = lr_multipliers(model, config)
+    up_to = set(parts_to_freeze(model, config.freeze))
+    return [n for n in part_names(model) if n in up_to or mults.get(n) == 0]
 
 
 # -------------------------------------------------------------- BatchNorm
@@ -173,16 +182,16 @@ class FinetuneConfig:
     def validate(self) -> None:
         if self.bn not in BN_POLICIES:
             raise PolicyError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
-        if self.lr <= 0 or self.head_lr_mult < 0:
+        if not (0 < self.lr < math.inf and 0 <= self.head_lr_mult < math.inf):
             raise PolicyError(f"lr must be positive and head_lr_mult non-negative (got lr={self.lr}, "
                               f"head_lr_mult={self.head_lr_mult})")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise PolicyError(f"layer_decay={self.layer_decay} must be in (0, 1]")
         if self.layer_decay is not None and self.stage_lr_mults:
             raise PolicyError("give either layer_decay or stage_lr_mults, not both")
-        bad = {k: v for k, v in self.stage_lr_mults.items() if v < 0}
+        bad = {k: v for k, v in self.stage_lr_mults.items() if not 0 <= v < math.inf}
         if bad:
-            raise PolicyError(f"learning-rate multipliers must be >= 0, got {bad}")
+            raise PolicyError(f"learning-rate multipliers must be finite and >= 0, got {bad}")
         if self.num_classes is not None and self.num_classes < 1:
             raise PolicyError(f"num_classes={self.num_classes} must be at least 1")
 
@@ -230,7 +239,7 @@ def apply_finetune_policy(model: nn.Module, config: FinetuneConfig) -> list[dict
     config.validate()
     if config.num_classes is not None:  # a new task gets a fresh head even with the same class count
         replace_head(model, config.num_classes)
-    frozen = set(parts_to_freeze(model, config.freeze))
+    frozen = set(frozen_parts(model, config))
     mults = lr_multipliers(model, config)
     modules = part_modules(model)
     for part, mods in modules.items():
@@ -291,6 +300,7 @@ class ProgressiveUnfreezer:
         self.model, self.config, self.epochs_per_part = model, config, epochs_per_part
         self.param_groups = apply_finetune_policy(model, config)
         permanently_frozen = set(parts_to_freeze(model, config.freeze))
+        self._never_train = set(frozen_parts(model, config)) - permanently_frozen  # lr multiplier 0
         body = [n for n in part_names(model) if n != "head"]
         self.schedule = [n for n in reversed(body) if n not in permanently_frozen]
         self.unlocked: list[str] = []
@@ -305,10 +315,15 @@ class ProgressiveUnfreezer:
         set_bn_policy(self._modules[part], "frozen")
 
     def _unlock(self, part: str) -> None:
-        set_bn_policy(self._modules[part], self.config.bn)
+        policy = "frozen" if part in self._never_train else self.config.bn
+        set_bn_policy(self._modules[part], policy)
         for m in self._modules[part]:
             for p in m.parameters():
                 p.requires_grad_(id(p) in self._trainable)
+            if policy == "train":  # the hook left these norms in inference mode: follow the model's mode again
+                for norm in m.modules():
+                    if isinstance(norm, _BatchNorm):
+                        norm.training = self.model.training
 
     def step(self, epoch: int) -> list[str]:
         """Call at the start of every epoch (0-based); returns the parts unfrozen now."""

@@ -30,8 +30,12 @@ class ProbeResult:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A hash of every weight and buffer except the head: features depend on nothing else."""
+    """A hash of every weight and buffer except the head, and of the architecture (pooling, dilation): features
+    depend on nothing else."""
     h = hashlib.sha1()
+    spec = getattr(model, "spec", None)
+    if spec is not None and hasattr(spec, "to_dict"):
+        h.update(json.dumps(spec.replace(num_classes=0).to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith("fc."):
             continue
@@ -67,7 +71,10 @@ def cached_features(model: nn.Module, batches: Iterable, cache_path: str | os.Pa
     ``data_key`` must name the data and its preprocessing (paths, image size, split seed): a cache
     written for other data or other weights is recomputed, never silently reused.
     """
-    key = hashlib.sha1(f"{model_fingerprint(model)}|{data_key}".encode()).hexdigest()
+    if cache_path is not None and not data_key:
+        raise ValueError("a feature cache needs data_key naming the data and its preprocessing (paths, image size, "
+                         "split seed); without it a cache for other data would be reused")
+    key = hashlib.sha1(f"{model_fingerprint(model)}|{data_key}|amp={bool(amp)}".encode()).hexdigest()
     if cache_path is not None and Path(cache_path).exists():
         from safetensors import safe_open
 
@@ -120,6 +127,9 @@ def linear_probe(model: nn.Module, train_batches: Iterable, num_classes: int, va
                  cache_dir: str | os.PathLike | None = None, data_key: str = "", weight_decay: float = 1e-4,
                  device: str | torch.device = "cpu", amp: bool = False) -> ProbeResult:
     """Fit a new linear head on frozen features of ``model`` and install it as ``model.fc``."""
+    if cache_dir is not None and not data_key:
+        raise ValueError("linear_probe(cache_dir=...) needs data_key naming the data and its preprocessing (paths, "
+                         "image size, split seed); without it a cache for other data would be reused")
     cache = Path(cache_dir) if cache_dir is not None else None
     train_f, train_y, hit = cached_features(model, train_batches, cache / "train_features.safetensors" if cache else None,
                                             f"train|{data_key}", device, amp)
