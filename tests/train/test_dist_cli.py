@@ -56,7 +56,7 @@ def test_a_restart_continues_only_the_checkpoint_its_own_job_wrote(tmp_path, mon
     from resnets.cli import main
     from resnets.data import DataSplits, TensorImageDataset, make_tensor_dataset
     from resnets.train import TrainConfig, Trainer
-    from resnets.train.distributed import restarted_from_own_checkpoint
+    from resnets.train.distributed import own_checkpoint
 
     images, labels = make_tensor_dataset(classes=2, per_class=4, size=8, seed=0)
     data = TensorImageDataset(images, labels, ["a", "b"], (0.5,) * 3, (0.25,) * 3)
@@ -66,11 +66,11 @@ def test_a_restart_continues_only_the_checkpoint_its_own_job_wrote(tmp_path, mon
                                     "tensorboard": False, "workers": 0})
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
     Trainer(config, tmp_path / "run", splits=splits).fit()
-    assert restarted_from_own_checkpoint(tmp_path / "run")
+    assert own_checkpoint(tmp_path / "run") is not None
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
-    assert not restarted_from_own_checkpoint(tmp_path / "run")
+    assert own_checkpoint(tmp_path / "run") is None
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --rdzv-id: cannot tell, continue as before
-    assert restarted_from_own_checkpoint(tmp_path / "run")
+    assert own_checkpoint(tmp_path / "run") is not None
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--out", str(tmp_path / "run"),
                  "--nproc", "2"]) == 2  # refused by the launcher: no rank starts, no restart is spent

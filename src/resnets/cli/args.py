@@ -140,16 +140,44 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
     return out
 
 
-def load_network(path: str, model_name: str | None, option: str, model_option: str) -> tuple[Any, dict]:
-    """The network in checkpoint ``path`` and its metadata. A state dict without a spec (torchvision, timm)
-    needs its architecture named, which the error says how to do on the command line (``model_option``)."""
+def load_network(path: str, model_name: str | None, option: str, model_option: str,
+                 name_for_spec_less_only: bool = False) -> tuple[Any, dict]:
+    """The network in checkpoint ``path`` and its metadata, reading the file once. A state dict without a spec
+    (torchvision, timm) needs its architecture named, which the error says how to do on the command line
+    (``model_option``). ``name_for_spec_less_only``: a name beside a checkpoint's own spec is the caller's to check
+    (``resnets bench`` lets it repeat the architecture), not the loader's to refuse."""
     from ..transfer import load_source
     from ..weights import read_checkpoint
     from . import UserError
 
-    if model_name is None and read_checkpoint(path).spec is None:
+    checkpoint = read_checkpoint(path)
+    if checkpoint.spec is None and model_name is None:
         raise UserError(f"{option} {path} holds weights without a model spec (a torchvision or timm state dict); "
                         f"name its architecture with {model_option} NAME (e.g. {model_option} resnet18; "
                         "`resnets models` lists the names)")
-    model, info = load_source(path, model_name=model_name)
+    if name_for_spec_less_only and checkpoint.spec is not None:
+        model_name = None
+    model, info = load_source(path, model_name=model_name, checkpoint=checkpoint)
     return model, info.metadata
+
+
+def image_files(arguments: Iterable[str]) -> list[str]:
+    """The files named, each folder replaced by the image files under it (recursively, sorted, hidden ones left
+    out); an empty folder is an error. Files are not opened here: the caller reports a missing or unreadable one."""
+    from ..data.folder import IMAGE_EXTENSIONS
+    from . import UserError
+
+    paths = []
+    for argument in arguments:
+        if not os.path.isdir(argument):
+            paths.append(argument)  # a missing or unreadable file is reported when it is read
+            continue
+        found = []
+        for folder, subfolders, files in os.walk(argument, followlinks=True):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            found += [os.path.join(folder, name) for name in sorted(files)
+                      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            raise UserError(f"no images under the folder {argument} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        paths += found
+    return paths

@@ -83,12 +83,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         metadata = {}
         if args.checkpoint:
-            from ..weights import read_checkpoint
             from .args import load_network
 
             # --model names the architecture of a spec-less state dict; beside a spec it may only repeat it
-            named = args.model if read_checkpoint(args.checkpoint).spec is None else None
-            model, metadata = load_network(args.checkpoint, named, "--checkpoint", "--model")
+            model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model",
+                                           name_for_spec_less_only=True)
             name = _checkpoint_name(model.spec, metadata, args.model, args.checkpoint)
         else:
             name = args.model or "resnet50"

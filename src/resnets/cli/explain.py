@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .args import check_output, device, non_negative_int, positive_float, positive_int
+from .args import check_output, device, image_files, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,23 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def _image_paths(items: list[str]) -> list[Path]:
+    """The images to explain (folders searched as ``resnets predict`` searches them); a missing file is an error."""
     from ..cli import UserError
 
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise UserError(f"image {item!r} does not exist")
-    if not paths:
-        raise UserError("no images found in the given paths")
+    paths = [Path(item) for item in image_files(items)]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise UserError(f"image {str(missing)!r} does not exist")
     return paths
 
 

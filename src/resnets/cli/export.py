@@ -37,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.export import DEFAULT_OPSET, FORMATS, ExportError, check_opset, export_model, input_size_at
     from ..deploy.quantize import CalibrationError
     from . import UserError
-    from .args import load_network
-    from .args import check_output
+    from .args import check_output, load_network
 
     if args.format not in FORMATS:
         raise UserError(f"--format {args.format!r} is not supported; choose one of: {', '.join(FORMATS)}")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Sequence
 
-from .args import device, positive_int
+from .args import device, image_files, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,34 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def image_paths(arguments: Sequence[str]) -> list[str]:
-    """The files named, with each folder replaced by the image files under it (hidden ones left out)."""
-    from ..cli import UserError
-    from ..data.folder import IMAGE_EXTENSIONS
-
-    paths = []
-    for argument in arguments:
-        if not os.path.isdir(argument):
-            paths.append(argument)  # a missing or unreadable file is reported when it is read
-            continue
-        found = []
-        for folder, subfolders, files in os.walk(argument, followlinks=True):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            found += [os.path.join(folder, name) for name in sorted(files)
-                      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
-        if not found:
-            raise UserError(f"no images under the folder {argument} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        paths += found
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..cli import UserError
     from ..data import DataError, load_eval_image
-    from ..evaluate.loading import load_for_inference
     from ..data.folder import chunks
+    from ..evaluate.loading import load_for_inference
 
     model, classes, mean, std, image_size, crop_fraction, _ = load_for_inference(args.checkpoint, need_classes=False)
     if classes is None:  # still useful: name the outputs by index, and say how to get names
@@ -65,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {args.checkpoint} stores no class names, so classes are shown as output indices; to name "
               "them, save the weights with metadata {'classes': [...]} (resnets.save_weights(model, path, "
               "{'classes': names}))", file=sys.stderr)
-    paths = image_paths(args.images)
+    paths = image_files(args.images)
     device = torch.device(args.device)
     model.to(device)
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)

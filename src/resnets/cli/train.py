@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError
     from ..train import ConfigError, NonFiniteLossError, list_recipes, resolve_config
     from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, global_rank,
-                                     launch, launched_by_torchrun, namespace_to_argv, restart_count,
-                                     restarted_from_own_checkpoint, saved_device)
+                                     launch, launched_by_torchrun, namespace_to_argv, own_checkpoint,
+                                     restart_count, saved_device)
     from ..train.trainer import Trainer, check_new_run_dir, resume
     from ..zoo import get_entry
     from .resuming import refuse_changes_on_resume, resume_folder
@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else _default_out(config)
             with distributed_session(config.device) as process:
                 callbacks = fault_drill_from_env()
-                if restart_count() > 0 and check_shared_run_dir(process, out) and restarted_from_own_checkpoint(out):
-                    result = resume(out, process=process, callbacks=callbacks)  # torchrun restarted the group
+                own = own_checkpoint(out) if restart_count() > 0 and check_shared_run_dir(process, out) else None
+                if own is not None:  # torchrun restarted the group: continue this job's run
+                    result = resume(out, checkpoint=own, process=process, callbacks=callbacks)
                 else:  # the Trainer refuses a folder that already holds a run
                     result = Trainer(config, out, process=process, callbacks=callbacks).fit()
     except (ConfigError, DataError) as exc:

@@ -94,7 +94,8 @@ def _check_held_out_classes(folder: Path, train_classes: Sequence[str], train_ro
     would speak of a model "not trained on" it, and suggest evaluating another model)."""
     from .folder import find_classes
 
-    extra = [name for name in find_classes(folder) if name not in set(train_classes)]
+    known = set(train_classes)
+    extra = [name for name in find_classes(folder) if name not in known]
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise DataError(f"{folder} has class folder(s) that {train_root} lacks: {shown}; every class to validate "

@@ -191,7 +191,7 @@ class TrainConfig:
     @property
     def held_out_seed(self) -> int:
         """The seed that picks the validation hold-out (see ``split_seed``)."""
-        return self.seed if self.split_seed is None else self.split_seed
+        return held_out_split({"seed": self.seed, "split_seed": self.split_seed})[1]
 
     # ------------------------------------------------------------------ checks
     def __post_init__(self) -> None:

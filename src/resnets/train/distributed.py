@@ -48,7 +48,7 @@ from .process import ProcessContext
 __all__ = ["DistributedBatchNorm2d", "DistributedProcess", "FaultDrill", "check_shared_run_dir",
            "convert_batchnorm", "distributed_session", "fault_drill_from_env", "forward_backward",
            "global_rank", "init_process", "job_id", "launch", "launched_by_torchrun", "namespace_to_argv",
-           "peers_lost_as_error", "restart_count", "restarted_from_own_checkpoint", "saved_device",
+           "own_checkpoint", "peers_lost_as_error", "restart_count", "saved_device",
            "torchrun_args"]
 
 FAULT_DRILL_ENV = "RESNETS_FAULT_KILL"
@@ -88,17 +88,16 @@ def job_id() -> str | None:
     return run_id if run_id and run_id != "none" else None
 
 
-def restarted_from_own_checkpoint(run_dir: Path) -> bool:
-    """Whether a restarted group should continue ``run_dir/last.pt``: only when this job's first attempt wrote
-    it. A last.pt that was there before the job started is another run: the first attempt refused the folder,
-    and resuming it on restart would continue someone else's run under its old settings. Without a job id
-    (torchrun without ``--rdzv-id``) this cannot be told, and the checkpoint is continued as before."""
+def own_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/last.pt``, read, when a restarted group should continue it: only when this job's first attempt
+    wrote it (None otherwise). A last.pt that was there before the job started is another run: the first attempt
+    refused the folder, and resuming it on restart would continue someone else's run under its old settings.
+    Without a job id (torchrun without ``--rdzv-id``) this cannot be told, and the checkpoint is continued."""
     from .checkpoint import load_training_checkpoint
 
+    body = load_training_checkpoint(run_dir / "last.pt")
     current = job_id()
-    if current is None:
-        return True
-    return load_training_checkpoint(run_dir / "last.pt").get("job_id") == current
+    return body if current is None or body.get("job_id") == current else None
 
 
 def _env_int(name: str) -> int:

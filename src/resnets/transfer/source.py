@@ -13,7 +13,7 @@ import torch
 
 from ..model import ResNet
 from ..spec import ResNetSpec
-from ..weights import (CheckpointError, describe_state_dict, load_state_dict, read_checkpoint, to_resnets_keys,
+from ..weights import (Checkpoint, CheckpointError, describe_state_dict, load_state_dict, read_checkpoint, to_resnets_keys,
                        torchvision_state_dict)
 from ..zoo import get_entry
 
@@ -38,7 +38,8 @@ def _is_tag(text: str) -> bool:
 
 
 def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_name: str | None = None,
-                in_chans: int | None = None, adapt_in_chans: bool = False) -> tuple[ResNet, SourceInfo]:
+                in_chans: int | None = None, adapt_in_chans: bool = False,
+                checkpoint: Checkpoint | None = None) -> tuple[ResNet, SourceInfo]:
     """The pretrained network, exactly as it was trained (head included), with its weights.
 
     ``source`` is a resnets checkpoint (its spec is inside; ``model_name`` optional), a torchvision or
@@ -46,6 +47,7 @@ def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_na
     tag such as ``"IMAGENET1K_V1"`` (``model_name`` required). Weights that do not fit the named
     architecture raise ``CheckpointError`` naming the difference. ``in_chans`` different from the
     source's is refused unless ``adapt_in_chans`` (sum/repeat the first convolution's filters).
+    ``checkpoint`` is ``source`` as the caller already read it (``read_checkpoint``), so it is not read again.
     """
     metadata: dict[str, Any] = {}
     spec: ResNetSpec | None = None
@@ -57,7 +59,7 @@ def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_na
                                   "(model_name / --model, e.g. resnet50)")
         state, origin = torchvision_state_dict(model_name, str(source)), f"torchvision {model_name} {source}"
     else:
-        ckpt = read_checkpoint(source)
+        ckpt = checkpoint if checkpoint is not None else read_checkpoint(source)
         state, spec, metadata, origin = ckpt.state_dict, ckpt.spec, dict(ckpt.metadata), str(source)
     state = to_resnets_keys(state)
     if spec is None:
