@@ -14,7 +14,7 @@ def _with_running_stats(model: nn.Module) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, so folding has something to fold."""
     g = torch.Generator().manual_seed(3)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
@@ -34,10 +34,20 @@ def test_folded_equals_unfolded(name, size, overrides):
     with torch.no_grad():
         want, got = model(x), folded(x)
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
-    assert count_batchnorms(folded) < count_batchnorms(model)
-    if name != "resnet50d":  # the deep stem's last BN follows a Sequential, the rest all fold
-        assert count_batchnorms(folded) == 0
+    assert count_batchnorms(folded) == 0  # the deep stem's last norm folds into the Sequential's last conv
     assert count_batchnorms(model) > 0, "folding must not modify the original"
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18"])
+def test_video_nets_fold_every_norm(name):
+    """3-D and (2+1)-D convolutions fold like 2-D ones (they were left unfolded, silently)."""
+    model = _with_running_stats(create_model(name, num_classes=5, layers=(1, 1, 1, 1), widths=(8, 8, 16, 16)))
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert count_batchnorms(folded) == 0 < count_batchnorms(model)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
 
 
 def test_preact_norms_are_left_alone_and_outputs_kept():

@@ -21,12 +21,22 @@ from .timing import time_round_robin
 Precision = Literal["fp32", "bf16"]
 
 
+_FOLDABLE = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+
+
 def _fold_in(parent: nn.Module, pairs: Sequence[tuple[str, str]]) -> int:
+    """Fold each (conv, norm) pair of ``parent``'s children. The conv may be a Sequential whose output is
+    its last convolution's (the deep stem, a (2+1)-D convolution): the norm folds into that last one."""
     folded = 0
     for conv_name, bn_name in pairs:
+        owner, name = parent, conv_name
         conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
-            setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        while isinstance(conv, nn.Sequential) and len(conv):
+            owner, name = conv, list(conv._modules)[-1]
+            conv = getattr(owner, name)
+        if any(isinstance(conv, conv_type) and type(bn) is norm_type for conv_type, norm_type in _FOLDABLE) \
+                and conv.out_channels == bn.num_features:
+            setattr(owner, name, fuse_conv_bn_eval(conv, bn))
             setattr(parent, bn_name, nn.Identity())
             folded += 1
     return folded
@@ -36,9 +46,10 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fold every BatchNorm that directly follows a convolution into that convolution's weights.
 
     Exact up to float rounding, for eval mode only (running statistics become constants). Covers
-    the stem, post-activation blocks (``convN`` -> ``bnN``) and any ``nn.Sequential`` holding
-    conv -> bn (projection shortcuts, the deep stem). Pre-activation norms precede their
-    convolution and are left as they are (zero padding makes that fold inexact).
+    the stem (the deep stem's last norm included), post-activation blocks (``convN`` -> ``bnN``), any
+    ``nn.Sequential`` holding conv -> bn (projection shortcuts, the deep stem), and the 3-D and (2+1)-D
+    video nets. Pre-activation norms precede their convolution and are left as they are (zero padding
+    makes that fold inexact).
     """
     if not inplace:
         model = copy.deepcopy(model)
