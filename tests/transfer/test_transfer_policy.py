@@ -246,3 +246,12 @@ def test_non_finite_learning_rates_are_refused_in_words(config):
     # Regression: `--stage-lr stem=nan` passed the check (nan < 0 is False) and the run diverged at its first steps.
     with pytest.raises(PolicyError, match="finite|must be positive"):
         apply_finetune_policy(tiny(num_classes=3, layers=(1, 1, 1)), config)
+
+
+def test_the_head_rate_set_twice_is_refused_and_either_way_alone_works():
+    # Regression: --head-lr-mult 10 with --stage-lr head=0.5 silently trained the head at 5x.
+    with pytest.raises(PolicyError, match="set twice"):
+        apply_finetune_policy(tiny(num_classes=3, layers=(1, 1, 1)),
+                              FinetuneConfig(head_lr_mult=10, stage_lr_mults={"head": 0.5}))
+    for config in (FinetuneConfig(head_lr_mult=4), FinetuneConfig(stage_lr_mults={"head": 4})):
+        assert lr_multipliers(tiny(num_classes=3, layers=(1, 1, 1)), config)["head"] == 4

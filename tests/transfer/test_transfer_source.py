@@ -148,6 +148,11 @@ def test_finetune_command_end_to_end(tmp_path, capsys):
     assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "y"),
                  "--keep-head"]) == 2
     assert "10-class head but the data has 3 classes" in capsys.readouterr().err
+    for flag in (["--keep-head"], ["--unfreeze-every", "1"]):  # a probe ignored them silently
+        assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "z"),
+                     "--linear-probe", *flag]) == 2
+        assert f"{flag[0]} and --linear-probe contradict" in capsys.readouterr().err
+        assert not (tmp_path / "z").exists()
 
 
 def test_safetensors_whose_header_length_looks_like_a_pickle_keeps_its_spec(tmp_path):

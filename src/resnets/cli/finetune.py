@@ -108,7 +108,20 @@ def run(args: argparse.Namespace) -> int:
     from .resuming import require
 
     require(args, "source", "data", "out")
+    _refuse_contradictions(args)
     return _start(args)
+
+
+def _refuse_contradictions(args: argparse.Namespace) -> None:
+    """Options a linear probe cannot honour: it fits a new classifier on fixed features, so it neither
+    keeps the source's head nor unfreezes anything (both were silently ignored)."""
+    from . import UserError
+
+    if args.linear_probe:
+        for flag, given in (("--keep-head", args.keep_head), ("--unfreeze-every", args.unfreeze_every)):
+            if given:
+                raise UserError(f"{flag} and --linear-probe contradict: a linear probe fits a new classifier on "
+                                f"the frozen network's features; drop one of them")
 
 
 def _resume(args: argparse.Namespace) -> int:

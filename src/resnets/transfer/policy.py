@@ -159,7 +159,7 @@ class FinetuneConfig:
 
     ``lr`` is the base learning rate; a part's rate is ``lr * stage multiplier`` (from
     ``stage_lr_mults``, or ``layer_decay ** depth-from-the-top`` when ``layer_decay`` is set), and
-    the head's is ``lr * head_lr_mult``.
+    the head's is ``lr * head_lr_mult`` (or ``stage_lr_mults["head"]``: one of the two, not both).
     """
 
     num_classes: int | None = None
@@ -189,6 +189,10 @@ class FinetuneConfig:
             raise PolicyError(f"layer_decay={self.layer_decay} must be in (0, 1]")
         if self.layer_decay is not None and self.stage_lr_mults:
             raise PolicyError("give either layer_decay or stage_lr_mults, not both")
+        if "head" in self.stage_lr_mults and self.head_lr_mult != 1.0:
+            raise PolicyError(f"the head's learning rate is set twice (head_lr_mult={self.head_lr_mult} and "
+                              f"stage_lr_mults['head']={self.stage_lr_mults['head']}); give one of them "
+                              "(--head-lr-mult or head= in --stage-lr)")
         bad = {k: v for k, v in self.stage_lr_mults.items() if not 0 <= v < math.inf}
         if bad:
             raise PolicyError(f"learning-rate multipliers must be finite and >= 0, got {bad}")
@@ -219,7 +223,7 @@ def lr_multipliers(model: nn.Module, config: FinetuneConfig) -> dict[str, float]
         else:
             mults[name] = float(config.stage_lr_mults.get(name, 1.0))
     if "head" in names:
-        mults["head"] = config.head_lr_mult * float(config.stage_lr_mults.get("head", 1.0))
+        mults["head"] = float(config.stage_lr_mults.get("head", config.head_lr_mult))
     return mults
 
 
