@@ -120,3 +120,13 @@ def test_random_resized_crop_keeps_a_non_square_size_and_centres_the_fallback_as
     # h = 10, w = round(10 * 4/3) = 13, left = (16 - 13) // 2 = 1 as in torchvision (not round(1.5) = 2)
     box = _sample_boxes(1, 10, 16, (1.0, 1.0), (4 / 3, 4 / 3), _gen())
     assert box.tolist() == [[1.0, 0.0, 14.0, 10.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_random_resized_crop_of_a_half_precision_batch(dtype):
+    # Regression: roi_align has no CPU kernel for bf16/fp16, so a bf16 batch raised inside torchvision.
+    images = _ramp().float()
+    want = random_resized_crop(images, _gen(), 12)
+    got = random_resized_crop(images.to(dtype), _gen(), 12)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.allclose(got.float(), want, atol=0.05 * want.abs().max().item())

@@ -199,10 +199,12 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
     output_size = output_size or (height, width)
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
-    boxes = _sample_boxes(count, height, width, scale, ratio, generator).to(images.device, images.dtype)
-    indices = torch.arange(count, device=images.device, dtype=images.dtype)[:, None]
-    return roi_align(images, torch.cat([indices, boxes], dim=1), tuple(output_size),
-                     spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    # roi_align has no bf16/fp16 kernel on the CPU: resample half-precision batches in fp32
+    work = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    boxes = _sample_boxes(count, height, width, scale, ratio, generator).to(work.device, work.dtype)
+    indices = torch.arange(count, device=work.device, dtype=work.dtype)[:, None]
+    return roi_align(work, torch.cat([indices, boxes], dim=1), tuple(output_size),
+                     spatial_scale=1.0, sampling_ratio=-1, aligned=True).to(images.dtype)
 
 
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator, *,
