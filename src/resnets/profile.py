@@ -66,8 +66,9 @@ def profile(model: nn.Module, input_size: Sequence[int] | None = None) -> Profil
         model.eval()
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        with torch.no_grad():  # the input follows the weights: a bf16 or CUDA model is profiled where it is
+            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -93,3 +93,16 @@ def test_min_keep_is_a_floor_and_a_refused_target_keeps_the_train_mode(trained_t
     with pytest.raises(PruningError, match="cannot reach"):
         prune_model(model, 0.01)
     assert model.training
+
+
+def test_a_bf16_model_is_profiled_and_pruned_in_bf16(trained_tiny, batch):
+    # Regression: profile fed fp32 zeros to any model (a bf16 one raised a dtype error) and the pruned copy
+    # came back in fp32 whatever the original's precision.
+    model = type(trained_tiny)(trained_tiny.spec)
+    model.load_state_dict(trained_tiny.state_dict())
+    model = model.to(torch.bfloat16)
+    assert profile(model, (3, 32, 32)).macs == profile(trained_tiny, (3, 32, 32)).macs
+    result = prune_model(model, 0.5)
+    assert next(result.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        assert result.model.eval()(batch[0][:4].to(torch.bfloat16)).shape == (4, 4)

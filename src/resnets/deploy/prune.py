@@ -176,7 +176,8 @@ def _build(model: ResNet, plan: list[list[torch.Tensor]]) -> ResNet:
     widths = tuple(len(keeps[0]) for keeps in plan)
     pruned = ResNet(model.spec.replace(block_widths=widths))
     pruned.load_state_dict(_pruned_state(model, plan))
-    return pruned
+    source = next(model.parameters())  # the copy lives where the original does, in its precision
+    return pruned.to(device=source.device, dtype=source.dtype)
 
 
 def prune_model(model: ResNet, target_macs_fraction: float = 0.5, criterion: Criterion = "l1",
