@@ -3,6 +3,8 @@ and the flags that only make sense together."""
 
 from __future__ import annotations
 
+import pytest
+
 from resnets.train.distributed import namespace_to_argv, torchrun_args
 
 
@@ -28,6 +30,18 @@ def test_max_restarts_needs_nproc(capsys):
 
     assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--max-restarts", "1"]) == 2
     assert "--max-restarts goes with --nproc" in capsys.readouterr().err
+
+
+def test_the_launcher_refuses_missing_data_before_starting_a_rank(tmp_path, monkeypatch, capsys):
+    # Regression: a wrong --data failed in every rank, and --max-restarts K repeated the failure K times.
+    from resnets.cli import main
+    from resnets.train import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("the launcher started ranks"))
+    assert main(["train", "--model", "resnet20", "--data", str(tmp_path / "missing"), "--steps", "1",
+                 "--out", str(tmp_path / "run"), "--nproc", "2", "--max-restarts", "3"]) == 2
+    assert f"no dataset at {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_interrupted_launcher_stops_with_one_line(monkeypatch, capsys):
@@ -72,6 +86,6 @@ def test_a_restart_continues_only_the_checkpoint_its_own_job_wrote(tmp_path, mon
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --rdzv-id: cannot tell, continue as before
     assert own_checkpoint(tmp_path / "run") is not None
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    assert main(["train", "--model", "resnet20", "--data", "x", "--steps", "1", "--out", str(tmp_path / "run"),
-                 "--nproc", "2"]) == 2  # refused by the launcher: no rank starts, no restart is spent
+    assert main(["train", "--model", "resnet20", "--data", str(tmp_path), "--steps", "1", "--out",
+                 str(tmp_path / "run"), "--nproc", "2"]) == 2  # refused by the launcher: no rank starts
     assert "already holds a run" in capsys.readouterr().err

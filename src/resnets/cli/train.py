@@ -103,7 +103,7 @@ def _default_out(config) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
-    from ..data import DataError
+    from ..data import DataError, check_source
     from ..train import ConfigError, NonFiniteLossError, list_recipes, resolve_config
     from ..train.distributed import (check_shared_run_dir, distributed_session, fault_drill_from_env, global_rank,
                                      launch, launched_by_torchrun, namespace_to_argv, own_checkpoint,
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.resume:
                 config = resolve_config(args.recipe, _overrides(args))
                 get_entry(config.model)
+                check_source(config.data)  # a wrong --data would fail in every rank, restart after restart
                 args.out = args.out or str(_default_out(config))
                 check_new_run_dir(args.out)  # once, here: the ranks would each refuse it, and use up restarts
             command = ["train", *namespace_to_argv(args.parser, args, drop=("nproc", "max_restarts"))]

@@ -242,16 +242,25 @@ def _cifar_arrays(folder: Path):
     return _CIFAR_MEMORY[key]
 
 
+def check_source(source: str | os.PathLike) -> None:
+    """Refuse a ``--data`` value that names neither a known archive nor an existing path, without reading
+    anything: the torchrun launcher calls it before starting processes that would each fail (and restart)."""
+    text = os.fspath(source)
+    if text.lower() in CIFAR_ARCHIVES:
+        return
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataError(f"no dataset at {path}: pass cifar10, cifar100, an extracted cifar-10-batches-py folder, "
+                        f"an ImageFolder tree DIR/<class>/<image>, or a root with train/ and val/ trees")
+
+
 def _resolve_source(source: str | os.PathLike, cache_dir, download: bool) -> tuple[Path, str | None]:
     """(path, known dataset name) for a ``--data`` value."""
     text = os.fspath(source)
     if text.lower() in CIFAR_ARCHIVES and not Path(text).exists():
         return fetch_cifar(text.lower(), cache_root(cache_dir), download=download), text.lower()
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise DataError(f"no dataset at {path}: pass cifar10, cifar100, an extracted cifar-10-batches-py folder, "
-                        f"an ImageFolder tree DIR/<class>/<image>, or a root with train/ and val/ trees")
-    return path, None
+    check_source(source)
+    return Path(text).expanduser(), None
 
 
 def _resize_tensor(dataset: TensorImageDataset, image_size: int | None) -> TensorImageDataset:
