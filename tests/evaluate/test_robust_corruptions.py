@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from resnets.evaluate.corruptions import (CORRUPTIONS, FAMILIES, CorruptionResult, corrupt, corruption_accuracy,
-                                          parse_corruptions)
+from resnets.evaluate.corruptions import (CORRUPTIONS, FAMILIES, RANDOM_CORRUPTIONS, CorruptionResult, corrupt,
+                                          corruption_accuracy, parse_corruptions)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,10 +41,39 @@ def test_corruption_contract(name):
     assert change[-1] >= change[0], f"severity 5 must change the image more than severity 1 ({change})"
 
 
-@pytest.mark.parametrize("name", ["gaussian_noise", "impulse_noise", "motion_blur", "fog"])
-def test_random_corruptions_depend_on_seed(name):
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_exactly_the_random_corruptions_depend_on_the_seed(name):
     x = _images()
-    assert not torch.equal(corrupt(x, name, 3, seed=1), corrupt(x, name, 3, seed=2))
+    differs = not torch.equal(corrupt(x, name, 3, seed=1), corrupt(x, name, 3, seed=2))
+    assert differs == (name in RANDOM_CORRUPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_CORRUPTIONS))
+def test_an_image_gets_the_same_corruption_in_any_batch(name):
+    # Regression: the noise was drawn per batch, so `resnets robustness --batch-size` changed the results.
+    x = _images(5)
+    whole = corrupt(x, name, 4, seed=9)
+    split = torch.cat([corrupt(x[:2], name, 4, seed=9), corrupt(x[2:], name, 4, seed=9, first_index=2)])
+    assert torch.equal(whole, split)
+    twins = corrupt(x[:1].repeat(2, 1, 1, 1), name, 4, seed=9)
+    assert not torch.equal(twins[0], twins[1])  # each image draws its own numbers
+
+
+def test_corruption_accuracy_does_not_depend_on_the_batch_size():
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.clone())
+            return torch.zeros(x.shape[0], 2)
+
+    x, y = _images(6, 16), torch.tensor([0, 1, 0, 1, 0, 1])
+    one, three = Recorder(), Recorder()
+    corruption_accuracy(one, [(x, y)], names=["shot_noise"], seed=5)
+    corruption_accuracy(three, [(x[:4], y[:4]), (x[4:], y[4:])], names=["shot_noise"], seed=5)
+    assert all(torch.equal(a, torch.cat([b, c])) for a, b, c in zip(one.seen, three.seen[:6], three.seen[6:]))
 
 
 def test_dtype_and_larger_images_kept():

@@ -4,11 +4,11 @@ Each corruption takes a float batch ``(N, C, H, W)`` in [0, 1] and returns one o
 shape, dtype and range, at severity 1..5. Severity parameters are those of CIFAR-10-C (the
 authors' ``make_cifar_c.py``); spatial ones (blur radii, motion length, fog scale, pixel size)
 are scaled by ``min(H, W) / 32`` so larger images get a visually similar corruption.
-Randomness comes only from a ``torch.Generator`` seeded by the caller, so the same seed gives
-the same corrupted images.
+Randomness comes only from ``torch.Generator``s seeded from the caller's seed and each image's index
+in the evaluation set, so an image gets the same noise whatever the batch size it is evaluated in.
 
 Differences from the published files, on purpose: everything runs in torch on whole batches
-(no ImageMagick/Wand); motion blur is a one-sided Gaussian-weighted line kernel at a random
+(no ImageMagick/Wand; the random ones draw per image); motion blur is a one-sided Gaussian-weighted line kernel at a random
 angle (ImageMagick's ``motion_blur``); fog is fractal (sum of octaves) noise instead of the
 diamond-square plasma; brightness adds to the HSV value channel in closed form.
 """
@@ -246,11 +246,21 @@ CORRUPTIONS: dict[str, Callable[[torch.Tensor, int, torch.Generator], torch.Tens
 }
 
 
-def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+RANDOM_CORRUPTIONS = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "motion_blur", "fog"})
+"""The corruptions that draw random numbers: they are applied image by image, each with its own generator."""
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of the image at ``index`` of an evaluation set corrupted under ``seed``."""
+    return (seed * 0x9E3779B97F4A7C15 + index) % (1 << 63)
+
+
+def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0, first_index: int = 0) -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1..5) to a float batch in [0, 1].
 
-    Deterministic: the same ``seed`` and input give the same output. The result keeps the
-    input's shape, dtype and device and is clamped to [0, 1].
+    Deterministic and independent of how images are batched: image ``i`` of ``x`` is corrupted with a
+    generator seeded by ``image_seed(seed, first_index + i)`` (pass the index of ``x[0]`` in the whole
+    set as ``first_index``). The result keeps the input's shape, dtype and device and is clamped to [0, 1].
     """
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
@@ -259,9 +269,13 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.T
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"corruptions take a float batch (N, C, H, W) in [0, 1], got {x.dtype} of shape "
                          f"{tuple(x.shape)}; convert uint8 images with x.float() / 255")
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    work = x.float()
-    out = CORRUPTIONS[name](work, severity, generator)
+    work, apply = x.float(), CORRUPTIONS[name]
+    if name in RANDOM_CORRUPTIONS:
+        out = torch.cat([apply(work[i: i + 1], severity,
+                               torch.Generator(device=x.device).manual_seed(image_seed(seed, first_index + i)))
+                         for i in range(work.shape[0])]) if work.shape[0] else work
+    else:
+        out = apply(work, severity, torch.Generator(device=x.device).manual_seed(seed))
     return out.clamp(0, 1).to(x.dtype)
 
 
@@ -349,9 +363,11 @@ def corruption_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
                         device: str | torch.device = "cpu") -> CorruptionResult:
     """Accuracy of ``model`` (taking pixels in [0, 1]) on every corruption and severity.
 
-    Batch ``b`` is corrupted with seed ``seed + 1000 * b + severity`` plus ten times the corruption's
-    index in ``CORRUPTIONS`` (not in ``names``: fog must get the same noise whether it is evaluated alone or
-    with ``all``, the baseline of an mCE), so an unshuffled loader gives identical corrupted sets on every run.
+    Corruption ``c`` at ``severity`` uses seed ``seed + 10 * c + severity``, ``c`` the corruption's index in
+    ``CORRUPTIONS`` (not in ``names``: fog must get the same noise whether it is evaluated alone or with
+    ``all``, the baseline of an mCE), and each image draws from its own generator keyed by its position in
+    the stream (``corrupt``'s ``first_index``): an unshuffled loader gives identical corrupted sets on every
+    run, whatever its batch size.
     """
     names = list(names) if names is not None else list(CORRUPTIONS)
     order = list(CORRUPTIONS)
@@ -359,7 +375,7 @@ def corruption_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
     hits = {name: [0] * len(severities) for name in names}
     clean, seen = 0, 0
     with torch.no_grad():
-        for b, (x, y) in enumerate(batches):
+        for x, y in batches:
             if max_samples is not None and seen >= max_samples:
                 break
             if max_samples is not None:
@@ -372,7 +388,7 @@ def corruption_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
             for name in names:
                 ci = order.index(name) if name in order else 0  # an unknown name: corrupt() says so
                 for si, severity in enumerate(severities):
-                    xc = corrupt(x, name, severity, seed=seed + 1000 * b + 10 * ci + severity)
+                    xc = corrupt(x, name, severity, seed=seed + 10 * ci + severity, first_index=seen)
                     hits[name][si] += (model(xc).argmax(1) == y).sum().item()
             seen += y.shape[0]
     if seen == 0:
