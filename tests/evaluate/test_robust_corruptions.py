@@ -14,6 +14,18 @@ REQUIRED = {"gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "mo
             "contrast", "fog", "pixelate", "jpeg_compression"}
 
 
+class Recorder(torch.nn.Module):
+    """A two-class model that keeps every batch it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return torch.zeros(x.shape[0], 2)
+
+
 def _images(n=3, size=32):
     g = torch.Generator().manual_seed(1)
     base = torch.rand(n, 3, size // 4, size // 4, generator=g)
@@ -60,20 +72,12 @@ def test_an_image_gets_the_same_corruption_in_any_batch(name):
 
 
 def test_corruption_accuracy_does_not_depend_on_the_batch_size():
-    class Recorder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def forward(self, x):
-            self.seen.append(x.clone())
-            return torch.zeros(x.shape[0], 2)
-
     x, y = _images(6, 16), torch.tensor([0, 1, 0, 1, 0, 1])
-    one, three = Recorder(), Recorder()
-    corruption_accuracy(one, [(x, y)], names=["shot_noise"], seed=5)
-    corruption_accuracy(three, [(x[:4], y[:4]), (x[4:], y[4:])], names=["shot_noise"], seed=5)
-    assert all(torch.equal(a, torch.cat([b, c])) for a, b, c in zip(one.seen, three.seen[:6], three.seen[6:]))
+    whole, split = Recorder(), Recorder()
+    corruption_accuracy(whole, [(x, y)], names=["shot_noise"], seed=5)
+    corruption_accuracy(split, [(x[:4], y[:4]), (x[4:], y[4:])], names=["shot_noise"], seed=5)
+    # each batch shows the model 6 inputs: clean, then severities 1-5
+    assert all(torch.equal(a, torch.cat([b, c])) for a, b, c in zip(whole.seen, split.seen[:6], split.seen[6:]))
 
 
 def test_dtype_and_larger_images_kept():
@@ -115,16 +119,6 @@ def test_corruption_accuracy_and_mce():
 
 def test_a_corruption_gets_the_same_noise_alone_or_with_others():
     """Fog evaluated alone and as part of 'all' (a baseline's mCE run) must see the same corrupted images."""
-
-    class Recorder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def forward(self, x):
-            self.seen.append(x.clone())
-            return torch.zeros(x.shape[0], 2)
-
     x, y = _images(2, 16), torch.tensor([0, 1])
     alone, together = Recorder(), Recorder()
     corruption_accuracy(alone, [(x, y)], names=["fog"], seed=3)
