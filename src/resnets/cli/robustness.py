@@ -4,8 +4,8 @@ temperature scaling) for a checkpoint on a dataset."""
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 from typing import Any
 

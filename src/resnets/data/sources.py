@@ -14,6 +14,7 @@ are streamed from their files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -157,8 +158,6 @@ def _stats(normalization: Normalization, name: str | None, train, cache_dir, key
     # Streaming: measure on a seeded sample of 256 training images, remembered on disk per file list and per
     # training split (another seed or val_split holds out other files: its statistics must not depend on which
     # run filled the cache first, or a run resumed with another cache would find them changed).
-    import hashlib
-
     chosen_files = hashlib.sha256("\n".join(train.paths).encode()).hexdigest()[:16]
     path = cache_root(cache_dir) / "stats" / f"{key}-{chosen_files}.json"
     try:

@@ -32,8 +32,7 @@ def _fold_in(parent: nn.Module, pairs: Sequence[tuple[str, str]]) -> int:
         owner, name = parent, conv_name
         conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
         while isinstance(conv, nn.Sequential) and len(conv):
-            owner, name = conv, list(conv._modules)[-1]
-            conv = getattr(owner, name)
+            owner, (name, conv) = conv, list(conv.named_children())[-1]
         if any(isinstance(conv, conv_type) and type(bn) is norm_type for conv_type, norm_type in _FOLDABLE) \
                 and conv.out_channels == bn.num_features:
             setattr(owner, name, fuse_conv_bn_eval(conv, bn))

@@ -15,6 +15,7 @@ fit; every layer keeps at least ``min_keep`` of its channels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -124,7 +125,6 @@ def _plan(model: ResNet, blocks: Sequence[nn.Module], criterion: Criterion, targ
           input_size: Sequence[int]) -> list[list[torch.Tensor]]:
     """Remove the globally least important width slots, one at a time, until the MACs fit."""
     import heapq
-    import math
 
     macs = _MacModel(model, input_size)
     rankings = [_block_ranking(b, criterion) for b in blocks]

@@ -64,6 +64,12 @@ def extract_features(model: nn.Module, batches: Iterable, device: str | torch.de
     return torch.cat(feats), torch.cat(labels).long()
 
 
+def _require_data_key(cache: str | os.PathLike | None, data_key: str) -> None:
+    if cache is not None and not data_key:
+        raise ValueError("a feature cache needs data_key naming the data and its preprocessing (paths, image size, "
+                         "split seed); without it a cache for other data would be reused")
+
+
 def cached_features(model: nn.Module, batches: Iterable, cache_path: str | os.PathLike | None, data_key: str,
                     device: str | torch.device = "cpu", amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``extract_features`` through a safetensors cache keyed by the weights and ``data_key``.
@@ -71,9 +77,7 @@ def cached_features(model: nn.Module, batches: Iterable, cache_path: str | os.Pa
     ``data_key`` must name the data and its preprocessing (paths, image size, split seed): a cache
     written for other data or other weights is recomputed, never silently reused.
     """
-    if cache_path is not None and not data_key:
-        raise ValueError("a feature cache needs data_key naming the data and its preprocessing (paths, image size, "
-                         "split seed); without it a cache for other data would be reused")
+    _require_data_key(cache_path, data_key)
     key = hashlib.sha1(f"{model_fingerprint(model)}|{data_key}|amp={bool(amp)}".encode()).hexdigest()
     if cache_path is not None and Path(cache_path).exists():
         from safetensors import safe_open
@@ -127,9 +131,7 @@ def linear_probe(model: nn.Module, train_batches: Iterable, num_classes: int, va
                  cache_dir: str | os.PathLike | None = None, data_key: str = "", weight_decay: float = 1e-4,
                  device: str | torch.device = "cpu", amp: bool = False) -> ProbeResult:
     """Fit a new linear head on frozen features of ``model`` and install it as ``model.fc``."""
-    if cache_dir is not None and not data_key:
-        raise ValueError("linear_probe(cache_dir=...) needs data_key naming the data and its preprocessing (paths, "
-                         "image size, split seed); without it a cache for other data would be reused")
+    _require_data_key(cache_dir, data_key)  # checked here: the per-split keys below are never empty
     cache = Path(cache_dir) if cache_dir is not None else None
     train_f, train_y, hit = cached_features(model, train_batches, cache / "train_features.safetensors" if cache else None,
                                             f"train|{data_key}", device, amp)
