@@ -10,14 +10,14 @@ from .profile import profile
 from .spec import ResNetSpec, SpecError
 from .weights import (CheckpointError, load_weights, model_from_checkpoint, pretrained_config, read_checkpoint,
                       save_weights)
-from .zoo import UnknownModelError, get_entry, get_spec, list_models
+from .zoo import UnknownModelError, get_entry, get_spec, list_models, list_pretrained, pretrained_tags
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "InputError", "ResNet", "ResNetFeatures", "ResNetSpec", "SpecError", "UnknownModelError",
-    "create_model", "get_entry", "get_spec", "list_models", "load_weights", "model_from_checkpoint",
-    "pretrained_config", "profile",
+    "create_model", "get_entry", "get_spec", "list_models", "list_pretrained", "load_weights", "model_from_checkpoint",
+    "pretrained_config", "pretrained_tags", "profile",
     "read_checkpoint", "resolve_spec", "save_weights", "optimize_for_inference",
 ]
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from .model import ResNet, ResNetFeatures
 from .spec import ResNetSpec
-from .zoo import get_entry
+from .zoo import get_entry, split_pretrained_name
 
 
 def resolve_spec(name_or_spec: str | ResNetSpec | dict, **overrides: Any) -> ResNetSpec:
@@ -40,10 +40,18 @@ def create_model(
 
     ``weights`` is a checkpoint path (safetensors or .pt, ours, torchvision's or timm's) or a
     torchvision weight tag (``"DEFAULT"``, ``"IMAGENET1K_V2"``) for architectures torchvision
-    publishes. When ``num_classes``/``in_chans`` differ from the checkpoint and ``adapt`` is
+    publishes; ``"resnet50.IMAGENET1K_V2"`` (a name from ``list_pretrained``) is the same as
+    ``"resnet50", weights="IMAGENET1K_V2"``. When ``num_classes``/``in_chans`` differ from the checkpoint and ``adapt`` is
     true, the head is dropped and the first convolution adapted instead of failing. Any other
     keyword is a ``ResNetSpec`` field (``drop_path_rate=0.1``, ``zero_init_last=True``, ...).
     """
+    if isinstance(name_or_spec, str):
+        name_or_spec, tag = split_pretrained_name(name_or_spec)
+        if tag is not None:
+            if weights is not None and str(weights) != tag:
+                raise ValueError(f"create_model({name_or_spec + '.' + tag!r}, weights={str(weights)!r}) names two "
+                                 f"sets of weights; pass the model {name_or_spec!r} with weights=, or the tagged name alone")
+            weights = tag
     spec = resolve_spec(name_or_spec, num_classes=num_classes, in_chans=in_chans, **overrides)
     model: ResNet = ResNetFeatures(spec, out_indices) if features_only else ResNet(spec)
     if weights is not None:

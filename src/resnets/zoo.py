@@ -146,6 +146,11 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        base, _, tag = name.partition(".")
+        if tag and base in _REGISTRY:  # "resnet50.IMAGENET1K_V2": a model and its weights in one string
+            raise UnknownModelError(
+                f"unknown model {name!r}: {tag!r} names weights, not a model; create_model({name!r}) loads them, "
+                f"elsewhere give the model {base!r} and the weights separately") from None
         close = difflib.get_close_matches(name, _REGISTRY, n=4, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
@@ -157,11 +162,46 @@ def get_spec(name: str) -> ResNetSpec:
     return get_entry(name).spec
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern (``"resnet*"``, ``"*wrn*"``), sorted naturally."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style pattern (``"resnet*"``, ``"*wrn*"``), sorted naturally;
+    with ``pretrained=True`` (timm's keyword) only those with published weights (``pretrained_tags``)."""
     import re
 
     def natural(name: str) -> list:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
-    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural)
+    names = [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
+    if pretrained:
+        names = [n for n in names if pretrained_tags(n)]
+    return sorted(names, key=natural)
+
+
+def pretrained_tags(name: str) -> list[str]:
+    """torchvision's published weight tags for a registered model (``["IMAGENET1K_V1", "IMAGENET1K_V2"]``);
+    ``[]`` when torchvision publishes none. Read from torchvision's weight enums: nothing is downloaded."""
+    torchvision_name = get_entry(name).torchvision
+    if torchvision_name is None:
+        return []
+    from torchvision.models import get_model_weights
+
+    return [weights.name for weights in get_model_weights(torchvision_name)]
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Published weights as ``"model.TAG"`` names (timm's form; ``create_model`` takes them), for the models
+    whose name, or whose ``model.TAG``, matches ``pattern``: ``list_pretrained("resnet50")`` gives
+    ``["resnet50.IMAGENET1K_V1", "resnet50.IMAGENET1K_V2"]``."""
+    return [f"{name}.{tag}" for name in list_models(pretrained=True) for tag in pretrained_tags(name)
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(f"{name}.{tag}", pattern)]
+
+
+def split_pretrained_name(name: str) -> tuple[str, str | None]:
+    """``"resnet50.IMAGENET1K_V2"`` -> ``("resnet50", "IMAGENET1K_V2")``; a plain name -> ``(name, None)``.
+    The tag is upper-cased (torchvision spells its tags so; timm's are lower case)."""
+    base, dot, tag = name.partition(".")
+    if not dot:
+        return name, None
+    if not tag:
+        raise UnknownModelError(f"model name {name!r} ends in a dot; give a model ({base!r}) or a model and "
+                                f"its weights ({base!r}.TAG; resnets.list_pretrained({base!r}) lists them)")
+    return base, tag.upper()

@@ -224,3 +224,39 @@ def test_int8_files_from_resnets_quantize_are_named_not_called_dicts_without_wei
     message = str(info.value)
     assert "int8 model written by `resnets quantize`" in message and "resnets.deploy.load_quantized" in message
     assert "without a state dict" not in message
+
+
+def test_published_weights_are_listed_and_load_by_tagged_name(monkeypatch, capsys):
+    """timm's discovery: list_models(pretrained=True) and list_pretrained() give names create_model takes."""
+    from resnets import weights as weights_module
+    from resnets.cli import main
+
+    with_weights = resnets.list_models(pretrained=True)
+    assert {"resnet18", "resnet50", "resnext101_64x4d", "wide_resnet101_2", "r3d_18"} <= set(with_weights)
+    assert not {"resnet20", "resnet50d", "preact_resnet18"} & set(with_weights)
+    assert resnets.list_pretrained("resnet50") == ["resnet50.IMAGENET1K_V1", "resnet50.IMAGENET1K_V2"]
+    assert resnets.list_pretrained("*V2") == [n for n in resnets.list_pretrained() if n.endswith("V2")] != []
+    assert resnets.list_pretrained("resnet20") == [] and resnets.pretrained_tags("resnet20") == []
+
+    asked = []
+    published = torchvision.models.resnet50().state_dict()  # stands in for the download
+    monkeypatch.setattr(weights_module, "torchvision_state_dict", lambda name, tag: asked.append((name, tag)) or published)
+    model = resnets.create_model("resnet50.imagenet1k_v2")  # timm's tags are lower case; torchvision's upper
+    assert asked == [("resnet50", "IMAGENET1K_V2")] and model.pretrained_cfg["source"].endswith("IMAGENET1K_V2")
+    assert torch.equal(model.fc.weight, published["fc.weight"])
+    with pytest.raises(ValueError, match="names two sets of weights"):
+        resnets.create_model("resnet50.IMAGENET1K_V2", weights="IMAGENET1K_V1")
+    with pytest.raises(CheckpointError, match="available: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2"):
+        resnets.create_model("resnet50.IMAGENET9K_V7")
+    with pytest.raises(resnets.UnknownModelError, match="'IMAGENET1K_V2' names weights, not a model"):
+        resnets.get_spec("resnet50.IMAGENET1K_V2")
+    with pytest.raises(resnets.UnknownModelError, match="ends in a dot"):
+        resnets.create_model("resnet50.")
+
+    assert main(["models", "resnet5*", "--pretrained", "--no-macs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "weights" and len(lines) == 2 and lines[1].endswith("IMAGENET1K_V1, IMAGENET1K_V2")
+    assert main(["models", "resnet2*", "--pretrained"]) == 2
+    assert "no model with published weights matches 'resnet2*'" in capsys.readouterr().err
+    assert main(["models", "resnet20", "--json", "--no-macs"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["weights"] == []

@@ -180,3 +180,18 @@ def test_linear_probe_cache_is_never_reused_for_other_data_pooling_or_precision(
     model.reset_classifier(3, global_pool="max")  # other features from the same weights
     assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d").cache_hit
     assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d", amp=True).cache_hit
+
+
+def test_source_by_tagged_name_needs_no_model_and_a_missing_file_stays_a_missing_file(tmp_path, monkeypatch):
+    from resnets.transfer import source as source_module
+
+    published = torchvision.models.resnet18().state_dict()  # stands in for torchvision's download
+    monkeypatch.setattr(source_module, "torchvision_state_dict", lambda name, tag: published)
+    model, info = load_source("resnet18.IMAGENET1K_V1")
+    assert info.origin == "torchvision resnet18 IMAGENET1K_V1" and info.num_classes == 1000
+    assert torch.equal(model.fc.weight, published["fc.weight"])
+    with pytest.raises(CheckpointError, match="holds resnet18 weights but the model is 'resnet34'"):
+        load_source("resnet18.IMAGENET1K_V1", model_name="resnet34")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):  # not torchvision's tag "PT"
+        load_source("resnet18.pt", model_name="resnet18")

@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "trainer (SGD, warmup + cosine) and write RUN/ (finetune.yaml, config.yaml, metrics.jsonl, "
                     "best.safetensors, last.pt, summary.json).")
     p.add_argument("--from", dest="source", metavar="CKPT_OR_WEIGHTS",
-                   help="checkpoint file or run folder, torchvision/timm state dict file, or torchvision weight tag "
-                        "(required, with --data and --out, unless --resume)")
+                   help="checkpoint file or run folder, torchvision/timm state dict file, torchvision weight tag "
+                        "(with --model), or model and tag in one (resnet50.IMAGENET1K_V2; `resnets models --pretrained` "
+                        "lists them); required, with --data and --out, unless --resume")
     p.add_argument("--model", help="architecture of a state dict without a spec (e.g. resnet50)")
     p.add_argument("--data", help="ImageFolder tree, root with train/ and val/, or cifar10/cifar100")
     p.add_argument("--out", help="run folder to write")

@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster for the deepest nets)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="only models with published (torchvision) weights, with their tags: `create_model(\"NAME.TAG\")` "
+                        "or `--from TAG` load them")
     p.set_defaults(func=run)
 
 
@@ -21,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..model import ResNet
     from ..profile import profile
-    from ..zoo import get_entry, list_models
+    from ..zoo import get_entry, list_models, pretrained_tags
 
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        raise UserError(f"no model matches {args.pattern!r}; try `resnets models` for the full list")
+        which = "model with published weights" if args.pretrained else "model"
+        raise UserError(f"no {which} matches {args.pattern!r}; try `resnets models{' --pretrained' * args.pretrained}` "
+                        "for the full list")
     rows = []
     for name in names:
         entry = get_entry(name)
@@ -36,13 +41,16 @@ def run(args: argparse.Namespace) -> int:
             prof = profile(model, entry.input_size)
             params, gmacs = prof.params, prof.gmacs
         rows.append({"name": name, "params": params, "gmacs": gmacs, "input": "x".join(map(str, entry.input_size)),
-                     "paper": entry.paper, "torchvision": entry.torchvision, "timm": entry.timm})
+                     "paper": entry.paper, "torchvision": entry.torchvision, "timm": entry.timm,
+                     "weights": pretrained_tags(name)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max([20] + [len(r["name"]) for r in rows])  # the name column fits the longest name
-    print(f"{'model':<{width}} {'params':>9} {'GMACs':>8}  {'input':<13} paper")
+    last = "weights" if args.pretrained else "paper"
+    print(f"{'model':<{width}} {'params':>9} {'GMACs':>8}  {'input':<13} {last}")
     for r in rows:
         g = f"{r['gmacs']:.3f}" if r["gmacs"] is not None else "-"
-        print(f"{r['name']:<{width}} {r['params'] / 1e6:>8.2f}M {g:>8}  {r['input']:<13} {r['paper']}")
+        print(f"{r['name']:<{width}} {r['params'] / 1e6:>8.2f}M {g:>8}  {r['input']:<13} "
+              f"{', '.join(r['weights']) if args.pretrained else r['paper']}")
     return 0
