@@ -89,3 +89,16 @@ def test_a_restart_continues_only_the_checkpoint_its_own_job_wrote(tmp_path, mon
     assert main(["train", "--model", "resnet20", "--data", str(tmp_path), "--steps", "1", "--out",
                  str(tmp_path / "run"), "--nproc", "2"]) == 2  # refused by the launcher: no rank starts
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_errors_under_torchrun_name_the_rank_that_hit_them(tmp_path, monkeypatch, capsys):
+    """Each rank prints its own error; the label tells one rank's failure from every rank's."""
+    from resnets.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("resnets eval [rank 1/2]: error: ")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a group of one: nothing to tell apart
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("resnets eval: error: ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -65,21 +66,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..train.config import ConfigError
     from ..train.trainer import NonFiniteLossError
 
+    who = f"resnets {args.command}{_rank_label()}"
     try:
         return int(args.func(args) or 0)
     except (UserError, SpecError, CheckpointError, UnknownModelError, InputError, DataError, ConfigError,
             FileNotFoundError) as exc:
-        print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:
-        print(f"resnets {args.command}: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # unwritable folders, a folder where a file was meant, a full disk: the user's to fix
-        print(f"resnets {args.command}: error: {_describe_os_error(exc)}", file=sys.stderr)
+        print(f"{who}: error: {_describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"resnets {args.command}: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank_label() -> str:
+    """`` [rank 1/4]`` in a process torchrun started for a group of several, else nothing: every rank prints its
+    own error, and without the label a failure that only one rank hit reads like N copies of one."""
+    rank, world_size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    if rank is None or not world_size.isdigit() or int(world_size) < 2:
+        return ""
+    return f" [rank {rank}/{world_size}]"
 
 
 def _describe_os_error(exc: OSError) -> str:
