@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import stat
 import tempfile
@@ -465,8 +466,12 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[Re
 def torchvision_state_dict(model_name: str, tag: str) -> dict[str, torch.Tensor]:
     """Fetch torchvision's published weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...) for a model."""
     weights = _torchvision_weights(model_name, tag)
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+    try:  # torch.hub unpickles with weights_only=False unless told: a tampered cached file would run its code
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        raise CheckpointError(f"refused to load {cached}: it holds more than tensors, so reading it could run code "
+                              f"({str(exc).splitlines()[0]}); delete it to download {weights.url} again") from None
     except Exception as exc:  # noqa: BLE001 - network failures come in many types
         raise CheckpointError(f"could not download {type(weights).__name__}.{weights.name} from {weights.url} ({exc}). "
                               "When offline, download the file elsewhere and pass its path instead of the tag "

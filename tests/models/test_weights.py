@@ -260,3 +260,22 @@ def test_published_weights_are_listed_and_load_by_tagged_name(monkeypatch, capsy
     assert "no model with published weights matches 'resnet2*'" in capsys.readouterr().err
     assert main(["models", "resnet20", "--json", "--no-macs"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["weights"] == []
+
+
+def test_a_tampered_download_cache_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    """torch.hub unpickles cached weights with weights_only=False by default; ours must not."""
+    from torchvision.models import ResNet18_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cached.write_bytes(pickle.dumps({"fc.weight": Payload()}))
+    with pytest.raises(CheckpointError, match=r"refused to load .*holds more than tensors.*delete it"):
+        resnets.create_model("resnet18", weights="IMAGENET1K_V1")
+    assert not marker.exists()
