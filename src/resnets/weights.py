@@ -123,7 +123,12 @@ def _file_kind(path: Path) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read any checkpoint we understand, with errors that say what is wrong with the file."""
+    """Read any checkpoint we understand, with errors that say what is wrong with the file. A name of published
+    weights that is not a file (``"resnet50.IMAGENET1K_V2"``, ``list_pretrained``) reads as a checkpoint too:
+    torchvision's weights (downloaded once), the spec, and ``pretrained_config`` as metadata."""
+    published = published_weights_name(path)
+    if published is not None:
+        return published_checkpoint(*published)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
@@ -492,6 +497,32 @@ def _torchvision_weights(model_name: str, tag: str):
     except KeyError:
         raise CheckpointError(f"torchvision has no weights {tag!r} for {tv_name}; "
                               f"available: {', '.join(['DEFAULT'] + [w.name for w in enum])}") from None
+
+
+def published_weights_name(text: str | os.PathLike) -> tuple[str, str] | None:
+    """``"resnet50.IMAGENET1K_V2"`` (``list_pretrained``'s form) as (model, tag), when it is not a file and its tag
+    is one torchvision publishes for that model (so a missing ``resnet50.pt`` still reads as a missing file)."""
+    from .zoo import list_models, pretrained_tags, split_pretrained_name
+
+    text = str(text)
+    if os.path.exists(text) or "." not in text or text.endswith("."):
+        return None
+    model_name, tag = split_pretrained_name(text)
+    if model_name not in list_models() or tag not in ["DEFAULT", *pretrained_tags(model_name)]:
+        return None
+    return model_name, tag
+
+
+def published_checkpoint(model_name: str, tag: str = "DEFAULT") -> Checkpoint:
+    """torchvision's published weights for a registered model as a resnets checkpoint: our parameter names, the
+    spec (with the published head), and ``pretrained_config`` as metadata, so ``resnets predict``, ``eval`` and
+    ``finetune`` use them as they would a file they wrote."""
+    from .zoo import get_spec
+
+    metadata = pretrained_config(model_name, tag)
+    spec = get_spec(model_name).replace(num_classes=len(metadata["classes"]))
+    state = to_resnets_keys(torchvision_state_dict(model_name, tag))
+    return Checkpoint(state_dict=state, spec=spec, metadata={**metadata, "spec": spec.to_dict()})
 
 
 def pretrained_config(model_name: str, tag: str = "DEFAULT") -> dict[str, Any]:

@@ -182,16 +182,25 @@ def test_linear_probe_cache_is_never_reused_for_other_data_pooling_or_precision(
     assert not linear_probe(model, first, 3, cache_dir=tmp_path / "f", data_key="d", amp=True).cache_hit
 
 
-def test_source_by_tagged_name_needs_no_model_and_a_missing_file_stays_a_missing_file(tmp_path, monkeypatch):
-    from resnets.transfer import source as source_module
+def test_source_by_published_name_needs_no_model_and_a_missing_file_stays_a_missing_file(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from PIL import Image
+
+    from resnets import weights as weights_module
 
     published = torchvision.models.resnet18().state_dict()  # stands in for torchvision's download
-    monkeypatch.setattr(source_module, "torchvision_state_dict", lambda name, tag: published)
+    monkeypatch.setattr(weights_module, "torchvision_state_dict", lambda name, tag: published)
     model, info = load_source("resnet18.IMAGENET1K_V1")
-    assert info.origin == "torchvision resnet18 IMAGENET1K_V1" and info.num_classes == 1000
+    assert info.num_classes == 1000 and info.class_names[0] == "tench"  # the published head and its names
     assert torch.equal(model.fc.weight, published["fc.weight"])
-    with pytest.raises(CheckpointError, match="holds resnet18 weights but the model is 'resnet34'"):
+    with pytest.raises(CheckpointError, match="not resnet34"):
         load_source("resnet18.IMAGENET1K_V1", model_name="resnet34")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):  # not torchvision's tag "PT"
         load_source("resnet18.pt", model_name="resnet18")
+
+    # every --checkpoint command reads the name: predict with the published preprocessing and category names
+    Image.fromarray(torch.randint(0, 256, (240, 320, 3), dtype=torch.uint8).numpy()).save(tmp_path / "photo.png")
+    assert main(["predict", "--checkpoint", "resnet18.IMAGENET1K_V1", "photo.png", "--json", "--top-k", "2"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(top) == 2 and {t["class"] for t in top} <= set(info.class_names)

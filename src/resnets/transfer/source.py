@@ -15,7 +15,7 @@ from ..model import ResNet
 from ..spec import ResNetSpec
 from ..weights import (Checkpoint, CheckpointError, describe_state_dict, load_state_dict, read_checkpoint, to_resnets_keys,
                        torchvision_state_dict)
-from ..zoo import get_entry, list_models, pretrained_tags, split_pretrained_name
+from ..zoo import get_entry, list_models
 
 
 @dataclass
@@ -37,17 +37,6 @@ def _is_tag(text: str) -> bool:
     return not os.path.exists(text) and re.fullmatch(r"[A-Z0-9_]+", text) is not None
 
 
-def _tagged_name(text: str) -> tuple[str, str] | None:
-    """``"resnet50.IMAGENET1K_V2"`` (``list_pretrained``'s form) as (model, tag), when it is not a file and its tag
-    is one torchvision publishes for that model (so a missing ``resnet50.pt`` still reads as a missing file)."""
-    if os.path.exists(text):
-        return None
-    base, tag = split_pretrained_name(text)
-    if tag is None or base not in list_models() or tag not in ["DEFAULT", *pretrained_tags(base)]:
-        return None
-    return base, tag
-
-
 def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_name: str | None = None,
                 in_chans: int | None = None, adapt_in_chans: bool = False,
                 checkpoint: Checkpoint | None = None) -> tuple[ResNet, SourceInfo]:
@@ -55,19 +44,14 @@ def load_source(source: str | os.PathLike | Mapping[str, torch.Tensor], model_na
 
     ``source`` is a resnets checkpoint (its spec is inside; ``model_name`` optional), a torchvision or
     timm state dict file or mapping (``model_name`` says which architecture), a torchvision weight
-    tag such as ``"IMAGENET1K_V1"`` (``model_name`` required), or both in one (``"resnet50.IMAGENET1K_V1"``). Weights that do not fit the named
+    tag such as ``"IMAGENET1K_V1"`` (``model_name`` required), or both in one (``"resnet50.IMAGENET1K_V1"``, read
+    by ``read_checkpoint`` with its spec and published class names). Weights that do not fit the named
     architecture raise ``CheckpointError`` naming the difference. ``in_chans`` different from the
     source's is refused unless ``adapt_in_chans`` (sum/repeat the first convolution's filters).
     ``checkpoint`` is ``source`` as the caller already read it (``read_checkpoint``), so it is not read again.
     """
     metadata: dict[str, Any] = {}
     spec: ResNetSpec | None = None
-    tagged = _tagged_name(str(source)) if isinstance(source, (str, os.PathLike)) else None
-    if tagged is not None:
-        if model_name is not None and model_name != tagged[0]:
-            raise CheckpointError(f"{str(source)!r} holds {tagged[0]} weights but the model is {model_name!r}; "
-                                  f"drop model_name / --model, or give {model_name}'s weights")
-        model_name, source = tagged
     if isinstance(source, Mapping):
         state, origin = dict(source), "state dict"
     elif _is_tag(str(source)):
