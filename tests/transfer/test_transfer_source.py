@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from resnets import CheckpointError, create_model, save_weights
+from resnets import CheckpointError, create_model, pretrained_config, save_weights
 from resnets.cli import main
 from resnets.data import make_image_folder, make_tensor_dataset
 from resnets.transfer import (FinetuneConfig, LoopConfig, apply_finetune_policy, check_head, linear_probe,
@@ -204,3 +204,25 @@ def test_source_by_published_name_needs_no_model_and_a_missing_file_stays_a_miss
     assert main(["predict", "--checkpoint", "resnet18.IMAGENET1K_V1", "photo.png", "--json", "--top-k", "2"]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
     assert len(top) == 2 and {t["class"] for t in top} <= set(info.class_names)
+
+
+def test_published_imagenet_weights_evaluate_on_a_tree_of_wordnet_id_folders(tmp_path, monkeypatch, capsys):
+    """ILSVRC2012 and Imagenette name class folders by WordNet id; published weights name outputs by category."""
+    from resnets import weights as weights_module
+    from resnets.data import imagenet_wnids, map_folder_classes
+
+    categories = pretrained_config("resnet18", "IMAGENET1K_V1")["classes"]
+    assert len(imagenet_wnids()) == 1000 and imagenet_wnids()[:2] == ("n01440764", "n01443537")
+    root = make_image_folder(tmp_path / "val", classes=2, per_class=2, size=40, names=["n01440764", "n02102040"])
+    assert map_folder_classes(categories, root) == {"n01440764": 0, "n02102040": 217}  # tench, English springer
+    with pytest.raises(Exception, match="or their WordNet ids"):
+        map_folder_classes(categories, make_image_folder(tmp_path / "odd", classes=1, per_class=1, names=["n0"]))
+    with pytest.raises(Exception, match="not trained on: n01440764"):  # ids only stand for ImageNet's own names
+        map_folder_classes(["a", "b"], root)
+
+    published = torchvision.models.resnet18().state_dict()  # stands in for torchvision's download
+    monkeypatch.setattr(weights_module, "torchvision_state_dict", lambda name, tag: published)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--checkpoint", "resnet18.IMAGENET1K_V1", "--data", str(root), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["count"] == 4 and {"tench", "English springer"} <= set(metrics["per_class_accuracy"])

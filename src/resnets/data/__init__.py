@@ -13,7 +13,7 @@ from .cache import cache_root
 from .cifar import CIFAR_ARCHIVES, fetch_cifar, read_cifar_folder, safe_extract, verify_md5
 from .datasets import DataSplits, ImageFileDataset, TensorImageDataset
 from .errors import DataError
-from .folder import map_folder_classes, scan_image_folder, stratified_split
+from .folder import class_aliases, imagenet_wnids, map_folder_classes, scan_image_folder, stratified_split
 from .loader import InMemoryLoader, StreamingLoader, load_eval_image, make_loader
 from .sources import check_source, load_data, load_eval
 from .stats import KNOWN_STATS, compute_mean_std
@@ -21,8 +21,9 @@ from .synthetic import class_names, make_image_folder, make_split_folder, make_t
 
 __all__ = [
     "AugmentConfig", "CIFAR_ARCHIVES", "DataError", "DataSplits", "ImageFileDataset", "InMemoryLoader", "KNOWN_STATS",
-    "StreamingLoader", "TensorImageDataset", "augment_batch", "cache_root", "check_source", "class_names", "compute_mean_std",
-    "cutout", "fetch_cifar", "load_data", "load_eval", "load_eval_image", "make_image_folder", "make_loader",
+    "StreamingLoader", "TensorImageDataset", "augment_batch", "cache_root", "check_source", "class_aliases", "class_names",
+    "compute_mean_std",
+    "cutout", "fetch_cifar", "imagenet_wnids", "load_data", "load_eval", "load_eval_image", "make_image_folder", "make_loader",
     "make_split_folder",
     "make_tensor_dataset", "map_folder_classes", "random_crop", "random_flip", "random_resized_crop",
     "read_cifar_folder", "safe_extract", "scan_image_folder", "stratified_split", "synthetic_images", "verify_md5",

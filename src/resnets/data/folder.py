@@ -7,6 +7,7 @@ cannot be decoded (empty, truncated, not an image) is reported once and skipped,
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ import torch
 from .errors import DataError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "FileEntry", "check_image_size", "check_val_split", "decode_rgb", "open_rgb", "find_classes",
-    "map_folder_classes", "scan_image_folder", "stratified_split", "warn_skipped",
+    "IMAGE_EXTENSIONS", "FileEntry", "check_image_size", "check_val_split", "class_aliases", "decode_rgb", "open_rgb",
+    "find_classes", "imagenet_wnids", "map_folder_classes", "scan_image_folder", "stratified_split", "warn_skipped",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -89,8 +90,32 @@ def check_val_split(val_split: float | int, total: int | None = None) -> float |
     return int(val_split)
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k WordNet ids (``n01440764``, ...) in class-index order (sorted, as torchvision's and
+    timm's ImageNet weights number their outputs): the folder names of an ILSVRC2012 tree and of Imagenette."""
+    return tuple(Path(__file__).with_name("imagenet_wnids.txt").read_text().split())
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_categories() -> tuple[str, ...]:
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])  # the same list for every ImageNet-1k weight
+
+
+def class_aliases(classes: Sequence[str]) -> dict[str, int]:
+    """Other folder names for the classes of a list, by index: the WordNet ids when ``classes`` are torchvision's
+    1,000 ImageNet category names (published weights name their outputs so, while ImageNet trees name their
+    folders by id), else none."""
+    if len(classes) == 1000 and tuple(classes) == _imagenet_categories():
+        return {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+    return {}
+
+
 def map_folder_classes(classes: Sequence[str], folder: str | os.PathLike) -> dict[str, int]:
-    """Map the class folders of an evaluation tree to the indices of a checkpoint's class list, by name.
+    """Map the class folders of an evaluation tree to the indices of a checkpoint's class list, by name (or, for
+    ImageNet's category names, by WordNet id: ``class_aliases``).
 
     Folders may cover a subset of ``classes``; a folder whose name is not in ``classes`` is an error
     (its images would be scored against a label the model never learned).
@@ -98,16 +123,18 @@ def map_folder_classes(classes: Sequence[str], folder: str | os.PathLike) -> dic
     index_of = {name: index for index, name in enumerate(classes)}
     if len(index_of) != len(classes):
         raise DataError(f"the class list has duplicate names: {sorted(set(c for c in classes if list(classes).count(c) > 1))}")
+    aliases = class_aliases(classes)
     found = find_classes(folder)
-    unknown = [name for name in found if name not in index_of]
+    unknown = [name for name in found if name not in index_of and name not in aliases]
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         known = ", ".join(list(classes)[:10]) + (" ..." if len(classes) > 10 else "")
+        ids = " or their WordNet ids (n01440764 ...)" if aliases else ""
         raise DataError(
             f"{folder} has class folders the model was not trained on: {shown}; the model knows "
-            f"{len(classes)} classes ({known}). Rename or remove those folders, or evaluate a model trained on them."
+            f"{len(classes)} classes ({known}){ids}. Rename or remove those folders, or evaluate a model trained on them."
         )
-    return {name: index_of[name] for name in found}
+    return {name: index_of[name] if name in index_of else aliases[name] for name in found}
 
 
 def scan_image_folder(folder: str | os.PathLike,
