@@ -1,12 +1,12 @@
-"""torch.hub entry points: ``torch.hub.load(REPO, "resnet50", weights="IMAGENET1K_V2")`` with this repository's
-GitHub ``owner/name``, or ``torch.hub.load(CHECKOUT, "resnet56", source="local")``. One entry per registered model (``torch.hub.list``
-shows them); each takes ``create_model``'s keywords. torch.hub runs this file from a checkout without
+"""torch.hub entry points, one per registered model, each taking ``create_model``'s keywords:
+``torch.hub.load(REPO, "resnet50", weights="IMAGENET1K_V2")`` with this repository's GitHub ``owner/name``, or
+``torch.hub.load(CHECKOUT, "resnet56", source="local")``. torch.hub runs this file from a checkout without
 installing the package, so ``src/`` is put on the path first."""
 
 import os
 import sys
 
-dependencies = ["torch", "torchvision", "safetensors", "yaml"]
+dependencies = ["torch", "numpy", "tqdm"]  # what building a model imports (weights add torchvision, safetensors)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
