@@ -155,3 +155,24 @@ def test_every_command_reads_a_checkpoint_without_statistics_alike(tmp_path):
     with pytest.warns(UserWarning, match="assuming ImageNet"):
         loaded = load_for_inference(grey)
     assert loaded.mean == pytest.approx((0.299 * 0.485 + 0.587 * 0.456 + 0.114 * 0.406,) * 3)
+
+
+def test_eval_compares_two_checkpoints_on_the_same_images(run, tmp_path, capsys):
+    folder, best, data = run
+    torch.manual_seed(1)
+    other = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp_path / "other.safetensors",
+                         {"classes": CLASSES, "mean": [0.4] * 3, "std": [0.3] * 3, "image_size": 8})
+    out = tmp_path / "metrics.json"
+    assert _eval(best, data, "--compare", str(other), "--json", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "95% CI" in printed and "exact McNemar p = " in printed
+    metrics = json.loads(out.read_text())
+    compare = metrics["extra"]["compare"]
+    assert compare["count"] == metrics["count"] == 6 and compare["checkpoint"] == str(other)
+    assert compare["both"] + compare["first_only"] + compare["second_only"] + compare["neither"] == 6
+    assert compare["difference"] == pytest.approx(metrics["top1"] - compare["top1"])
+    assert metrics["top1_interval"][0] <= metrics["top1"] <= metrics["top1_interval"][1]
+    # against itself: every image agrees, nothing to tell apart
+    assert _eval(best, data, "--compare", str(best), "--json", str(tmp_path / "self.json")) == 0
+    same = json.loads((tmp_path / "self.json").read_text())["extra"]["compare"]
+    assert same["first_only"] == same["second_only"] == 0 and same["p_value"] == 1.0

@@ -214,3 +214,26 @@ def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, 
     assert printed["count"] == 9 and printed["top1"] == pytest.approx(summary["final_val_top1"])
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30  # without: every image
+
+
+def test_accuracy_intervals_and_the_paired_test_match_textbook_values():
+    from resnets.evaluate import compare_hits, wilson_interval
+    from resnets.evaluate.compare import mcnemar_exact_p
+
+    assert wilson_interval(1, 2) == pytest.approx((0.0945, 0.9055), abs=1e-4)  # Wilson 1927's worked case
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(4500, 5000)
+    assert low < 0.9 < high and high - low == pytest.approx(0.0166, abs=5e-4)
+    assert mcnemar_exact_p(0, 6) == pytest.approx(2 / 64)  # all six disagreements one way
+    assert mcnemar_exact_p(5, 5) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(100, 70) == pytest.approx(0.0259, abs=5e-4)
+
+    first = torch.tensor([1, 1, 1, 0, 0, 1, 1, 0], dtype=torch.bool)
+    second = torch.tensor([1, 0, 0, 0, 1, 1, 0, 0], dtype=torch.bool)
+    paired = compare_hits([first[:3], first[3:]], second)  # batches or one tensor alike
+    assert (paired.both, paired.first_only, paired.second_only, paired.neither) == (2, 3, 1, 2)
+    assert paired.difference == pytest.approx(2 / 8)
+    low, high = paired.difference_interval
+    assert low < paired.difference < high and high - paired.difference == pytest.approx(1.959964 * (4 - 8 / 16) ** 0.5 / 8)
+    with pytest.raises(ValueError, match="different numbers of images"):
+        compare_hits(first, second[:5])

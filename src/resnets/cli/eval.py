@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from ..evaluate.tta import TTA_MODES
 from ..precision import PRECISION_CHOICES, resolve_precision
@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", action="store_true",
                    help="score only the images the checkpoint's run held out of --data for validation (its "
                         "val_split and split seed): for a run trained on --data itself, whose other images it saw")
+    p.add_argument("--compare", metavar="CHECKPOINT",
+                   help="a second checkpoint scored on the same images (its own preprocessing, the same --tta): the "
+                        "difference in top-1 with its 95%% interval and an exact McNemar test, from the images on "
+                        "which the two disagree")
     p.add_argument("--groups", metavar="FILE.csv",
                    help="CSV with path,group (optional label) columns: accuracy per group and the worst-group gap "
                         "(paths relative to --data; the class is the folder name unless a label column says)")
@@ -46,7 +50,7 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
     """Refuse bad output paths before the evaluation runs; return the confusion PNG path (or None)."""
     from ..cli import UserError
 
-    reads = [args.checkpoint, args.data, args.groups]
+    reads = [args.checkpoint, args.data, args.groups, args.compare]
     if args.json:
         check_output(args.json, reads=reads, option="--json", kind=".json")
     png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
@@ -57,8 +61,8 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
     return png
 
 
-def _held_out(args: argparse.Namespace, checkpoint: Any, classes: list[str], image_size: int | None,
-              mean: Sequence[float], std: Sequence[float]) -> Any:
+def _held_out(args: argparse.Namespace, checkpoint_path: str, checkpoint: Any, classes: list[str],
+              image_size: int | None, mean: Sequence[float], std: Sequence[float]) -> Any:
     """The validation images the checkpoint's run drew from --data: the same split, by the seed it recorded."""
     from ..cli import UserError
     from ..data import load_data
@@ -66,7 +70,7 @@ def _held_out(args: argparse.Namespace, checkpoint: Any, classes: list[str], ima
 
     config = checkpoint.metadata.get("config")
     if not isinstance(config, dict):
-        raise UserError(f"--held-out needs the run's config in {args.checkpoint} (a best.safetensors or last.pt "
+        raise UserError(f"--held-out needs the run's config in {checkpoint_path} (a best.safetensors or last.pt "
                         "written by resnets train); without it, evaluate on images it did not train on")
     val_split, seed = held_out_split(config)
     splits = load_data(args.data, val_split=val_split, seed=seed, classes=classes, image_size=image_size,
@@ -76,24 +80,36 @@ def _held_out(args: argparse.Namespace, checkpoint: Any, classes: list[str], ima
     return splits.val
 
 
-def run(args: argparse.Namespace) -> int:
+class _Scored(NamedTuple):
+    """One checkpoint evaluated on --data: the pieces the report and --groups need."""
+
+    model: Any
+    classes: list[str]
+    mean: Sequence[float]
+    std: Sequence[float]
+    image_size: int | None
+    crop_fraction: float
+    labels: Any  # the dataset's labels, in loader order
+    result: Any  # EvalResult (with TTA when asked)
+    plain: Any  # EvalResult without TTA from the same pass, or None
+
+
+def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None) -> _Scored:
     import torch
 
     from ..cli import UserError
     from ..data import DataError, load_eval, make_loader
-    from ..evaluate import evaluate, evaluate_with_plain, save_confusion_png
+    from ..evaluate import evaluate, evaluate_with_plain
     from ..evaluate.loading import load_for_inference
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
-    png = _check_outputs(args)
-    model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(args.checkpoint, args.ema)
-    device = torch.device(args.device)
+    model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        dataset = (_held_out(args, checkpoint, classes, image_size, mean, std) if args.held_out else
+        dataset = (_held_out(args, checkpoint_path, checkpoint, classes, image_size, mean, std) if args.held_out else
                    load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std)))
         loader = make_loader(dataset, batch_size=args.batch_size, train=False, device=device, workers=args.workers,
                              mean=mean, std=std, crop_fraction=crop_fraction, channels_last=channels_last)
@@ -104,22 +120,60 @@ def run(args: argparse.Namespace) -> int:
     try:
         evaluated = (evaluate_with_plain if with_plain else evaluate)(
             model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
-            precision=resolve_precision(args.precision, device))
+            precision=resolve_precision(args.precision, device), hits=hits)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     result, plain = evaluated if with_plain else (evaluated, None)
+    return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain)
+
+
+def _same_images(first: _Scored, second: _Scored) -> bool:
+    """Whether two evaluations saw the same images with the same classes, as far as the labels tell: as many
+    images, and one class of the first for each class of the second (class names may differ: ImageNet's
+    categories and the WordNet-id folders of a fine-tuned model)."""
+    a, b = first.labels.tolist(), second.labels.tolist()
+    pairs = set(zip(a, b))
+    return len(a) == len(b) and len(pairs) == len(set(a)) == len(set(b))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cli import UserError
+    from ..evaluate import save_confusion_png
+
+    png = _check_outputs(args)
+    device = torch.device(args.device)
+    hits: list | None = [] if args.compare else None
+    scored = _score(args, args.checkpoint, device, hits)
+    model, classes, result, plain = scored.model, scored.classes, scored.result, scored.plain
     result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
     print(result.summary())
     if plain is not None:
         result.extra["without_tta"] = {"top1": plain.top1, "top5": plain.top5, "loss": plain.loss}
         print(f"without TTA (same pass): top-1 {plain.top1 * 100:.2f}%  top-5 {plain.top5 * 100:.2f}%  "
               f"loss {plain.loss:.4f}; TTA adds {(result.top1 - plain.top1) * 100:+.2f} points top-1")
+    if args.compare:
+        from ..evaluate.compare import compare_hits
+
+        other_hits: list = []
+        other = _score(args, args.compare, device, other_hits)
+        if not _same_images(scored, other):
+            raise UserError(f"{args.checkpoint} and {args.compare} were scored on different images ("
+                            f"{len(scored.labels)} and {len(other.labels)}, or other classes); a paired comparison "
+                            "needs the same ones (with --held-out: two runs that held out the same split)")
+        comparison = compare_hits(hits, other_hits)
+        print(f"--compare {args.compare}: {other.result.summary()}")
+        print(comparison.summary("checkpoint", "compare"))
+        result.extra["compare"] = {"checkpoint": str(args.compare), "top1": other.result.top1,
+                                   "top1_interval": other.result.top1_interval, "top5": other.result.top5,
+                                   "loss": other.result.loss, **comparison.to_dict()}
     if args.groups:
         from ..evaluate.groups import GroupsFileError, evaluate_groups
 
         try:
-            groups = evaluate_groups(model, args.groups, args.data, classes, mean, std, image_size,
-                                     args.batch_size, str(device), crop_fraction)
+            groups = evaluate_groups(model, args.groups, args.data, classes, scored.mean, scored.std,
+                                     scored.image_size, args.batch_size, str(device), scored.crop_fraction)
         except GroupsFileError as exc:
             raise UserError(str(exc)) from None
         result.extra["groups"] = {**groups.to_dict(), "file": str(args.groups)}
