@@ -176,3 +176,18 @@ def test_eval_compares_two_checkpoints_on_the_same_images(run, tmp_path, capsys)
     assert _eval(best, data, "--compare", str(best), "--json", str(tmp_path / "self.json")) == 0
     same = json.loads((tmp_path / "self.json").read_text())["extra"]["compare"]
     assert same["first_only"] == same["second_only"] == 0 and same["p_value"] == 1.0
+
+
+def test_eval_refuses_the_training_tree_of_a_split_root_but_scores_its_val_tree(tmp_path, monkeypatch, capsys):
+    from resnets.data import make_split_folder
+    from resnets.data.sources import training_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = make_split_folder(tmp_path / "root", classes=3, train_per_class=2, val_per_class=2, size=8)
+    assert training_folder(root) == (root / "train").resolve() and training_folder("cifar10") is None
+    ckpt = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp_path / "m.safetensors",
+                        {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8,
+                         "training_folder": str(training_folder(root))})
+    assert _eval(ckpt, root) == 0  # the root's val/ tree
+    assert _eval(ckpt, root / "train") == 2
+    assert f"holds the images {ckpt} was trained on" in capsys.readouterr().err

@@ -212,8 +212,13 @@ def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, 
                  "--workers", "0"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["count"] == 9 and printed["top1"] == pytest.approx(summary["final_val_top1"])
-    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30  # without: every image
+    # without --held-out the training folder is refused: that accuracy would count the images it learned
+    for checkpoint in ("last.pt", "best.safetensors"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "run" / checkpoint), "--data", str(data)]) == 2
+        assert "counts images it learned; pass --held-out" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data),
+                 "--include-training-images"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30  # on purpose: every image
 
 
 def test_accuracy_intervals_and_the_paired_test_match_textbook_values():

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", action="store_true",
                    help="score only the images the checkpoint's run held out of --data for validation (its "
                         "val_split and split seed): for a run trained on --data itself, whose other images it saw")
+    p.add_argument("--include-training-images", action="store_true",
+                   help="allow --data to be the folder the checkpoint was trained on (refused by default: that "
+                        "accuracy counts images the model learned; --held-out scores the ones its run held out)")
     p.add_argument("--compare", metavar="CHECKPOINT",
                    help="a second checkpoint scored on the same images (its own preprocessing, the same --tta): the "
                         "difference in top-1 with its 95%% interval and an exact McNemar test, from the images on "
@@ -104,6 +107,8 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema)
+    if not args.held_out and not args.include_training_images:
+        _refuse_training_images(args, checkpoint_path, checkpoint)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"
     if channels_last:
@@ -125,6 +130,27 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
         raise UserError(str(exc)) from None
     result, plain = evaluated if with_plain else (evaluated, None)
     return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain)
+
+
+def _refuse_training_images(args: argparse.Namespace, checkpoint_path: str, checkpoint: Any) -> None:
+    """An accuracy on the images a model trained on is not an evaluation: refuse --data when it is the folder the
+    checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the config's ``data``, read
+    from here)."""
+    from ..cli import UserError
+    from ..data.sources import training_folder
+
+    evaluated = Path(args.data).expanduser().resolve()
+    if training_folder(args.data) != evaluated:  # a root of split trees (eval reads val/ or test/), CIFAR, a name
+        return
+    config = checkpoint.metadata.get("config")
+    recorded = checkpoint.metadata.get("training_folder") or (
+        training_folder(config["data"]) if isinstance(config, dict) and isinstance(config.get("data"), str) else None)
+    if recorded is None or Path(recorded) != evaluated:
+        return
+    raise UserError(f"{args.data} holds the images {checkpoint_path} was trained on ({evaluated}), so an accuracy "
+                    "there counts images it learned; pass --held-out to score only the images its run held out "
+                    "for validation, evaluate on other images, or pass --include-training-images to measure the "
+                    "training set on purpose")
 
 
 def _same_images(first: _Scored, second: _Scored) -> bool:

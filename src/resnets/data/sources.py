@@ -30,7 +30,7 @@ from .folder import (FileEntry, check_image_size, check_val_split, map_folder_cl
                      stratified_split, warn_skipped)
 from .stats import compute_mean_std, resolve_known_stats
 
-__all__ = ["SMALL_IMAGE_LIMIT", "load_data", "load_eval"]
+__all__ = ["SMALL_IMAGE_LIMIT", "load_data", "load_eval", "training_folder"]
 
 SMALL_IMAGE_LIMIT = 64  # images up to this side are decoded once into an in-memory tensor
 # Split folder names (compared lower-cased) and the role each plays.
@@ -251,6 +251,20 @@ def check_source(source: str | os.PathLike) -> None:
     if not path.exists():
         raise DataError(f"no dataset at {path}: pass cifar10, cifar100, an extracted cifar-10-batches-py folder, "
                         f"an ImageFolder tree DIR/<class>/<image>, or a root with train/ and val/ trees")
+
+
+def training_folder(source: str | os.PathLike) -> Path | None:
+    """The folder of images training reads from ``source`` (its ``train/`` tree for a root of split trees, the
+    tree itself for a plain ImageFolder), absolute; None for CIFAR (by name or as a batch folder), whose test
+    set is separate, and for a path that is not a folder. ``resnets eval`` uses it to notice a training set."""
+    path = Path(os.fspath(source)).expanduser()
+    if not path.is_dir() or is_cifar_folder(path):
+        return None
+    try:
+        splits = _split_folders(path)
+    except DataError:
+        return None
+    return (splits.get("train") or path).resolve() if "train" in splits or not splits else None
 
 
 def _resolve_source(source: str | os.PathLike, cache_dir, download: bool) -> tuple[Path, str | None]:

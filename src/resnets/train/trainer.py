@@ -315,9 +315,13 @@ class Trainer:
 
     def weights_metadata(self) -> dict[str, Any]:
         """What ``best.safetensors`` stores beside the weights (for eval/predict/fine-tuning)."""
+        from ..data.sources import training_folder
+
+        trained_on = training_folder(self.config.data)  # absolute: eval can tell its training images wherever it runs
         return {"classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
                 "image_size": int(self.splits.image_size), "model_name": self.config.model,
-                "recipe": self.config.recipe, "config": self.config.to_dict()}
+                "recipe": self.config.recipe, "config": self.config.to_dict(),
+                **({"training_folder": str(trained_on)} if trained_on is not None else {})}
 
     # ------------------------------------------------------------ the step
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
