@@ -359,3 +359,17 @@ def test_gradcam_into_the_same_folder_leaves_no_overlay_of_the_earlier_run(setup
     assert sorted(p.name for p in out.glob("gradcam_0*.png")) == ["gradcam_000_00000.png"]
     assert keep.read_bytes() == b"mine" and (out / "gradcam_gallery.png").is_file()
     assert [row["png"] for row in json.loads((out / "gradcam.json").read_text())] == [str(out / "gradcam_000_00000.png")]
+
+
+def test_robustness_refuses_the_training_folder_and_takes_the_held_out_images(setup, capsys):
+    tmp, data, _ = setup
+    ckpt = save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)), tmp / "trained.safetensors",
+                        {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 16,
+                         "config": {"val_split": 0.5, "seed": 0, "data": str(data)}})  # a run trained on data
+    base = ["robustness", "--checkpoint", str(ckpt), "--data", str(data), "--steps", "1", "--eps", "0,8/255"]
+    assert main([*base, "--out", str(tmp / "a")]) == 2
+    assert "counts images it learned; pass --held-out" in capsys.readouterr().err
+    assert main([*base, "--held-out", "--out", str(tmp / "b")]) == 0
+    assert json.loads((tmp / "b" / "robustness_pgd_linf.json").read_text())["samples"] == 9  # half of 18 held out
+    assert main([*base, "--include-training-images", "--out", str(tmp / "c")]) == 0
+    assert json.loads((tmp / "c" / "robustness_pgd_linf.json").read_text())["samples"] == 18

@@ -64,25 +64,6 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
     return png
 
 
-def _held_out(args: argparse.Namespace, checkpoint_path: str, checkpoint: Any, classes: list[str],
-              image_size: int | None, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """The validation images the checkpoint's run drew from --data: the same split, by the seed it recorded."""
-    from ..cli import UserError
-    from ..data import load_data
-    from ..train.config import held_out_split
-
-    config = checkpoint.metadata.get("config")
-    if not isinstance(config, dict):
-        raise UserError(f"--held-out needs the run's config in {checkpoint_path} (a best.safetensors or last.pt "
-                        "written by resnets train); without it, evaluate on images it did not train on")
-    val_split, seed = held_out_split(config)
-    splits = load_data(args.data, val_split=val_split, seed=seed, classes=classes, image_size=image_size,
-                       normalization=(tuple(mean), tuple(std)))
-    if splits.val is None or len(splits.val) == 0:
-        raise UserError(f"the run held out nothing (val_split={val_split}); evaluate on images it did not train on")
-    return splits.val
-
-
 class _Scored(NamedTuple):
     """One checkpoint evaluated on --data: the pieces the report and --groups need."""
 
@@ -103,18 +84,19 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     from ..cli import UserError
     from ..data import DataError, load_eval, make_loader
     from ..evaluate import evaluate, evaluate_with_plain
-    from ..evaluate.loading import load_for_inference
+    from ..evaluate.loading import held_out_images, load_for_inference, refuse_training_images
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
 
     model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema)
-    if not args.held_out and not args.include_training_images:
-        _refuse_training_images(args, checkpoint_path, checkpoint)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        dataset = (_held_out(args, checkpoint_path, checkpoint, classes, image_size, mean, std) if args.held_out else
+        if not args.held_out and not args.include_training_images:
+            refuse_training_images(args.data, checkpoint, checkpoint_path)
+        dataset = (held_out_images(args.data, checkpoint, checkpoint_path, classes, image_size, (mean, std))
+                   if args.held_out else
                    load_eval(args.data, classes=classes, image_size=image_size, normalization=(mean, std)))
         loader = make_loader(dataset, batch_size=args.batch_size, train=False, device=device, workers=args.workers,
                              mean=mean, std=std, crop_fraction=crop_fraction, channels_last=channels_last)
@@ -130,27 +112,6 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
         raise UserError(str(exc)) from None
     result, plain = evaluated if with_plain else (evaluated, None)
     return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain)
-
-
-def _refuse_training_images(args: argparse.Namespace, checkpoint_path: str, checkpoint: Any) -> None:
-    """An accuracy on the images a model trained on is not an evaluation: refuse --data when it is the folder the
-    checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the config's ``data``, read
-    from here)."""
-    from ..cli import UserError
-    from ..data.sources import training_folder
-
-    evaluated = Path(args.data).expanduser().resolve()
-    if training_folder(args.data) != evaluated:  # a root of split trees (eval reads val/ or test/), CIFAR, a name
-        return
-    config = checkpoint.metadata.get("config")
-    recorded = checkpoint.metadata.get("training_folder") or (
-        training_folder(config["data"]) if isinstance(config, dict) and isinstance(config.get("data"), str) else None)
-    if recorded is None or Path(recorded) != evaluated:
-        return
-    raise UserError(f"{args.data} holds the images {checkpoint_path} was trained on ({evaluated}), so an accuracy "
-                    "there counts images it learned; pass --held-out to score only the images its run held out "
-                    "for validation, evaluate on other images, or pass --include-training-images to measure the "
-                    "training set on purpose")
 
 
 def _same_images(first: _Scored, second: _Scored) -> bool:

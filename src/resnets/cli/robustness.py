@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corruptions", default=None, metavar="NAMES",
                    help="'all', family names (noise, blur, weather, digital) or corruption names; default none")
     p.add_argument("--baseline", help="corruptions.json of a baseline model: adds mCE relative to it")
+    p.add_argument("--held-out", action="store_true",
+                   help="use only the images the checkpoint's run held out of --data for validation (its val_split "
+                        "and split seed): for a run trained on --data itself")
+    p.add_argument("--include-training-images", action="store_true",
+                   help="allow --data to be the folder the checkpoint was trained on (refused by default)")
     p.set_defaults(func=run_robustness)
 
     c = subparsers.add_parser(
@@ -118,10 +123,19 @@ def _check_unnamed_outputs(ckpt: Any, checkpoint: str, classes: list[str], data:
 
 
 def _eval_set(args: argparse.Namespace, ckpt: Any):
-    from ..data import load_eval
+    from ..cli import UserError
+    from ..data import DataError, load_eval
+    from ..evaluate.loading import held_out_images, refuse_training_images
 
     meta = ckpt.metadata
-    dataset = load_eval(args.data, classes=meta.get("classes"), image_size=meta.get("image_size"))
+    try:
+        if not args.held_out and not args.include_training_images:
+            refuse_training_images(args.data, ckpt, args.checkpoint)
+        dataset = (held_out_images(args.data, ckpt, args.checkpoint, meta.get("classes"), meta.get("image_size"))
+                   if args.held_out else load_eval(args.data, classes=meta.get("classes"),
+                                                   image_size=meta.get("image_size")))
+    except DataError as exc:
+        raise UserError(str(exc)) from None
     _check_unnamed_outputs(ckpt, args.checkpoint, list(dataset.classes), args.data)
     return dataset
 

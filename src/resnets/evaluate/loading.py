@@ -106,3 +106,48 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
         model = GrayscaleInput(model)
     return LoadedModel(model.eval(), list(classes) if classes else None, mean, std, meta.get("image_size"),
                        float(meta.get("crop_fraction") or EVAL_CROP_FRACTION), ckpt)
+
+
+def held_out_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_name: str | os.PathLike,
+                    classes: list[str] | None, image_size: int | None,
+                    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+    """The validation images the checkpoint's run drew from ``data``: the same split, by the val_split and seed
+    its config recorded (``--held-out`` of ``resnets eval`` and ``robustness``). Raises ``DataError`` when the
+    checkpoint has no run config or its run held out nothing."""
+    from ..data import DataError, load_data
+    from ..train.config import held_out_split
+
+    config = checkpoint.metadata.get("config")
+    if not isinstance(config, dict):
+        raise DataError(f"--held-out needs the run's config in {checkpoint_name} (a best.safetensors or last.pt "
+                        "written by resnets train); without it, evaluate on images it did not train on")
+    val_split, seed = held_out_split(config)
+    splits = load_data(data, val_split=val_split, seed=seed, classes=classes, image_size=image_size,
+                       **({"normalization": normalization} if normalization is not None else {}))
+    if splits.val is None or len(splits.val) == 0:
+        raise DataError(f"the run held out nothing (val_split={val_split}); evaluate on images it did not train on")
+    return splits.val
+
+
+def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_name: str | os.PathLike) -> None:
+    """An accuracy on the images a model trained on is not an evaluation: raise ``DataError`` when ``data`` is the
+    ImageFolder tree the checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the
+    config's ``data``, read from the current folder). A root of split trees is evaluated on its val/ or test/ tree
+    and CIFAR on its test set, so neither is refused."""
+    from pathlib import Path
+
+    from ..data import DataError
+    from ..data.sources import training_folder
+
+    evaluated = Path(data).expanduser().resolve()
+    if training_folder(data) != evaluated:
+        return
+    config = checkpoint.metadata.get("config")
+    recorded = checkpoint.metadata.get("training_folder") or (
+        training_folder(config["data"]) if isinstance(config, dict) and isinstance(config.get("data"), str) else None)
+    if recorded is None or Path(recorded) != evaluated:
+        return
+    raise DataError(f"{data} holds the images {checkpoint_name} was trained on ({evaluated}), so an accuracy there "
+                    "counts images it learned; pass --held-out to score only the images its run held out for "
+                    "validation, evaluate on other images, or pass --include-training-images to measure the "
+                    "training set on purpose")
