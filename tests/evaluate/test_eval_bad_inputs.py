@@ -191,3 +191,17 @@ def test_eval_refuses_the_training_tree_of_a_split_root_but_scores_its_val_tree(
     assert _eval(ckpt, root) == 0  # the root's val/ tree
     assert _eval(ckpt, root / "train") == 2
     assert f"holds the images {ckpt} was trained on" in capsys.readouterr().err
+
+
+def test_a_paired_comparison_refuses_two_runs_that_held_out_different_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=8)
+    paths = []
+    for seed in (0, 1):  # the same val_split and class balance, other images
+        paths.append(save_weights(create_model("resnet20", num_classes=3, layers=(1, 1, 1)),
+                                  tmp_path / f"seed{seed}.safetensors",
+                                  {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8,
+                                   "config": {"val_split": 0.5, "split_seed": seed}}))
+    assert _eval(paths[0], data, "--held-out", "--compare", str(paths[1])) == 2
+    assert "scored on different images" in capsys.readouterr().err
+    assert _eval(paths[0], data, "--held-out", "--compare", str(paths[0])) == 0

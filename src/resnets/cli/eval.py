@@ -76,6 +76,7 @@ class _Scored(NamedTuple):
     labels: Any  # the dataset's labels, in loader order
     result: Any  # EvalResult (with TTA when asked)
     plain: Any  # EvalResult without TTA from the same pass, or None
+    held_out_split: Any  # (val_split, seed) of the run's hold-out under --held-out, else None
 
 
 def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None) -> _Scored:
@@ -86,6 +87,7 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     from ..evaluate import evaluate, evaluate_with_plain
     from ..evaluate.loading import held_out_images, load_for_inference, refuse_training_images
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
+    from ..train.config import held_out_split
 
     model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
@@ -111,13 +113,16 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     except ValueError as exc:
         raise UserError(str(exc)) from None
     result, plain = evaluated if with_plain else (evaluated, None)
-    return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain)
+    split = held_out_split(checkpoint.metadata["config"]) if args.held_out else None
+    return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain, split)
 
 
 def _same_images(first: _Scored, second: _Scored) -> bool:
-    """Whether two evaluations saw the same images with the same classes, as far as the labels tell: as many
-    images, and one class of the first for each class of the second (class names may differ: ImageNet's
-    categories and the WordNet-id folders of a fine-tuned model)."""
+    """Whether two evaluations saw the same images with the same classes, as far as can be told: the same
+    hold-out (under --held-out), as many images, and one class of the first for each class of the second
+    (class names may differ: ImageNet's categories and the WordNet-id folders of a fine-tuned model)."""
+    if first.held_out_split != second.held_out_split:
+        return False
     a, b = first.labels.tolist(), second.labels.tolist()
     pairs = set(zip(a, b))
     return len(a) == len(b) and len(pairs) == len(set(a)) == len(set(b))
@@ -148,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         if not _same_images(scored, other):
             raise UserError(f"{args.checkpoint} and {args.compare} were scored on different images ("
                             f"{len(scored.labels)} and {len(other.labels)}, or other classes); a paired comparison "
-                            "needs the same ones (with --held-out: two runs that held out the same split)")
+                            "needs the same ones (with --held-out: two runs that held out the same split, val_split and "
+                            f"seed {scored.held_out_split} and {other.held_out_split})")
         comparison = compare_hits(hits, other_hits)
         print(f"--compare {args.compare}: {other.result.summary()}")
         print(comparison.summary("checkpoint", "compare"))
