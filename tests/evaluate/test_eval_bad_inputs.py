@@ -205,3 +205,20 @@ def test_a_paired_comparison_refuses_two_runs_that_held_out_different_images(tmp
     assert _eval(paths[0], data, "--held-out", "--compare", str(paths[1])) == 2
     assert "scored on different images" in capsys.readouterr().err
     assert _eval(paths[0], data, "--held-out", "--compare", str(paths[0])) == 0
+
+
+def test_only_data_classes_scores_among_the_classes_the_data_holds(tmp_path, monkeypatch, capsys):
+    """A model that always says an absent class scores 0; restricted to the present classes it says class_0."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, size=8, names=CLASSES[:2])
+    net = create_model("resnet20", num_classes=3, layers=(1, 1, 1))
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.copy_(torch.tensor([1.0, 0.0, 100.0]))  # class_2, absent from the data, always wins
+    ckpt = save_weights(net, tmp_path / "m.safetensors", {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
+                                                          "image_size": 8})
+    for extra, top1 in (((), 0.0), (("--only-data-classes",), 0.5)):
+        assert _eval(ckpt, data, *extra, "--tta", "flip", "--json", str(tmp_path / f"{len(extra)}.json")) == 0
+        metrics = json.loads((tmp_path / f"{len(extra)}.json").read_text())
+        assert metrics["top1"] == top1 and metrics["loss"] < float("inf")
+    assert metrics["extra"]["only_data_classes"] == 2 and metrics["top5"] == 1.0

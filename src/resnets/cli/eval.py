@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-training-images", action="store_true",
                    help="allow --data to be the folder the checkpoint was trained on (refused by default: that "
                         "accuracy counts images the model learned; --held-out scores the ones its run held out)")
+    p.add_argument("--only-data-classes", action="store_true",
+                   help="score among the classes --data holds only (the other outputs are masked): the protocol for a "
+                        "test set that covers some of the model's classes, such as Imagenette or ImageNet-R under "
+                        "ImageNet weights; without it every output competes")
     p.add_argument("--compare", metavar="CHECKPOINT",
                    help="a second checkpoint scored on the same images (its own preprocessing, the same --tta): the "
                         "difference in top-1 with its 95%% interval and an exact McNemar test, from the images on "
@@ -84,7 +88,7 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
 
     from ..cli import UserError
     from ..data import DataError, load_eval, make_loader
-    from ..evaluate import evaluate, evaluate_with_plain
+    from ..evaluate import OnlyClasses, evaluate, evaluate_with_plain
     from ..evaluate.loading import held_out_images, load_for_inference, refuse_training_images
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
     from ..train.config import held_out_split
@@ -106,9 +110,12 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
         raise UserError(str(exc)) from None
     # where the TTA views include the image as is, the same pass also says what TTA adds over no TTA
     with_plain = args.tta != "none" and args.tta in TTA_WITH_PLAIN_VIEW
+    scored_model = model.to(device)
+    if args.only_data_classes:  # score among the classes --data has, not all the model knows
+        scored_model = OnlyClasses(scored_model, sorted(set(dataset.labels.tolist())), len(classes)).to(device)
     try:
         evaluated = (evaluate_with_plain if with_plain else evaluate)(
-            model.to(device), loader, len(classes), classes, tta=args.tta, device=device,
+            scored_model, loader, len(classes), classes, tta=args.tta, device=device,
             precision=resolve_precision(args.precision, device), hits=hits)
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -140,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
     scored = _score(args, args.checkpoint, device, hits)
     model, classes, result, plain = scored.model, scored.classes, scored.result, scored.plain
     result.extra = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
+    if args.only_data_classes:
+        present = len(set(scored.labels.tolist()))
+        result.extra["only_data_classes"] = present
+        print(f"scored among the {present} classes --data holds, of the model's {len(classes)}")
     print(result.summary())
     if plain is not None:
         result.extra["without_tta"] = {"top1": plain.top1, "top5": plain.top5, "loss": plain.loss}

@@ -10,10 +10,10 @@ Two models on the same images: ``compare_hits`` (``resnets eval --compare``), fr
 
 from .compare import PairedComparison, compare_hits
 from .loading import LoadedModel, load_for_inference
-from .metrics import (EvalResult, EvalSums, autocast_context, evaluate, evaluate_with_plain, save_confusion_png,
-                      wilson_interval)
+from .metrics import (EvalResult, EvalSums, OnlyClasses, autocast_context, evaluate, evaluate_with_plain,
+                      save_confusion_png, wilson_interval)
 from .tta import TTA_MODES, tta_logits, tta_views
 
-__all__ = ["EvalResult", "EvalSums", "LoadedModel", "PairedComparison", "TTA_MODES", "autocast_context", "compare_hits",
+__all__ = ["EvalResult", "EvalSums", "LoadedModel", "OnlyClasses", "PairedComparison", "TTA_MODES", "autocast_context", "compare_hits",
            "evaluate", "evaluate_with_plain", "load_for_inference", "save_confusion_png", "tta_logits", "tta_views",
            "wilson_interval"]

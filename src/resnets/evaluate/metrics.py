@@ -20,8 +20,8 @@ from torch import nn
 from ..precision import autocast_context
 from .tta import tta_and_plain_logits, tta_logits
 
-__all__ = ["EvalResult", "EvalSums", "autocast_context", "evaluate", "evaluate_with_plain", "save_confusion_png",
-           "wilson_interval"]
+__all__ = ["EvalResult", "EvalSums", "OnlyClasses", "autocast_context", "evaluate", "evaluate_with_plain",
+           "save_confusion_png", "wilson_interval"]
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -118,6 +118,23 @@ class EvalResult:
                     if self.top1_interval is not None and self.count else "")
         return (f"top-1 {self.top1 * 100:.2f}%{interval}  top-5 {self.top5 * 100:.2f}%  loss {self.loss:.4f}  "
                 f"({self.count} images, tta={self.tta})")
+
+
+class OnlyClasses(nn.Module):
+    """A classifier restricted to some of its classes: the others' logits are set to -inf, so top-1, top-5 and the
+    loss are taken among ``classes`` only. The protocol for a test set that covers a subset of the classes a model
+    knows (ImageNet-R and ImageNet-A's 200, Imagenette's 10 of ImageNet's 1,000)."""
+
+    def __init__(self, model: nn.Module, classes: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = getattr(model, "spec", None)
+        excluded = torch.ones(num_classes, dtype=torch.bool)
+        excluded[torch.as_tensor(list(classes), dtype=torch.long)] = False
+        self.register_buffer("excluded", excluded, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).masked_fill(self.excluded, float("-inf"))
 
 
 def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], loader: Iterable, num_classes: int,
