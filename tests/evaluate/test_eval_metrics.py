@@ -207,6 +207,8 @@ def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, 
                  "--epochs", "1", "--batch-size", "4", "--val-split", "0.3", "--seed", "3", "--workers", "0",
                  "--no-progress", "--out", str(tmp_path / "run")]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    low, high = summary["final_val_top1_interval"]  # 9 images: a wide interval, stated with the figure
+    assert low <= summary["final_val_top1"] <= high and high - low > 0.25
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data), "--held-out",
                  "--workers", "0"]) == 0

@@ -108,7 +108,9 @@ class RunResult:
             "run_dir": str(self.run_dir) if self.run_dir else None, "recipe": self.config.recipe,
             "model": self.config.model, "epochs": self.epochs, "steps": self.steps,
             "train_minutes": self.train_seconds / 60, "best_val_top1": self.best_val_top1, "best_epoch": self.best_epoch,
-            "final_val_top1": self.final_val_top1, "final_val_top5": self.final.top5 if self.final else None,
+            "final_val_top1": self.final_val_top1,
+            "final_val_top1_interval": list(self.final.top1_interval) if self.final and self.final.top1_interval else None,
+            "final_val_top5": self.final.top5 if self.final else None,
             "final_val_loss": self.final.loss if self.final else None, "final_tta": self.config.tta,
             "expected": self.config.expected,
         }
