@@ -222,7 +222,8 @@ def test_published_imagenet_weights_evaluate_on_a_tree_of_wordnet_id_folders(tmp
 
     published = torchvision.models.resnet18().state_dict()  # stands in for torchvision's download
     monkeypatch.setattr(weights_module, "torchvision_state_dict", lambda name, tag: published)
-    out = tmp_path / "metrics.json"
-    assert main(["eval", "--checkpoint", "resnet18.IMAGENET1K_V1", "--data", str(root), "--json", str(out)]) == 0
-    metrics = json.loads(out.read_text())
-    assert metrics["count"] == 4 and {"tench", "English springer"} <= set(metrics["per_class_accuracy"])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "resnet18.IMAGENET1K_V1", "--data", str(root), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads(printed[-1])["count"] == 4  # (no --json: a 1,000-class confusion figure takes seconds)
+    assert "tench" in printed[-2] and "English springer" in printed[-2]  # the lowest per-class accuracies

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -105,7 +105,8 @@ class EvalResult:
     """95% Wilson interval of top-1 over the images evaluated (``wilson_interval``): test-set sampling only."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # shallow: asdict deep-copies the confusion matrix, 6 s for ImageNet's 1,000 x 1,000 on a 2-core CPU
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def write_json(self, path: str | os.PathLike) -> Path:
         from ..weights import atomic_write
