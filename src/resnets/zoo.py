@@ -191,7 +191,7 @@ def list_pretrained(pattern: str = "*") -> list[str]:
     """Published weights as ``"model.TAG"`` names (timm's form; ``create_model`` takes them), for the models
     whose name, or whose ``model.TAG``, matches ``pattern``: ``list_pretrained("resnet50")`` gives
     ``["resnet50.IMAGENET1K_V1", "resnet50.IMAGENET1K_V2"]``."""
-    return [f"{name}.{tag}" for name in list_models(pretrained=True) for tag in pretrained_tags(name)
+    return [f"{name}.{tag}" for name in list_models() for tag in pretrained_tags(name)
             if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(f"{name}.{tag}", pattern)]
 
 

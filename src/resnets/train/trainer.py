@@ -584,9 +584,8 @@ class Trainer:
             "epoch_sums": self.epoch_sums.detach().cpu(),
             "error_window": self.error_window.detach().cpu(),
             "spec": self.spec.to_dict() if self.spec is not None else None,
-            "classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
-            "image_size": int(self.splits.image_size), "model_name": self.config.model,
-            "config": self.config.to_dict(), "resume_needs": list(self._resume_needs),
+            **self.weights_metadata(),  # what best.safetensors records (classes, statistics, config, training folder)
+            "resume_needs": list(self._resume_needs),
             "job_id": job_id(),  # a torchrun restart continues only its own job's checkpoint
             "data_sizes": self._data_sizes(),
         }
