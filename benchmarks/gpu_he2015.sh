@@ -4,10 +4,14 @@
 # sharing it: 64k steps would outlast a device call), so the run uses `--compile reduce-overhead`, which
 # replays the forward and backward as CUDA graphs. Jobs, each with its own time limit:
 #
-#   1. pace:  a few hundred steps eager, alone on the GPU (the baseline the graphs' images/s is read against);
-#   2. paper: the full run in fp32 (the paper's precision) with reduce-overhead and, beside it on the same
-#             GPU, its bf16 + channels-last twin (same seed). The CPU figure (docs/benchmarks.md) was bf16;
-#             this separates the precision from the data as a cause of the gap to the paper's 8.75%.
+#   1. pace:  a few hundred steps eager, alone on the GPU (the baseline the graphs' images/s is read against;
+#             PACE_STEPS=0 skips it, as a second call that resumes the paper run should);
+#   2. paper: the full run in fp32 (the paper's precision) with reduce-overhead. The CPU figure
+#             (docs/benchmarks.md) was bf16; this separates the precision from the data as a cause of the gap
+#             to the paper's 8.75%. TWIN=1 also runs its bf16 + channels-last twin (same seed) beside it on the
+#             same GPU; two processes time-share the GPU, so the fp32 run may then not finish in one call.
+#   3. seed 1: when the fp32 run has finished with more than 100 s left, a second fp32 seed takes the rest
+#             (SECOND_SEED=0 turns it off).
 #
 # The paper runs get all the time that is left: a device call is short. If the compiled fp32 run fails, an
 # eager fp32 run takes the rest of the time and stops at the limit (its curve still comes back). It needs the
@@ -23,6 +27,8 @@ LIMIT=${LIMIT:-560}
 DEVICE=${DEVICE:-cuda}
 PACE_STEPS=${PACE_STEPS:-600}
 PAPER_STEPS=${PAPER_STEPS:-}
+TWIN=${TWIN:-0}
+SECOND_SEED=${SECOND_SEED:-1}
 DATA_ROOT=${DATA_ROOT:-/tmp/resnets-gpu-data}
 RUNS=${RUNS:-/tmp/he2015-gpu-runs}
 PY=${PY:-python3}
@@ -52,18 +58,22 @@ run() {
     return $rc
 }
 
-run pace_eager 60 --steps "$PACE_STEPS"
+[ "$PACE_STEPS" -gt 0 ] && run pace_eager 60 --steps "$PACE_STEPS"
 MODE=(--compile reduce-overhead)
 STEPS=(); [ -n "$PAPER_STEPS" ] && STEPS=(--steps "$PAPER_STEPS")
 T=$(( $(left) - 25 ))
 run paper_fp32 "$T" "${STEPS[@]}" "${MODE[@]}" &
 fp32=$!
-run paper_bf16 "$T" "${STEPS[@]}" "${MODE[@]}" --precision bf16 &
+[ "$TWIN" = 1 ] && run paper_bf16 "$T" "${STEPS[@]}" "${MODE[@]}" --precision bf16 &
 wait $fp32
 rc=$?
 if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(left)" -gt 90 ]; then
     echo "compiled fp32 run failed (rc=$rc): the rest of the time goes to an eager fp32 run" | tee -a "$LOG"
     run paper_fp32_eager $(( $(left) - 25 )) "${STEPS[@]}"
+fi
+if [ $rc -eq 0 ] && [ "$SECOND_SEED" = 1 ] && [ "$(left)" -gt 100 ]; then
+    # time left over: a second seed (a cut run still returns its curve; a later call resumes it)
+    run paper_fp32_seed1 $(( $(left) - 25 )) "${STEPS[@]}" "${MODE[@]}" --seed 1
 fi
 wait
 for f in "$RUNS"/*/he2015_result.json; do echo "== $f"; cat "$f"; echo; done | tee -a "$LOG"
