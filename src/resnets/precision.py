@@ -1,23 +1,34 @@
-"""Arithmetic precision: autocast for a named precision, whether a device runs bf16 natively, and the CPU's
-name that benchmarks record beside their figures (bf16 speed differs several-fold between CPUs).
+"""Arithmetic precision: autocast for a named precision, whether a device runs bf16 natively and whether that is
+faster than fp32 here, and the CPU's name that benchmarks record beside their figures (bf16 speed differs
+several-fold between CPUs).
 
-``precision="auto"`` (training recipes) means bf16 where the hardware has it and fp32 elsewhere: on a CPU
-without AVX-512 BF16 or AMX, oneDNN emulates bf16, and resnet20 and resnet56 then trained at 0.78x and 0.75x the
-speed of fp32 on an AVX-512 Xeon without BF16 (docs/benchmarks.md), instead of the 2-3x it gains where bf16 is native.
+``precision="auto"`` (training recipes) means bf16 where the device runs it faster than fp32, and fp32 elsewhere.
+Native bf16 instructions are not enough: on a CPU without AVX-512 BF16 or AMX, oneDNN emulates bf16 (resnet20 and
+resnet56 trained at 0.78x and 0.75x fp32's speed on an AVX-512 Xeon without BF16), and an Intel Xeon that has
+AVX-512 BF16 but no AMX trained them at 0.71x and 0.69x (its bf16 dot products issue on one port, fp32 FMAs on
+two), while an AMD EPYC with AVX-512 BF16 gains 2-3x (docs/benchmarks.md). So on a CPU ``auto`` also times a
+matmul in both precisions once per process (``bf16_speedup``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
+import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "PRECISION_CHOICES", "autocast_context", "cpu_name", "native_bf16", "resolve_precision"]
+__all__ = ["AUTO_PRECISION_HELP", "BF16_MIN_SPEEDUP", "PRECISIONS", "PRECISION_CHOICES", "autocast_context",
+           "bf16_is_faster", "bf16_speedup", "cpu_name", "native_bf16", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for; "auto" resolves to one of PRECISIONS
+AUTO_PRECISION_HELP = "auto: bf16 where the device runs it faster than fp32 (native and timed), else fp32"
+BF16_MIN_SPEEDUP = 1.25
+"""How much faster than fp32 a CPU's bf16 matmul must run for ``auto`` to give up fp32's precision for it
+(measured: 2.2x on an AMD EPYC with AVX-512 BF16, 0.62x on an Intel Xeon with AVX-512 BF16 but no AMX)."""
 
 
 def cpu_name() -> str:
@@ -56,11 +67,43 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     return any(bool(probe()) for probe in probes)
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(device: str = "cpu") -> float:
+    """bf16 matmul throughput over fp32's on this CPU at the current thread count, timed once per process
+    (about 20 ms where bf16 is native; call it only there: emulated bf16 can take seconds). The best of
+    several alternating timings of each, so a busy machine slows both alike."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"bf16_speedup times CPU matmuls; {device} is not a CPU")
+    size, repeats = 512, 7
+    generator = torch.Generator().manual_seed(0)
+    fp32 = [torch.randn(size, size, generator=generator) for _ in range(2)]
+    pairs = {"fp32": fp32, "bf16": [m.bfloat16() for m in fp32]}
+    best = {name: float("inf") for name in pairs}
+    for repeat in range(repeats + 2):
+        for name, (a, b) in pairs.items():
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if repeat >= 2:  # two warm-up rounds: oneDNN builds its kernels on first use
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["fp32"] / best["bf16"]
+
+
+def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
+    """True when bf16 is native on ``device`` and, on a CPU, its matmul runs at least ``BF16_MIN_SPEEDUP``
+    times fp32's (``bf16_speedup``). Native is not enough: an Intel Xeon with AVX-512 BF16 but no AMX runs
+    bf16 slower than fp32."""
+    device = torch.device(device)
+    if not native_bf16(device):
+        return False
+    return device.type != "cpu" or bf16_speedup("cpu") >= BF16_MIN_SPEEDUP
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"bf16"`` where ``device`` runs it natively, else ``"fp32"``; other names pass through."""
+    """``"auto"`` -> ``"bf16"`` where ``device`` runs it faster than fp32 (``bf16_is_faster``), else ``"fp32"``;
+    other names pass through."""
     if precision != "auto":
         return precision
-    return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if bf16_is_faster(device) else "fp32"
 
 
 def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:

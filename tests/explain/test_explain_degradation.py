@@ -25,7 +25,7 @@ def test_bf16_defaults_to_what_the_device_runs_natively(monkeypatch, native):
     default follows the hardware; an explicit choice stands, and the resolved value is what a result records."""
     import resnets.precision
 
-    monkeypatch.setattr(resnets.precision, "native_bf16", lambda device="cpu": native)
+    monkeypatch.setattr(resnets.precision, "bf16_is_faster", lambda device="cpu": native)
     assert Budget().bf16 is None and Budget.parse("bf16=auto").bf16 is None
     assert Budget().resolved("cpu").bf16 is native
     assert Budget.parse("bf16=1").resolved("cpu").bf16 is True

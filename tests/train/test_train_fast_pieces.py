@@ -135,13 +135,13 @@ def test_orthogonalize_pushes_every_singular_value_of_a_filter_bank_near_one():
         assert before.max() / before.min() > 50  # the input was far from orthogonal
 
 
-def test_orthogonalize_uses_bf16_only_where_the_device_runs_it_natively(monkeypatch):
+def test_orthogonalize_uses_bf16_only_where_the_device_runs_it_faster(monkeypatch):
     import resnets.train.optim as optim
 
     matrix = torch.randn(8, 4, 3, 3)
-    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+    for faster, expected in ((True, torch.bfloat16), (False, torch.float32)):
         optim._newton_schulz_dtype.cache_clear()
-        monkeypatch.setattr(optim, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(optim, "bf16_is_faster", lambda device, faster=faster: faster)
         assert optim.orthogonalize(matrix, steps=1).dtype == expected
     optim._newton_schulz_dtype.cache_clear()
 

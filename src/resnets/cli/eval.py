@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from ..evaluate.tta import TTA_MODES
-from ..precision import PRECISION_CHOICES, resolve_precision
+from ..precision import AUTO_PRECISION_HELP, PRECISION_CHOICES, resolve_precision
 from .args import check_output, device, non_negative_int, positive_int
 
 
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
-                   help="default fp32; auto: bf16 where the device runs it natively, else fp32")
+                   help=f"default fp32; {AUTO_PRECISION_HELP}")
     p.add_argument("--ema", action="store_true", help="for a last.pt: evaluate its EMA weights")
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--held-out", action="store_true",

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--depths", default="20,56", help="comma list of CIFAR depths with a plain and a residual model: 20, 32, 44, 56, 110 (default 20,56)")
     d.add_argument("--budget", default="", help="KEY=VALUE overrides: epochs, train_subset, val_subset, batch_size, "
                                                  "lr, weight_decay, warmup, log_points, bf16 (0, 1 or auto: bf16 where the "
-                                                 "device runs it natively, the default), channels_last, seed")
+                                                 "device runs it faster than fp32, the default), channels_last, seed")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--device", type=device, default="cpu")
     d.set_defaults(func=run_degradation_cmd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..precision import PRECISION_CHOICES
+from ..precision import AUTO_PRECISION_HELP, PRECISION_CHOICES
 from .args import check_output, device, load_network, non_negative_int, positive_float, positive_int, unit_fraction, val_split
 
 
@@ -41,7 +41,7 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (0: load in this process)")
     p.add_argument("--device", type=device, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
-                   help="default auto: bf16 where the device runs it natively, else fp32")
+                   help=f"default {AUTO_PRECISION_HELP}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..evaluate.tta import TTA_MODES
-from ..precision import PRECISION_CHOICES
+from ..precision import AUTO_PRECISION_HELP, PRECISION_CHOICES
 from ..train.config import COMPILE_MODES
 from .args import device, non_negative_int, positive_float, positive_int, val_split
 
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES,
-                   help="auto: bf16 where the device runs it natively, else fp32")
+                   help=AUTO_PRECISION_HELP)
     p.add_argument("--seed", type=int)
     p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
                    help="fit the schedule so training ends within this wall-clock budget")

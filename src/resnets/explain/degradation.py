@@ -45,8 +45,9 @@ class Budget:
     log_points: int = 8
     """How many times per run to measure validation error (and close a training-error window)."""
     bf16: bool | None = None
-    """bf16 autocast; None (``auto``): where the device runs bf16 natively (``resnets.precision.native_bf16``),
-    else fp32 (a CPU without AVX-512 BF16 or AMX emulates it at a fraction of fp32's speed)."""
+    """bf16 autocast; None (``auto``): where the device runs bf16 faster than fp32
+    (``resnets.precision.bf16_is_faster``), else fp32 (a CPU without AVX-512 BF16 or AMX emulates it at a
+    fraction of fp32's speed, and an Intel CPU without AMX runs even native bf16 slower)."""
     channels_last: bool = True
     seed: int = 0
     adversarial: str | None = None

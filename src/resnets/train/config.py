@@ -157,8 +157,9 @@ class TrainConfig:
     # --- speed
     device: str = "cpu"
     precision: str = "fp32"
-    """fp32, bf16 or fp16 (CUDA) autocast; ``auto``: bf16 where the device runs it natively, else fp32
-    (resolved when training starts; the run's config records the result)."""
+    """fp32, bf16 or fp16 (CUDA) autocast; ``auto``: bf16 where the device runs it faster than fp32
+    (``resnets.precision.bf16_is_faster``), else fp32 (resolved when training starts; the run's config records
+    the result)."""
     channels_last: bool = False
     grad_checkpointing: bool = False
     """Activation checkpointing per residual block (``ResNet.set_grad_checkpointing``): activation memory

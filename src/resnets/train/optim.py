@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-from ..precision import native_bf16
+from ..precision import bf16_is_faster
 from .config import TrainConfig
 
 __all__ = ["LRSchedule", "Lookahead", "ModelEMA", "MuonSGD", "build_optimizer", "orthogonalize", "param_groups",
@@ -99,10 +99,11 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype | Non
     Newton-Schulz iteration of Muon (Jordan et al. 2024; its coefficients trade exactness for speed: the
     singular values land in roughly [0.7, 1.2]). A 4-D filter bank is treated as out x (in*kh*kw).
 
-    ``dtype`` defaults to bfloat16, as in Muon, where the device runs it natively (the iteration tolerates it,
-    and it halves the cost: about 10 ms a step for resnet_airbench_narrow's filters on a 2-core CPU with
-    AVX-512 BF16), and to float32 elsewhere, where bf16 is emulated and twice as slow as fp32 (66 vs 33 ms
-    on a 2-core Xeon without it)."""
+    ``dtype`` defaults to bfloat16, as in Muon, where the device runs it faster than fp32 (the iteration
+    tolerates it, and it halves the cost: about 10 ms a step for resnet_airbench_narrow's filters on a 2-core AMD
+    CPU with AVX-512 BF16), and to float32 elsewhere: emulated bf16 is twice as slow as fp32 (66 vs 33 ms on a
+    2-core Xeon without it), and native bf16 without AMX is slower too on Intel CPUs
+    (``resnets.precision.bf16_is_faster``)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = matrix.reshape(len(matrix), -1).to(dtype or _newton_schulz_dtype(matrix.device))
     x = x / (x.norm() + 1e-7)
@@ -119,7 +120,7 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype | Non
 
 @functools.lru_cache(maxsize=None)
 def _newton_schulz_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if bf16_is_faster(device) else torch.float32
 
 
 class MuonSGD(torch.optim.Optimizer):
