@@ -4,6 +4,7 @@ on a checkpoint written by a tiny training run (folders matched to classes by na
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -221,6 +222,17 @@ def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, 
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data),
                  "--include-training-images"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30  # on purpose: every image
+    # a copy of the training folder elsewhere is the same images (the path check alone missed it) ...
+    copied = tmp_path / "copied" / "data"
+    shutil.copytree(data, copied)
+    for checkpoint in ("last.pt", "best.safetensors"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "run" / checkpoint), "--data", str(copied)]) == 2
+        assert f"{copied} is a copy of {data}" in capsys.readouterr().err
+    # ... while other images under the same names (and, for these noise images, of nearly the same sizes) are
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=10, size=8, names=CLASSES, seed=1)
+    assert sorted(f.relative_to(other) for f in other.rglob("*.png")) == sorted(f.relative_to(data) for f in data.rglob("*.png"))
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(other), "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30
 
 
 def test_accuracy_intervals_and_the_paired_test_match_textbook_values():

@@ -132,11 +132,13 @@ def held_out_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_
 def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_name: str | os.PathLike) -> None:
     """An accuracy on the images a model trained on is not an evaluation: raise ``DataError`` when ``data`` is the
     ImageFolder tree the checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the
-    config's ``data``, read from the current folder). A root of split trees is evaluated on its val/ or test/ tree
-    and CIFAR on its test set, so neither is refused."""
+    config's ``data``, read from the current folder) or a copy of it (the same ``training_fingerprint``: paths
+    inside the tree and file sizes). A root of split trees is evaluated on its val/ or test/ tree and CIFAR on its
+    test set, so neither is refused."""
     from pathlib import Path
 
     from ..data import DataError
+    from ..data.folder import folder_fingerprint
     from ..data.sources import training_folder
 
     evaluated = Path(data).expanduser().resolve()
@@ -145,9 +147,14 @@ def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, chec
     config = checkpoint.metadata.get("config")
     recorded = checkpoint.metadata.get("training_folder") or (
         training_folder(config["data"]) if isinstance(config, dict) and isinstance(config.get("data"), str) else None)
-    if recorded is None or Path(recorded) != evaluated:
+    fingerprint = checkpoint.metadata.get("training_fingerprint")
+    if recorded is not None and Path(recorded) == evaluated:
+        where = str(evaluated)
+    elif fingerprint and folder_fingerprint(evaluated) == fingerprint:
+        where = f"{evaluated} is a copy of {recorded or 'its training folder'}: the same files, names and sizes"
+    else:
         return
-    raise DataError(f"{data} holds the images {checkpoint_name} was trained on ({evaluated}), so an accuracy there "
+    raise DataError(f"{data} holds the images {checkpoint_name} was trained on ({where}), so an accuracy there "
                     "counts images it learned; pass --held-out to score only the images its run held out for "
                     "validation, evaluate on other images, or pass --include-training-images to measure the "
                     "training set on purpose")

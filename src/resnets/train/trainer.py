@@ -23,6 +23,7 @@ normalisation, by validation accuracy), ``summary.json`` and, when TensorBoard i
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -321,13 +322,21 @@ class Trainer:
 
     def weights_metadata(self) -> dict[str, Any]:
         """What ``best.safetensors`` stores beside the weights (for eval/predict/fine-tuning)."""
-        from ..data.sources import training_folder
-
-        trained_on = training_folder(self.config.data)  # absolute: eval can tell its training images wherever it runs
         return {"classes": self.classes, "mean": list(self.splits.mean), "std": list(self.splits.std),
                 "image_size": int(self.splits.image_size), "model_name": self.config.model,
-                "recipe": self.config.recipe, "config": self.config.to_dict(),
-                **({"training_folder": str(trained_on)} if trained_on is not None else {})}
+                "recipe": self.config.recipe, "config": self.config.to_dict(), **self._training_images}
+
+    @functools.cached_property
+    def _training_images(self) -> dict[str, str]:
+        """Where the training images are (absolute) and their fingerprint, so that eval can tell them wherever it
+        runs, a copy of them too; empty for CIFAR, whose test set is separate. Scanned once per run."""
+        from ..data.folder import folder_fingerprint
+        from ..data.sources import training_folder
+
+        trained_on = training_folder(self.config.data)
+        fingerprint = folder_fingerprint(trained_on) if trained_on is not None else None
+        return {**({"training_folder": str(trained_on)} if trained_on is not None else {}),
+                **({"training_fingerprint": fingerprint} if fingerprint is not None else {})}
 
     # ------------------------------------------------------------ the step
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
