@@ -23,7 +23,6 @@ normalisation, by validation accuracy), ``summary.json`` and, when TensorBoard i
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
@@ -137,6 +136,18 @@ def probe_step_count(budget_seconds: float, warm_step_seconds: float, sizes: lis
     return max(3, min(6, steps_per_epoch, affordable))
 
 
+def training_images_metadata(data: object) -> dict[str, str]:
+    """Where a run's training images are (absolute) and their fingerprint, recorded in its checkpoints so that
+    eval can tell them wherever it runs, a copy of them too; empty for CIFAR, whose test set is separate."""
+    from ..data.folder import folder_fingerprint
+    from ..data.sources import training_folder
+
+    trained_on = training_folder(data) if isinstance(data, (str, os.PathLike)) else None
+    fingerprint = folder_fingerprint(trained_on) if trained_on is not None else None
+    return {**({"training_folder": str(trained_on)} if trained_on is not None else {}),
+            **({"training_fingerprint": fingerprint} if fingerprint is not None else {})}
+
+
 class Trainer:
     """Trains one model under one ``TrainConfig``; see the module docstring for the extension points."""
 
@@ -173,6 +184,7 @@ class Trainer:
         _seed_everything(config.seed)
 
         self.splits = splits if splits is not None else self._load_data()
+        self._training_images = training_images_metadata(config.data)  # with the data, before a budget's clock
         self._setup_start = time.perf_counter()  # a time budget counts from here: setup after the data load
         self.classes = list(self.splits.classes)
         self.num_classes = len(self.classes)
@@ -326,17 +338,6 @@ class Trainer:
                 "image_size": int(self.splits.image_size), "model_name": self.config.model,
                 "recipe": self.config.recipe, "config": self.config.to_dict(), **self._training_images}
 
-    @functools.cached_property
-    def _training_images(self) -> dict[str, str]:
-        """Where the training images are (absolute) and their fingerprint, so that eval can tell them wherever it
-        runs, a copy of them too; empty for CIFAR, whose test set is separate. Scanned once per run."""
-        from ..data.folder import folder_fingerprint
-        from ..data.sources import training_folder
-
-        trained_on = training_folder(self.config.data)
-        fingerprint = folder_fingerprint(trained_on) if trained_on is not None else None
-        return {**({"training_folder": str(trained_on)} if trained_on is not None else {}),
-                **({"training_fingerprint": fingerprint} if fingerprint is not None else {})}
 
     # ------------------------------------------------------------ the step
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
