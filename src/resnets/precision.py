@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["AUTO_PRECISION_HELP", "BF16_MIN_SPEEDUP", "PRECISIONS", "PRECISION_CHOICES", "autocast_context",
-           "bf16_is_faster", "bf16_speedup", "cpu_name", "native_bf16", "resolve_precision"]
+           "bf16_is_faster", "bf16_speedup", "cpu_name", "native_bf16", "resolve_precision",
+           "slow_bf16_reason"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for; "auto" resolves to one of PRECISIONS
@@ -96,6 +97,19 @@ def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
     if not native_bf16(device):
         return False
     return device.type != "cpu" or bf16_speedup("cpu") >= BF16_MIN_SPEEDUP
+
+
+def slow_bf16_reason(device: torch.device | str = "cpu") -> str | None:
+    """Why bf16 on ``device`` is likely slower than fp32, as a clause for a warning ("it ..."), or None where it is
+    not: emulated (no native bf16), or native on a CPU whose bf16 matmul ran under ``BF16_MIN_SPEEDUP`` x fp32."""
+    device = torch.device(device)
+    if not native_bf16(device):
+        where = "on a CPU: AVX-512 BF16 or AMX" if device.type == "cpu" else "a GPU before Ampere"
+        return f"{device.type} has no native bf16 ({where}), so it is emulated and runs slower than fp32"
+    if device.type == "cpu" and bf16_speedup("cpu") < BF16_MIN_SPEEDUP:
+        return (f"this CPU's bf16 is native, but a bf16 matmul ran at {bf16_speedup('cpu'):.2f}x fp32's speed here "
+                "(an Intel CPU without AMX, say)")
+    return None
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

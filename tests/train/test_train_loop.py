@@ -520,12 +520,10 @@ def test_precision_auto_stays_fp32_where_native_bf16_is_slower(monkeypatch):
     """An Intel Xeon with AVX-512 BF16 but no AMX runs bf16 slower than fp32 (a matmul at 0.62x, resnet20's
     training at 0.71x), so ``auto`` must not take native bf16 for fast bf16; asking for bf16 there warns."""
     import resnets.precision
-    import resnets.train.trainer as trainer_module
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(resnets.precision, "bf16_speedup", lambda device="cpu": 0.62)
-    monkeypatch.setattr(trainer_module, "bf16_speedup", lambda device="cpu": 0.62)
     assert resnets.precision.native_bf16("cpu") and not resnets.precision.bf16_is_faster("cpu")
     assert Trainer(tiny_config(precision="auto"), splits=tiny_splits()).config.precision == "fp32"
     with pytest.warns(UserWarning, match="0.62x fp32's speed"):

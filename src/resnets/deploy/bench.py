@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..precision import cpu_name, native_bf16
+from ..precision import cpu_name, native_bf16, slow_bf16_reason
 from ..profile import profile
 from .export import default_input_size
 from .fuse import make_inference_model
@@ -107,8 +107,8 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
                 variants["ours fp32 channels_last+folded+compile"] = make_inference_model(model, "fp32", True, True,
                                                                                           compile=True)
         elif precision == "bf16":
-            if not native_bf16():
-                warnings.warn("this CPU lacks native bf16; the bf16 rows show emulation speed")
+            if reason := slow_bf16_reason("cpu"):
+                warnings.warn(f"{reason}: expect the bf16 rows to run slower than the fp32 ones")
             variants["ours bf16 channels_last+folded"] = make_inference_model(model, "bf16", True, True)
             if use_compile:
                 variants["ours bf16 channels_last+folded+compile"] = make_inference_model(model, "bf16", True, True,

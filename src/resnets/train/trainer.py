@@ -42,7 +42,7 @@ from torch import nn
 from ..evaluate.metrics import EvalResult, evaluate, evaluate_with_plain
 from ..evaluate.robustness import AdversarialTraining
 from ..evaluate.tta import TTA_VIEW_COUNTS, TTA_WITH_PLAIN_VIEW
-from ..precision import BF16_MIN_SPEEDUP, autocast_context, bf16_speedup, native_bf16, resolve_precision
+from ..precision import autocast_context, resolve_precision, slow_bf16_reason
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from .config import CUDA_GRAPH_MODES, ConfigError, TrainConfig
@@ -173,14 +173,9 @@ class Trainer:
             raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
         if config.precision == "auto":  # the config (and so the checkpoint) records what runs
             self.config = config = config.replace(precision=resolve_precision("auto", self.device))
-        elif config.precision == "bf16" and not native_bf16(self.device):
-            warnings.warn(f"precision=bf16 on {self.device.type}, which has no native bf16 (on a CPU: AVX-512 BF16 "
-                          "or AMX): it is emulated and runs slower than fp32. Use --precision fp32 or auto",
-                          UserWarning, stacklevel=2)
-        elif config.precision == "bf16" and self.device.type == "cpu" and bf16_speedup() < BF16_MIN_SPEEDUP:
-            warnings.warn(f"precision=bf16 on this CPU: its bf16 is native but a bf16 matmul ran at "
-                          f"{bf16_speedup():.2f}x fp32's speed here (an Intel CPU without AMX, say), so training in "
-                          "bf16 is likely slower than in fp32. Use --precision fp32 or auto", UserWarning, stacklevel=2)
+        elif config.precision == "bf16" and (reason := slow_bf16_reason(self.device)):
+            warnings.warn(f"precision=bf16 on {self.device.type}: {reason}, so training in bf16 is likely slower than "
+                          "in fp32. Use --precision fp32 or auto", UserWarning, stacklevel=2)
         _seed_everything(config.seed)
 
         self.splits = splits if splits is not None else self._load_data()
