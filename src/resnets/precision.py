@@ -71,7 +71,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
 @functools.lru_cache(maxsize=None)
 def bf16_speedup(device: str = "cpu") -> float:
     """bf16 matmul throughput over fp32's on this CPU at the current thread count, timed once per process
-    (about 20 ms where bf16 is native; call it only there: emulated bf16 can take seconds). The best of
+    (about 30 ms on a 2-core CPU where bf16 is native; call it only there: emulated bf16 can take seconds). The best of
     several alternating timings of each, so a busy machine slows both alike."""
     if torch.device(device).type != "cpu":
         raise ValueError(f"bf16_speedup times CPU matmuls; {device} is not a CPU")
@@ -100,8 +100,8 @@ def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
 
 
 def slow_bf16_reason(device: torch.device | str = "cpu") -> str | None:
-    """Why bf16 on ``device`` is likely slower than fp32, as a clause for a warning ("it ..."), or None where it is
-    not: emulated (no native bf16), or native on a CPU whose bf16 matmul ran under ``BF16_MIN_SPEEDUP`` x fp32."""
+    """Why bf16 on ``device`` is likely slower than fp32, as a clause that a warning goes on from, or None where it
+    is not: emulated (no native bf16), or native on a CPU whose bf16 matmul ran under ``BF16_MIN_SPEEDUP`` x fp32."""
     device = torch.device(device)
     if not native_bf16(device):
         where = "on a CPU: AVX-512 BF16 or AMX" if device.type == "cpu" else "a GPU before Ampere"

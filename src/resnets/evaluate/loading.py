@@ -133,7 +133,7 @@ def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, chec
     """An accuracy on the images a model trained on is not an evaluation: raise ``DataError`` when ``data`` is the
     ImageFolder tree the checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the
     config's ``data``, read from the current folder) or a copy of it (the same ``training_fingerprint``: paths
-    inside the tree and file sizes). A root of split trees is evaluated on its val/ or test/ tree and CIFAR on its
+    inside the tree, file sizes and the bytes of a sample of files). A root of split trees is evaluated on its val/ or test/ tree and CIFAR on its
     test set, so neither is refused."""
     from pathlib import Path
 
