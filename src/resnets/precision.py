@@ -93,10 +93,7 @@ def bf16_is_faster(device: torch.device | str = "cpu") -> bool:
     """True when bf16 is native on ``device`` and, on a CPU, its matmul runs at least ``BF16_MIN_SPEEDUP``
     times fp32's (``bf16_speedup``). Native is not enough: an Intel Xeon with AVX-512 BF16 but no AMX runs
     bf16 slower than fp32."""
-    device = torch.device(device)
-    if not native_bf16(device):
-        return False
-    return device.type != "cpu" or bf16_speedup("cpu") >= BF16_MIN_SPEEDUP
+    return slow_bf16_reason(device) is None
 
 
 def slow_bf16_reason(device: torch.device | str = "cpu") -> str | None:

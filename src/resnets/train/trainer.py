@@ -333,7 +333,6 @@ class Trainer:
                 "image_size": int(self.splits.image_size), "model_name": self.config.model,
                 "recipe": self.config.recipe, "config": self.config.to_dict(), **self._training_images}
 
-
     # ------------------------------------------------------------ the step
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.loss_fn is not None:
