@@ -29,7 +29,7 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for; "auto" res
 AUTO_PRECISION_HELP = "auto: bf16 where the device runs it faster than fp32 (native and timed), else fp32"
 BF16_MIN_SPEEDUP = 1.25
 """How much faster than fp32 a CPU's bf16 matmul must run for ``auto`` to give up fp32's precision for it
-(measured: 2.2x on an AMD EPYC with AVX-512 BF16, 0.62x on an Intel Xeon with AVX-512 BF16 but no AMX)."""
+(measured: 2.2x on an AMD EPYC with AVX-512 BF16, 0.54x on an Intel Xeon with AVX-512 BF16 but no AMX)."""
 
 
 def cpu_name() -> str:
