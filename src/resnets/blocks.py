@@ -19,6 +19,13 @@ def _mid_planes_2plus1d(in_planes: int, planes: int) -> int:
     return (in_planes * planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * planes)
 
 
+def _first_3x3_dilation(spec: ResNetSpec, dilation: int, first_dilation: int) -> int:
+    """A bottleneck's 3x3 dilation when ``output_stride`` dilates its stage: where the 3x3 carried the stride
+    (v1.5) it works at the stage's input resolution (the previous dilation), as torchvision dilates; where the
+    first 1x1 did (v1), the 3x3 already works at the strided resolution (the stage's dilation)."""
+    return dilation if spec.stride_on == "1x1" else first_dilation
+
+
 class _Block(nn.Module):
     expansion = 1
 
@@ -26,7 +33,9 @@ class _Block(nn.Module):
                  first_dilation: int, drop_path: float, shortcut: bool = True) -> None:
         super().__init__()
         self.out_planes = planes * self.expansion
-        self.downsample = make_shortcut(spec, in_planes, self.out_planes, stride) if shortcut else None
+        # a first block whose dilation grows had a stride in the strided net: its shortcut keeps that net's form
+        input_dilation = first_dilation if first_dilation != dilation else None
+        self.downsample = make_shortcut(spec, in_planes, self.out_planes, stride, input_dilation) if shortcut else None
         self.residual = spec.residual
         self.add = Residual() if spec.residual else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -87,9 +96,10 @@ class Bottleneck(_Block):
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
         width = width or spec.bottleneck_width(planes)
         stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
+        dilation_3x3 = _first_3x3_dilation(spec, dilation, first_dilation)
         self.conv1 = conv1x1(spec, in_planes, width, stride_1x1)
         self.bn1 = norm(spec, width)
-        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=first_dilation,
+        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=dilation_3x3,
                              mid_planes=_mid_planes_2plus1d(width, width))
         self.bn2 = norm(spec, width)
         self.conv3 = conv1x1(spec, width, self.out_planes)
@@ -154,11 +164,12 @@ class PreActBottleneck(_Block):
         super().__init__(spec, in_planes, planes, stride, dilation, first_dilation, drop_path)
         width = width or spec.bottleneck_width(planes)
         stride_1x1, stride_3x3 = (stride, 1) if spec.stride_on == "1x1" else (1, stride)
+        dilation_3x3 = _first_3x3_dilation(spec, dilation, first_dilation)
         self.bn1 = norm(spec, in_planes)
         self.relu = nn.ReLU(inplace=False)
         self.conv1 = conv1x1(spec, in_planes, width, stride_1x1)
         self.bn2 = norm(spec, width)
-        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=first_dilation,
+        self.conv2 = conv3x3(spec, width, width, stride_3x3, groups=spec.groups, dilation=dilation_3x3,
                              mid_planes=_mid_planes_2plus1d(width, width))
         self.bn3 = norm(spec, width)
         self.conv3 = conv1x1(spec, width, self.out_planes)

@@ -100,23 +100,50 @@ class PadShortcut(nn.Module):
         return f"{self.in_planes}->{self.out_planes}, stride={self.stride}"
 
 
-def make_shortcut(spec: ResNetSpec, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+class DilatedAvgPool2x2(nn.Module):
+    """ResNet-D's 2x2 shortcut average where ``output_stride`` replaced its stride by dilation: every position
+    averages itself and its neighbours ``dilation`` away (where the strided net's positions now lie), so the
+    positions the strided net keeps hold exactly its values. A window running off the edge averages only what
+    lies inside it, as the strided pool's ``count_include_pad=False`` does."""
+
+    def __init__(self, dilation: int) -> None:
+        super().__init__()
+        self.dilation = dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, (h, w) = self.dilation, x.shape[-2:]
+        padded = F.pad(x, (0, d, 0, d))
+        total = padded[..., :h, :w] + padded[..., d:, :w] + padded[..., :h, d:] + padded[..., d:, d:]
+        rows = 1 + (torch.arange(h, device=x.device) + d < h).to(x.dtype)
+        cols = 1 + (torch.arange(w, device=x.device) + d < w).to(x.dtype)
+        return total / (rows[:, None] * cols[None, :])
+
+    def extra_repr(self) -> str:
+        return f"dilation={self.dilation}"
+
+
+def make_shortcut(spec: ResNetSpec, in_planes: int, out_planes: int, stride: int,
+                  input_dilation: int | None = None) -> nn.Module | None:
     """The shortcut of one block, or None when it is the identity (or the net is plain).
 
     A: zero-pad identity; B: projection only where the shape changes; C: projection always;
     D: average-pool then 1x1 projection where the shape changes (ResNet-D). Pre-activation
     blocks project the already normalised input, so their projections carry no norm.
+    ``input_dilation`` is set where ``output_stride`` turned the block's stride into dilation: the dilation
+    of its input. Its shortcut stays the strided net's (same parameters, same values at the positions the
+    strided net keeps).
     """
     if not spec.residual:
         return None
-    changes_shape = stride != 1 or in_planes != out_planes
+    changes_shape = stride != 1 or input_dilation is not None or in_planes != out_planes
     if spec.shortcut == "A":
         return PadShortcut(in_planes, out_planes, stride) if changes_shape else None
     if spec.shortcut in ("B", "D") and not changes_shape:
         return None
     projection = conv1x1(spec, in_planes, out_planes, 1 if spec.shortcut == "D" else stride)
     if spec.shortcut == "D":
-        pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity())
+        pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else
+                DilatedAvgPool2x2(input_dilation) if input_dilation is not None else nn.Identity())
         layers = [pool, projection]
     else:
         layers = [projection]

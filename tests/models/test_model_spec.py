@@ -159,3 +159,21 @@ def test_wrong_input_shape_is_explained():
         model(torch.randn(3, 32, 32))
     with pytest.raises(resnets.InputError, match="in_chans=1"):
         model(torch.randn(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("name,output_stride,side", [
+    ("resnet50", 8, 64), ("resnet18d", 16, 72), ("resnet50d", 8, 72), ("resnet50_v1", 16, 64),
+    ("resnet50_v1", 8, 72), ("preact_resnet164", 4, 32), ("resnet_fast", 4, 32), ("resnet20", 4, 32),
+    ("resnext29_8x64d", 4, 32)])
+def test_dilated_net_equals_the_strided_one_where_it_keeps_positions(name, output_stride, side):
+    # output_stride turns strides into dilations: same parameters, and the strided net's feature map is the
+    # dilated one's at every (stride)th position (ResNet-D's pool, v1 bottlenecks, width-keeping stages too)
+    torch.manual_seed(0)
+    strided = resnets.create_model(name, num_classes=0).eval()
+    dilated = resnets.create_model(name, num_classes=0, output_stride=output_stride).eval()
+    dilated.load_state_dict(strided.state_dict())  # strict: the same tensors
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        a, b = strided.forward_features(x), dilated.forward_features(x)
+    step = strided.spec.natural_stride // output_stride
+    torch.testing.assert_close(b[..., ::step, ::step], a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
