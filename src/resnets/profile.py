@@ -38,10 +38,7 @@ def profile(model: nn.Module, input_size: Sequence[int] | None = None) -> Profil
         spec = getattr(model, "spec", None)
         if spec is None:
             raise ValueError("profile needs input_size for models without a spec")
-        from .zoo import CIFAR_INPUT, IMAGENET_INPUT, VIDEO_INPUT
-
-        input_size = {"cifar": CIFAR_INPUT, "video": VIDEO_INPUT}.get(spec.stem, IMAGENET_INPUT)
-        input_size = (spec.in_chans,) + tuple(input_size[1:])
+        input_size = spec.default_input_size
     total = 0
 
     def conv_hook(module: nn.Module, _inp: tuple, out: torch.Tensor) -> None:

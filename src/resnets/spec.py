@@ -30,6 +30,7 @@ CONV_TYPES = ("2d", "3d", "2plus1d")
 ACTIVATIONS = ("relu", "gelu")
 HEAD_POOLS = ("avg", "max")
 SMALL_INPUT_STEMS = ("cifar", "patch")
+VIDEO_CLIP = (16, 112)  # frames and side of the Kinetics clips the video ResNets were trained on (Tran et al. 2018)
 INT_FIELDS = ("stem_width", "groups", "width_per_group", "in_chans", "num_classes", "output_stride")
 FLOAT_FIELDS = ("width_multiplier", "dropout", "drop_path_rate", "head_dropout", "se_ratio", "logit_scale",
                 "norm_momentum")
@@ -243,13 +244,19 @@ class ResNetSpec:
 
     @property
     def default_image_size(self) -> int:
-        """The input side the net was designed for: 32 px for CIFAR-style stems, else 224."""
+        """The input side the net was designed for: 32 px for CIFAR-style stems, 112 for video clips, else 224."""
+        if self.stem == "video":
+            return VIDEO_CLIP[1]
         return 32 if self.stem in SMALL_INPUT_STEMS else 224
 
     @property
-    def default_input_size(self) -> tuple[int, int, int]:
-        """(channels, side, side) of one image at ``default_image_size``."""
-        return (self.in_chans, self.default_image_size, self.default_image_size)
+    def default_input_size(self) -> tuple[int, ...]:
+        """One input at ``default_image_size``: (channels, side, side), or (channels, frames, side, side) for a
+        video net (Conv3d layers take clips)."""
+        side = self.default_image_size
+        if self.conv_type != "2d":
+            return (self.in_chans, VIDEO_CLIP[0], side, side)
+        return (self.in_chans, side, side)
 
     @property
     def natural_stride(self) -> int:

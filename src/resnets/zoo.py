@@ -9,7 +9,7 @@ import difflib
 import fnmatch
 from dataclasses import dataclass
 
-from .spec import ResNetSpec
+from .spec import VIDEO_CLIP, ResNetSpec
 
 HE2015 = "He et al. 2015, Deep Residual Learning (arXiv:1512.03385)"
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)"
@@ -34,7 +34,7 @@ class ModelEntry:
 
 IMAGENET_INPUT = (3, 224, 224)
 CIFAR_INPUT = (3, 32, 32)
-VIDEO_INPUT = (3, 16, 112, 112)
+VIDEO_INPUT = (3, VIDEO_CLIP[0], VIDEO_CLIP[1], VIDEO_CLIP[1])
 
 _REGISTRY: dict[str, ModelEntry] = {}
 

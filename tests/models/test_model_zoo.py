@@ -59,6 +59,18 @@ def test_published_macs():
     assert abs(v1.gmacs - 3.86) < 0.02
 
 
+@pytest.mark.parametrize("name", ["resnet_airbench_narrow", "resnet20", "resnet18", "wrn_16_4"])
+def test_profile_defaults_to_the_registered_input_size(name):
+    # without input_size, profile measures the net at the size it is registered (and documented) for
+    model = resnets.create_model(name)
+    assert resnets.profile(model) == resnets.profile(model, get_entry(name).input_size)
+
+
+def test_profile_of_a_video_net_uses_its_clip():
+    model = resnets.create_model("r3d_18", in_chans=1)
+    assert resnets.profile(model).input_size == (1, 16, 112, 112)
+
+
 def _small_input(name: str, batch: int = 2) -> torch.Tensor:
     size = get_entry(name).input_size
     if len(size) == 4:  # video: a short, small clip

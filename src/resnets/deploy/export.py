@@ -112,16 +112,10 @@ def _import_onnxruntime():
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
-    """One input's (C, H, W) at the model's design size, (C, T, H, W) for a video net (16 frames of 112 px, as
-    ``resnets models`` lists them); spec-less modules: ImageNet's 3 x 224 x 224."""
-    from ..zoo import VIDEO_INPUT
-
+    """One input's (C, H, W) at the model's design size, (C, T, H, W) for a video net (``ResNetSpec.
+    default_input_size``); spec-less modules: ImageNet's 3 x 224 x 224."""
     spec = getattr(model, "spec", None)
-    if spec is None:
-        return (3, 224, 224)
-    if spec.conv_type != "2d":  # Conv3d layers take clips: a 3-D size would fail inside the exporter
-        return (spec.in_chans, *VIDEO_INPUT[1:])
-    return spec.default_input_size
+    return (3, 224, 224) if spec is None else spec.default_input_size
 
 
 def input_size_at(model: nn.Module, side: int | None) -> tuple[int, ...]:
