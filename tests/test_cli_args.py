@@ -45,3 +45,46 @@ def test_outputs_spare_a_runs_files_but_may_replace_a_commands_own_earlier_outpu
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not a .json file"):
         check_output(tmp_path / "notes.txt", kind=".json")
+
+
+def test_no_output_lands_on_any_runs_files_read_or_not(tmp_path):
+    # export/quantize/bench wrote over another run's checkpoint: only the run being read was protected
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "best.safetensors").write_bytes(b"another run's weights")
+    (other / "config.yaml").write_text("model: resnet20\n")
+    for kind in (None, ".json", (".pt", ".pth")):
+        with pytest.raises(UserError, match="a file of the training run"):
+            check_output(other / ("config.yaml" if kind == ".json" else "best.safetensors"), kind=kind)
+    assert check_output(other / "model.onnx", kind=".onnx") == other / "model.onnx"  # a new file beside it is fine
+    with pytest.raises(UserError, match="is not a .onnx file"):
+        (tmp_path / "photo.png").write_bytes(b"png")
+        check_output(tmp_path / "photo.png", kind=".onnx")
+
+
+def test_nothing_is_written_into_an_image_tree_the_command_reads(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "cat").mkdir(parents=True)
+    (tree / "cat" / "1.png").write_bytes(b"an image")
+    for out, directory in ((tree / "cat" / "1.png", False), (tree / "cat" / "new.json", False), (tree / "runs", True),
+                           (tree, True), (tree / "cat" / "overlays", True)):
+        with pytest.raises(UserError, match="inside .*the image folder this command reads"):
+            check_output(out, data=[tree], directory=directory, kind=None if directory else ".png")
+    # its top level holds no images, and hidden folders are not read: both are fine, as is a name like cifar10
+    assert check_output(tree / "eval.json", data=[tree], kind=".json") == tree / "eval.json"
+    assert check_output(tree / ".runs" / "r1", data=[tree], directory=True) == tree / ".runs" / "r1"
+    assert check_output(tmp_path / "out", data=[tree, "cifar10", None], directory=True) == tmp_path / "out"
+
+
+def test_non_negative_float_refuses_nan_infinity_and_negatives():
+    from resnets.cli.args import finite_float, non_negative_float
+
+    assert finite_float("-100") == -100.0
+    for bad in ("nan", "-inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            finite_float(bad)
+
+    assert non_negative_float("0") == 0.0 and non_negative_float("1e-4") == 1e-4
+    for bad in ("nan", "inf", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            non_negative_float(bad)

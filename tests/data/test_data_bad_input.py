@@ -175,3 +175,14 @@ def test_data_command_rejects_bad_values_in_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["data", "--data", str(root), "--cache-dir", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_cache_inside_the_data_folder_is_refused(tmp_path, capsys):
+    # its tensors/ folder would have become a class of the dataset on the next scan
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=2, size=8)
+    with pytest.raises(DataError, match="cache folder .* is inside the data folder"):
+        load_data(root, cache_dir=root)
+    assert main(["data", "--data", str(root), "--cache-dir", str(root / "cache")]) == 2
+    assert "inside the data folder" in capsys.readouterr().err
+    assert sorted(p.name for p in root.iterdir()) == ["class_0", "class_1"]
+    load_data(root, cache_dir=root / ".cache")  # hidden folders are not read as classes

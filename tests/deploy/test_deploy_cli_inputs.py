@@ -50,6 +50,44 @@ def test_outputs_never_overwrite_the_inputs(workspace, run_folder, capsys):
     assert {p: p.read_bytes() for p in (best, last)} == before
 
 
+def test_outputs_never_overwrite_another_run_or_the_data(workspace, run_folder, tmp_path, capsys):
+    # the commands protected only the run they read: another run's checkpoint, or an image of --data, was lost
+    _, data, checkpoint = workspace
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "best.safetensors").write_bytes(b"another run's weights")
+    (other / "config.yaml").write_text("model: resnet20\n")
+    image = next(data.rglob("*.png"))
+    lone_bin = tmp_path / "weights.bin"
+    lone_bin.write_bytes(b"someone's weights")
+    kept = [other / "best.safetensors", other / "config.yaml", image, lone_bin]
+    before = {p: p.read_bytes() for p in kept}
+    cases = [
+        (["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(other / "best.safetensors")],
+         "a file of the training run"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(image)],
+         "is not a .onnx file; writing there would destroy it"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "model.pt2")],
+         "writes a .onnx file"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "weights.xml")],
+         "exists without an IR beside it"),
+        (["export", "--checkpoint", str(checkpoint), "--int8", "--calib-data", str(data), "--format", "onnx",
+          "--out", str(image.with_suffix(".onnx"))], "the image folder this command reads"),
+        (["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(other / "best.safetensors")],
+         "a file of the training run"),
+        (["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(other / "config.yaml")],
+         "a file of the training run"),
+        (["bench", "--checkpoint", str(checkpoint), "--json", str(other / "best.safetensors")],
+         "a file of the training run"),
+        (["prune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(data / "runs"), *TRAIN],
+         "the image folder this command reads"),
+    ]
+    for argv, words in cases:
+        assert words in _error(capsys, argv), argv
+    assert {p: p.read_bytes() for p in kept} == before
+    assert not (data / "runs").exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["prune", "--min-keep", "-1"], "argument --min-keep: -1 is not a fraction between 0 and 1"),
     (["prune", "--min-keep", "2"], "argument --min-keep: 2 is not a fraction between 0 and 1"),

@@ -51,6 +51,25 @@ def test_robustness_calibrate_gradcam_report(setup, capsys):
     assert "Grad-CAM gallery" in text and "Calibration" in text and "Corruptions" in text
 
 
+def test_outputs_never_replace_a_baseline_a_figure_or_the_data(setup, capsys):
+    tmp, data, ckpt = setup
+    run = tmp / "run"
+    run.mkdir()
+    baseline, figure = run / "corruptions.json", run / "reliability.png"
+    baseline.write_text('{"a": "baseline model"}')
+    figure.write_bytes(b"a figure of the run")
+    assert main(["robustness", "--checkpoint", str(ckpt), "--data", str(data), "--corruptions", "fog",
+                 "--baseline", str(baseline), "--out", str(run)]) == 2
+    assert "is the corruptions.json this run would write" in capsys.readouterr().err
+    assert main(["report", str(run), "--screenshot", str(figure)]) == 2
+    assert "is a figure of the run the report shows" in capsys.readouterr().err
+    assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data), "--out", str(data / "class_1")]) == 2
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(data / "cal")]) == 2
+    assert capsys.readouterr().err.count("the image folder this command reads") == 2
+    assert baseline.read_text() == '{"a": "baseline model"}' and figure.read_bytes() == b"a figure of the run"
+    assert sorted(p.name for p in data.iterdir()) == CLASSES and not (run / "report.html").exists()
+
+
 def test_gradflow_and_experiment_commands(setup):
     tmp, data, _ = setup
     out = tmp / "flow"

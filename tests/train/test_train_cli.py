@@ -225,3 +225,15 @@ def test_finetune_default_warm_up_leaves_a_short_run_room_to_decay():
     assert warmup() == 1.0  # 10 epochs by default: one to warm up, as before
     assert warmup("--epochs", "1") == 0.2 and warmup("--epochs", "3") == pytest.approx(0.6)
     assert warmup("--epochs", "1", "--warmup-epochs", "1") == 1.0  # asked for: kept (and the trainer warns)
+
+
+def test_a_run_folder_inside_the_data_folder_is_refused(capsys, tmp_path, monkeypatch):
+    # the run itself trained, but its folder became a class: neither a new run nor its resume could read the data
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=8)
+    code, err = run_cli(capsys, "train", "--model", "resnet20", "--data", str(data), "--epochs", "1",
+                        "--out", str(data / "runs" / "r1"), "--no-progress")
+    assert code == 2 and "is inside the data folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in data.iterdir()) == ["class_0", "class_1"]

@@ -30,6 +30,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    value = _number(text, float)
+    if not abs(value) < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of 0 or more")
+    return value
+
+
 def unit_fraction(text: str) -> float:
     """A fraction in [0, 1]."""
     value = _number(text, float)
@@ -100,20 +114,27 @@ def val_split(text: str) -> float | int:
 
 
 def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike | None] = (), option: str = "--out",
-                 directory: bool = False, kind: str | None = None) -> Path:
+                 directory: bool = False, kind: str | tuple[str, ...] | None = None,
+                 data: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Refuse, before any work, an output that would destroy something the user made; return it as a Path.
 
     Refused: a folder where a file is meant (or the reverse); the command's own input (``reads``); a file the run
     behind an input wrote (``--out RUN/last.pt`` while reading ``RUN/best.safetensors``; a command's own earlier
-    output beside them may be replaced);
-    for a folder output (``directory``), an input's run folder itself. With ``kind`` (".json", ".png", ".html"),
-    also a checkpoint's name, and an existing file of another kind (a typo must not turn weights into a report).
-    Raises ``UserError``."""
+    output beside them may be replaced); any existing file a training run wrote (``RUN/best.safetensors``), read or
+    not; for a folder output (``directory``), an input's run folder itself; anything inside an image tree the
+    command reads (``data``: it would add a class or replace images). With ``kind`` (".json", or the suffixes a
+    command writes), also an existing file of another kind (a typo must not turn weights into a report), and for
+    non-checkpoint kinds a checkpoint's name. Raises ``UserError``."""
+    from ..data.folder import within_image_tree
     from ..train.trainer import files_of_a_run
     from . import UserError
 
     out = Path(path)
     reads = [r for r in reads if r is not None]
+    for folder in data:
+        if folder is not None and within_image_tree(out, folder, directory):
+            raise UserError(f"{option} {out} is inside {folder}, the image folder this command reads: writing there "
+                            "would add a class to that dataset or replace its images; choose a path outside it")
     if out.exists():
         if directory and not out.is_dir():
             raise UserError(f"{option} {out} is a file; give a folder (a new or an empty one)")
@@ -129,14 +150,17 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
     if destroys is not None:
         raise UserError(f"{option} {out}: writing there would destroy it ({destroys} is what this command reads, or "
                         f"part of the run it reads); choose another {option}")
+    if not directory and out.is_file() and out.name in files_of_a_run(out.parent):
+        raise UserError(f"{option} {out} is a file of the training run in {out.parent}; writing there would destroy "
+                        f"it. Choose another {option}")
     if kind is not None:
-        kinds = (".html", ".htm") if kind == ".html" else (kind,)
-        if out.suffix.lower() in CHECKPOINT_SUFFIXES:
-            raise UserError(f"{option} {out} is a checkpoint's name; give a {kind} file name, e.g. "
+        kinds = (".html", ".htm") if kind == ".html" else (kind,) if isinstance(kind, str) else tuple(kind)
+        if out.suffix.lower() in CHECKPOINT_SUFFIXES and not set(kinds) & set(CHECKPOINT_SUFFIXES):
+            raise UserError(f"{option} {out} is a checkpoint's name; give a {kinds[0]} file name, e.g. "
                             f"{out.with_suffix(kinds[0])}")
         if out.is_file() and out.suffix.lower() not in kinds:
-            raise UserError(f"{option} {out} exists and is not a {kind} file; writing there would destroy it. "
-                            f"Choose a {kind} file name")
+            raise UserError(f"{option} {out} exists and is not a {' or '.join(kinds)} file; writing there would "
+                            f"destroy it. Choose a {kinds[0]} file name")
     return out
 
 

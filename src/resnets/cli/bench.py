@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < 8:
         raise UserError("--input-size must be at least 8 pixels")
     if args.json:
-        check_output(args.json, reads=[args.checkpoint], option="--json")
+        check_output(args.json, reads=[args.checkpoint], option="--json", kind=".json")
     if args.compare and (args.checkpoint or args.model):
         raise UserError("--compare times fresh backbones by name; it takes no --model or --checkpoint (list the "
                         "models in --compare)")

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if args.student_model and not student_is_file:
             raise UserError(f"--student-model names the architecture of a --student checkpoint file, but "
                             f"{args.student!r} is not a file; give the model name as --student alone")
-        check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True)
+        check_output(args.out, reads=[args.teacher, args.student if student_is_file else None], directory=True,
+                     data=[args.data])
         check_new_run_dir(args.out)
         teacher, metadata, data = _teacher_and_data(args)
         if student_is_file:

@@ -59,10 +59,10 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
 
     reads = [args.checkpoint, args.data, args.groups, args.compare]
     if args.json:
-        check_output(args.json, reads=reads, option="--json", kind=".json")
+        check_output(args.json, reads=reads, option="--json", kind=".json", data=[args.data])
     png = args.confusion_png or (str(Path(args.json).with_suffix("")) + ".confusion.png" if args.json else None)
     if png:
-        check_output(png, reads=reads, option="--confusion-png", kind=".png")
+        check_output(png, reads=reads, option="--confusion-png", kind=".png", data=[args.data])
         if args.json and Path(png).resolve() == Path(args.json).resolve():
             raise UserError(f"--confusion-png and --json are both {png}; give two different files")
     return png

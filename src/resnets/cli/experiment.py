@@ -53,7 +53,7 @@ def run_degradation_cmd(args: argparse.Namespace) -> int:
     except ValueError as exc:
         message = str(exc)
         raise UserError("--" + message if message.startswith("budget ") else f"--budget: {message}") from None
-    check_output(args.out, reads=[args.data], option="--out", directory=True)
+    check_output(args.out, reads=[args.data], option="--out", directory=True, data=[args.data])
     try:
         result = run_degradation(args.data, depths, budget, args.out, device=args.device)
     except ValueError as exc:

@@ -75,7 +75,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     from ..weights import atomic_write
 
     image_paths = _image_paths(args.images)
-    out = check_output(args.out, reads=args.images, option="--out", directory=True)  # not into the images
+    out = check_output(args.out, reads=args.images, option="--out", directory=True, data=args.images)
     model, ckpt = pixel_model_from_checkpoint(args.checkpoint, args.device)
     spec = model.model.spec
     size = args.image_size or ckpt.metadata.get("image_size") or spec.default_image_size
@@ -187,7 +187,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(n.strip() for n in args.model.split(",") if n.strip()))
     if not names:
         raise UserError("--model needs at least one model name or checkpoint, e.g. plain20,resnet20")
-    out = check_output(args.out, option="--out", directory=True)
+    out = check_output(args.out, option="--out", directory=True, data=[args.data])
     labels = _run_labels(names)
     loader = None
     num_classes = args.num_classes

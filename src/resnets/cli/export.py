@@ -56,9 +56,14 @@ def run(args: argparse.Namespace) -> int:
     default = (source if source.is_file() else source / "model").with_suffix((".int8" if args.int8 else "") + suffix)
     if args.format == "openvino" and default.with_suffix(".bin") == source:
         default = source.with_suffix(".openvino.xml")  # the IR's .bin would be the input checkpoint itself
-    out = check_output(args.out or default, reads=[args.checkpoint])
+    out = check_output(args.out or default, reads=[args.checkpoint], kind=suffix, data=[args.calib_data])
+    if out.suffix.lower() != suffix:
+        raise UserError(f"--out {out}: --format {args.format} writes a {suffix} file; name it {out.with_suffix(suffix)}")
     if args.format == "openvino":  # the IR's weights land beside the .xml: that file must be safe to write too
-        check_output(out.with_suffix(".bin"), reads=[args.checkpoint])
+        weights = check_output(out.with_suffix(".bin"), reads=[args.checkpoint], data=[args.calib_data])
+        if weights.exists() and not out.exists():  # an earlier export's pair may be replaced, a lone .bin not
+            raise UserError(f"--out {out}: OpenVINO writes its weights to {weights}, which exists without an IR "
+                            f"beside it (not an earlier export's); choose another --out")
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     model.eval()
     calibration = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import device, positive_float, positive_int, unit_fraction, val_split
+from .args import device, non_negative_float, positive_float, positive_int, unit_fraction, val_split
 
 
 def _stage_lrs(text: str | None) -> dict[str, float]:
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "every EPOCHS epochs (down to --freeze)")
     p.add_argument("--linear-probe", action="store_true",
                    help="compute features once (cached in RUN/features) and fit a linear classifier; no training")
-    p.add_argument("--probe-weight-decay", type=float, default=1e-4)
+    p.add_argument("--probe-weight-decay", type=non_negative_float, default=1e-4)
     p.add_argument("--keep-head", action="store_true", help="keep the source's classifier (classes must match)")
     p.add_argument("--adapt-in-chans", action="store_true", help="convert the first convolution to the data's channels")
     p.add_argument("--device", type=device, help="cpu (default), cuda or cuda:N")
@@ -178,7 +178,7 @@ def _start(args: argparse.Namespace) -> int:
     from .args import check_output
     from .resuming import recorded_args, write_record
 
-    check_output(args.out, reads=[args.source], directory=True)
+    check_output(args.out, reads=[args.source], directory=True, data=[args.data])
     check_new_run_dir(args.out)  # before finetune.yaml is written there
     random.seed(args.seed)
     torch.manual_seed(args.seed)

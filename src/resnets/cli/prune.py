@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
     from .quantize import top1
 
-    check_output(args.out, reads=[args.checkpoint], directory=True)
+    check_output(args.out, reads=[args.checkpoint], directory=True, data=[args.data])
     check_new_run_dir(args.out)
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)

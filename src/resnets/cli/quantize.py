@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import positive_int, val_split
+from .args import finite_float, non_negative_float, positive_int, val_split
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="where to write the int8 model (.pt, weights only)")
     p.add_argument("--calib-images", type=positive_int, default=512)
     p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) to measure on")
-    p.add_argument("--qat-epochs", type=float, default=0.0, help="quantization-aware fine-tuning epochs if needed")
-    p.add_argument("--max-drop", type=float, default=0.3, help="top-1 points PTQ may lose before QAT runs")
+    p.add_argument("--qat-epochs", type=non_negative_float, default=0.0, help="quantization-aware fine-tuning epochs if needed")
+    p.add_argument("--max-drop", type=finite_float, default=0.3,
+                   help="top-1 points PTQ may lose before QAT runs (negative: QAT unless PTQ gains that much)")
     p.set_defaults(func=run)
 
 
@@ -40,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
     from .args import check_output, load_network
 
-    if args.qat_epochs < 0:
-        raise UserError(f"--qat-epochs {args.qat_epochs:g} is negative; give 0 (no QAT) or more")
-    check_output(args.out, reads=[args.checkpoint])
+    check_output(args.out, reads=[args.checkpoint], kind=(".pt", ".pth"), data=[args.data])
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     data = load_deploy_data(args.data, metadata, args.calib_images, val_split=args.val_split,
                             in_chans=model.spec.in_chans, conv_type=model.spec.conv_type)

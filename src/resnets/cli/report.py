@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import UserError
-    from ..report import REPORT_NAME, BrowserNotFound, ReportError, render_report, screenshot
+    from ..report import REPORT_NAME, SCREENSHOT_NAME, BrowserNotFound, ReportError, render_report, screenshot
     from .args import check_output
 
     page_path = check_output(args.out or Path(args.run_dir) / REPORT_NAME, reads=[args.run_dir], kind=".html")
@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
         shot = check_output(args.screenshot, reads=[args.run_dir, page_path], option="--screenshot", kind=".png")
         if shot.resolve() == page_path.resolve():
             raise UserError(f"--screenshot {shot} is the report page itself; give a .png file name")
+        run_dir = Path(args.run_dir).resolve()
+        if shot.is_file() and run_dir in shot.resolve().parents and shot.name != SCREENSHOT_NAME:
+            raise UserError(f"--screenshot {shot} is a figure of the run the report shows; writing there would "
+                            f"replace it. Use {Path(args.run_dir) / SCREENSHOT_NAME} or a path outside the run")
     try:
         page = render_report(args.run_dir, args.out, args.title)
     except ReportError as exc:

@@ -192,7 +192,10 @@ def run_robustness(args: argparse.Namespace) -> int:
     if args.corruptions and not names:  # "--corruptions ," names nothing: not a silent exit 0 with no result
         raise UserError(f"--corruptions {args.corruptions!r} names no corruption; give 'all', a family (noise, blur, "
                         "weather, digital) or corruption names, e.g. --corruptions fog,jpeg_compression")
-    out = check_output(args.out, option="--out", directory=True)  # a run folder is a fine --out
+    out = check_output(args.out, option="--out", directory=True, data=[args.data])  # a run folder is a fine --out
+    if names and args.baseline and Path(args.baseline).resolve() == (out / "corruptions.json").resolve():
+        raise UserError(f"--baseline {args.baseline} is the corruptions.json this run would write into --out "
+                        f"{args.out}; choose another --out (or move the baseline's file)")
     baseline = _read_baseline(args.baseline) if args.baseline else None
     model, ckpt, path = _model(args)
     dataset = _eval_set(args, ckpt)
@@ -242,7 +245,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..evaluate.calibration import (calibration_report, collect_logits, fit_temperature, reliability_diagram,
                                         store_temperature)
 
-    out = check_output(args.out, option="--out", directory=True)  # a run folder is a fine --out
+    out = check_output(args.out, option="--out", directory=True, data=[args.data])  # a run folder is a fine --out
     model, ckpt, path = _model(args)
     meta = ckpt.metadata
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}

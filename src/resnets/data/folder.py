@@ -23,6 +23,7 @@ from .errors import DataError
 __all__ = [
     "IMAGE_EXTENSIONS", "FileEntry", "check_image_size", "check_val_split", "class_aliases", "decode_rgb", "open_rgb",
     "find_classes", "folder_fingerprint", "imagenet_wnids", "map_folder_classes", "scan_image_folder", "stratified_split", "warn_skipped",
+    "within_image_tree",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -36,6 +37,20 @@ class FileEntry:
     size: int
     mtime_ns: int
     label: int
+
+
+def within_image_tree(path: str | os.PathLike, folder: str | os.PathLike, directory: bool) -> bool:
+    """Whether writing ``path`` (existing or not; a folder when ``directory``) would change what a scan of the
+    image tree ``folder`` (or root of split trees) reads: any folder in it becomes a class (or breaks the split
+    layout), and a file inside a class or split folder may replace an image. A file at the top level is not read,
+    nor is anything under a hidden folder."""
+    if not os.path.isdir(folder):
+        return False
+    root, target = Path(folder).resolve(), Path(path).resolve()
+    if target != root and root not in target.parents:
+        return False
+    parts = target.relative_to(root).parts
+    return not any(part.startswith(".") for part in parts) and (directory or len(parts) > 1)
 
 
 def find_classes(folder: str | os.PathLike) -> list[str]:

@@ -27,7 +27,7 @@ from .cifar import CIFAR_ARCHIVES, fetch_cifar, is_cifar_folder, read_cifar_fold
 from .datasets import DataSplits, ImageFileDataset, TensorImageDataset, read_image_file
 from .errors import DataError
 from .folder import (FileEntry, check_image_size, check_val_split, map_folder_classes, scan_image_folder,
-                     stratified_split, warn_skipped)
+                     stratified_split, warn_skipped, within_image_tree)
 from .stats import compute_mean_std, resolve_known_stats
 
 __all__ = ["SMALL_IMAGE_LIMIT", "load_data", "load_eval", "training_folder"]
@@ -300,8 +300,11 @@ def load_data(source: str | os.PathLike, val_split: float | int = 0.1, seed: int
     """
     image_size = check_image_size(image_size)
     val_split = check_val_split(val_split)
-    cache_root(cache_dir)  # a bad --cache-dir fails now, not quietly at the first write
+    cache = cache_root(cache_dir)  # a bad --cache-dir fails now, not quietly at the first write
     path, name = _resolve_source(source, cache_dir, download)
+    if not is_cifar_folder(path) and within_image_tree(cache, path, directory=True):
+        raise DataError(f"the cache folder {cache} is inside the data folder {path}: its files would be read as a "
+                        "class of that dataset. Choose a cache folder outside it (--cache-dir or $RESNETS_CACHE)")
     label = os.fspath(source)
     if is_cifar_folder(path):
         arrays = _cifar_arrays(path)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPORT_NAME = "report.html"
+SCREENSHOT_NAME = "report.png"  # the page's own screenshot: never embedded as a figure of the run
 
 
 class ReportError(ValueError):
@@ -125,7 +126,7 @@ def scan_run(run_dir: str | os.PathLike) -> RunContents:
                 found.gradflow = _read_jsonl(path, rel, found)
             elif path.suffix == ".json":
                 _classify_json(str(rel), json.loads(path.read_text(encoding="utf-8")), found)
-            elif path.suffix.lower() == ".png" and path.name != "report.png":
+            elif path.suffix.lower() == ".png" and path.name != SCREENSHOT_NAME:
                 is_cam = "gradcam" in path.name.lower() or any("gradcam" in p.lower() for p in rel.parts[:-1])
                 (found.gradcam_images if is_cam else found.other_images).append(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.folder import within_image_tree
 from ..evaluate.metrics import EvalResult, evaluate, evaluate_with_plain
 from ..evaluate.robustness import AdversarialTraining
 from ..evaluate.tta import TTA_VIEW_COUNTS, TTA_WITH_PLAIN_VIEW
@@ -177,6 +178,10 @@ class Trainer:
             warnings.warn(f"precision=bf16 on {self.device.type}: {reason}, so training in bf16 is likely slower than "
                           "in fp32. Use --precision fp32 or auto", UserWarning, stacklevel=2)
         _seed_everything(config.seed)
+        if self.out_dir is not None and config.data and within_image_tree(self.out_dir, str(config.data), True):
+            raise ConfigError(f"the run folder {self.out_dir} is inside the data folder {config.data}: the next scan "
+                              "of that folder would read the run as a class. Choose a run folder outside it (a run "
+                              "already there can be moved out and resumed from its new place)")
 
         self.splits = splits if splits is not None else self._load_data()
         self._training_images = training_images_metadata(config.data)  # with the data, before a budget's clock
