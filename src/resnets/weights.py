@@ -142,11 +142,22 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if kind == "empty":
         raise CheckpointError(f"{str(path)!r} is empty or truncated ({path.stat().st_size} bytes); it is not a checkpoint")
     if kind == "safetensors":
-        return _read_safetensors(path)
+        return _refuse_non_finite(_read_safetensors(path), path)
     if kind in ("torch-zip", "torch-legacy"):
-        return _read_torch(path, kind)
+        return _refuse_non_finite(_read_torch(path, kind), path)
     raise CheckpointError(f"{str(path)!r} is neither a safetensors file nor a PyTorch checkpoint "
                           f"(first bytes {path.read_bytes()[:8]!r}); pass a .safetensors or .pt/.pth file")
+
+
+def _refuse_non_finite(checkpoint: Checkpoint, path: Path) -> Checkpoint:
+    """A network with a NaN or infinite weight computes nothing meaningful; every command would report NaN
+    predictions or chance accuracy as if they were results, or fail deep inside a calibration or quantizer."""
+    bad = [k for k, v in checkpoint.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{str(path)!r} holds non-finite weights (NaN or infinity) in {len(bad)} tensor(s), "
+                              f"e.g. {', '.join(bad[:3])}: the training that wrote it diverged. Use an earlier "
+                              "checkpoint, or train again (a lower learning rate, or fp32)")
+    return checkpoint
 
 
 def _read_safetensors(path: Path) -> Checkpoint:

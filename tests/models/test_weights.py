@@ -279,3 +279,23 @@ def test_a_tampered_download_cache_is_refused_without_running_its_code(tmp_path,
     with pytest.raises(CheckpointError, match=r"refused to load .*holds more than tensors.*delete it"):
         resnets.create_model("resnet18", weights="IMAGENET1K_V1")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_name(tmp_path, suffix, capsys):
+    # predict printed "nan", eval scored chance as a result, and quantize/calibrate failed deep inside torch
+    model = resnets.create_model("resnet20", layers=(1, 1, 1), num_classes=3)
+    with torch.no_grad():
+        model.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
+        model.bn1.running_var[1] = float("inf")
+    path = resnets.save_weights(model, tmp_path / f"diverged{suffix}", {"classes": ["a", "b", "c"]})
+    with pytest.raises(CheckpointError, match="non-finite weights .* in 2 tensor\\(s\\), e.g. bn1.running_var"):
+        resnets.model_from_checkpoint(path)
+    from PIL import Image
+
+    from resnets.cli import main
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", "--checkpoint", str(path), str(image)]) == 2
+    assert "the training that wrote it diverged" in capsys.readouterr().err

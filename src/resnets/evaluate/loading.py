@@ -3,6 +3,7 @@ trained with, so ``resnets eval``, ``resnets predict`` and Python callers read i
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any, NamedTuple
@@ -98,9 +99,11 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
                       "ImageNet statistics", UserWarning, stacklevel=2)
         if in_chans == 1:  # ImageNet's grey: the luminance-weighted channel statistics
             mean, std = (sum(w * m for w, m in zip(LUMINANCE, mean)),), (sum(w * s for w, s in zip(LUMINANCE, std)),)
-    if len(mean) not in (1, in_chans) or len(std) != len(mean) or any(s <= 0 for s in std):
+    if (len(mean) not in (1, in_chans) or len(std) != len(mean) or not all(0 < s < math.inf for s in std)
+            or not all(abs(m) < math.inf for m in mean)):
         raise CheckpointError(f"{checkpoint} stores mean {list(mean)} and std {list(std)} for a model with "
-                              f"{in_chans} input channel(s); save it with one mean and one positive std per channel")
+                              f"{in_chans} input channel(s); save it with one finite mean and one positive, finite std "
+                              "per channel")
     mean, std = tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))  # one value: every RGB channel
     if in_chans == 1:
         model = GrayscaleInput(model)
