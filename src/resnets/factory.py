@@ -32,7 +32,7 @@ def create_model(
     in_chans: int | None = None,
     weights: str | os.PathLike | None = None,
     features_only: bool = False,
-    out_indices: Sequence[int] = (1, 2, 3, 4),
+    out_indices: int | Sequence[int] | None = None,
     adapt: bool = True,
     **overrides: Any,
 ) -> nn.Module:
@@ -44,6 +44,8 @@ def create_model(
     ``"resnet50", weights="IMAGENET1K_V2"``. When ``num_classes``/``in_chans`` differ from the checkpoint and ``adapt`` is
     true, the head is dropped and the first convolution adapted instead of failing. Any other
     keyword is a ``ResNetSpec`` field (``drop_path_rate=0.1``, ``zero_init_last=True``, ...).
+    ``features_only`` returns the stage outputs ``out_indices`` names (0 = stem, 1.. = stages; default: every
+    stage; an int n: the last n levels; -1: the deepest).
     """
     if isinstance(name_or_spec, str):
         name_or_spec, tag = split_pretrained_name(name_or_spec)

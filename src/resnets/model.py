@@ -252,10 +252,28 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Outputs of the chosen ``feature_info`` entries (0 = stem, 1.. = stages), shallow to deep."""
+    def feature_indices(self, indices: int | Sequence[int] | None = None, option: str = "indices") -> tuple[int, ...]:
+        """Levels of ``feature_info`` (0 = stem, 1.. = stages), sorted, as timm reads them: None is every stage,
+        an int ``n`` the last ``n`` levels, and negative indices count from the deepest (-1)."""
+        n = len(getattr(self, "all_feature_info", self.feature_info))
+        if indices is None:
+            return tuple(range(1, n))
+        if isinstance(indices, int):
+            if not 1 <= indices <= n:
+                raise ValueError(f"{option}={indices}: this model has {n} feature levels, so ask for the last 1 to {n}")
+            return tuple(range(n - indices, n))
+        chosen = tuple(indices)
+        bad = [i for i in chosen if not isinstance(i, int) or not -n <= i < n]
+        if not chosen or bad:
+            raise ValueError(f"{option} {chosen} out of range: this model has feature levels 0..{n - 1} "
+                             f"(0 = stem, {', '.join(f'{i} = layer{i}' for i in range(1, n))}; -1 = the deepest)")
+        return tuple(sorted({i % n for i in chosen}))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Outputs of the chosen ``feature_info`` levels, shallow to deep (``feature_indices``: None = every stage,
+        an int = the last n, negative = from the deepest)."""
+        wanted = set(self.feature_indices(indices))
         self.check_input(x)
-        wanted = set(indices)
         outputs: list[torch.Tensor] = []
         x = self.forward_stem(x)
         if 0 in wanted:
@@ -290,8 +308,9 @@ class ResNet(nn.Module):
         self.avgpool = pool_layer(self.spec)
         if "classes" in getattr(self, "pretrained_cfg", {}):  # published category names belong to the old head
             self.pretrained_cfg = {k: v for k, v in self.pretrained_cfg.items() if k != "classes"}
-        device = next(self.parameters()).device
-        self.fc = (nn.Linear(self.num_features, num_classes).to(device) if num_classes > 0 else nn.Identity())
+        like = next(p for p in self.parameters() if p.is_floating_point())  # a bf16 or CUDA model gets its head there
+        self.fc = (nn.Linear(self.num_features, num_classes).to(like.device, like.dtype) if num_classes > 0
+                   else nn.Identity())
 
     def extra_repr(self) -> str:
         return f"spec: {self.spec.describe()}"
@@ -304,16 +323,10 @@ class ResNetFeatures(ResNet):
     weights load directly; ``feature_info`` lists only the chosen levels.
     """
 
-    def __init__(self, spec: ResNetSpec, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
+    def __init__(self, spec: ResNetSpec, out_indices: int | Sequence[int] | None = None) -> None:
         super().__init__(spec.replace(num_classes=0))
         levels = self.feature_info
-        n = len(levels)
-        indices = tuple(out_indices)
-        bad = [i for i in indices if not -n <= i < n]
-        if not indices or bad:
-            raise ValueError(f"out_indices {indices} out of range: this model has feature levels "
-                             f"0..{n - 1} (0 = stem, {', '.join(f'{i} = layer{i}' for i in range(1, n))})")
-        self.out_indices = tuple(sorted({i % n for i in indices}))
+        self.out_indices = self.feature_indices(out_indices, "out_indices")  # None: every stage (3 for CIFAR nets, 4 for ImageNet's)
         self.all_feature_info = levels
         self.feature_info = [levels[i] for i in self.out_indices]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -128,6 +129,8 @@ class ResNetSpec:
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise SpecError(f"{name}={value!r} must be a number")
+            if not math.isfinite(value):
+                raise SpecError(f"{name}={value!r} must be a finite number")
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name}={getattr(self, name)!r} must be true or false")
@@ -211,6 +214,9 @@ class ResNetSpec:
         need(self.head_pool in HEAD_POOLS, f"head_pool={self.head_pool!r} is unknown; choose one of {HEAD_POOLS}")
         need(self.logit_scale > 0, f"logit_scale={self.logit_scale} must be positive")
         need(0.0 < self.norm_momentum <= 1.0, f"norm_momentum={self.norm_momentum} must be in (0, 1]")
+        need(not (self.zero_init_last and not self.norm_scale and self.residual and not self.is_preact),
+             "zero_init_last zeroes the scale of each branch's last BatchNorm, which norm_scale=False freezes: every "
+             "branch would stay zero for good. Use one of the two")
         if self.block == "conv_pool":
             need(self.conv_type == "2d" and self.se_ratio == 0 and self.shortcut == "B" and self.block_widths is None
                  and self.output_stride is None,

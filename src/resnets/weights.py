@@ -81,6 +81,10 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     """
     path = Path(path)
     spec = getattr(model, "spec", None)
+    if getattr(model, "batchnorm_folded", False):
+        raise CheckpointError("this model's BatchNorms are folded into its convolutions (fold_batchnorm or "
+                              "optimize_for_inference), a form for inference that no checkpoint loader rebuilds; save "
+                              "the model before folding, or export the folded one (resnets.deploy.export_model)")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "spec": spec.to_dict() if isinstance(spec, ResNetSpec) else None, **dict(metadata or {})}
@@ -333,6 +337,7 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "groups": groups[0] if groups else 1,
         "deep_stem": "conv1.6.weight" in state,
         "residual": any(".downsample." in k for k in state) or not layers,
+        "squeeze_excite": any(re.match(r"^layer\d+\.\d+\.se\.", k) for k in state),
     }
 
 
@@ -360,6 +365,10 @@ def explain_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> str
         reasons.append(f"bottleneck inner widths differ: checkpoint {src['inner_widths']} with {src['groups']} "
                        f"group(s), model {dst['inner_widths']} with {dst['groups']} group(s) "
                        "(ResNet vs ResNeXt or wide variant)")
+    if src["squeeze_excite"] != dst["squeeze_excite"]:
+        with_se, without = ("checkpoint", "model") if src["squeeze_excite"] else ("model", "checkpoint")
+        reasons.append(f"the {with_se} has squeeze-excitation in its blocks (an SE-ResNet, se_ratio > 0), the "
+                       f"{without} has none")
     if src["deep_stem"] != dst["deep_stem"]:
         reasons.append("checkpoint has a " + ("deep 3x3 stem" if src["deep_stem"] else "single-conv stem")
                        + ", model has a " + ("deep 3x3 stem" if dst["deep_stem"] else "single-conv stem"))
@@ -369,7 +378,8 @@ def explain_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> str
     if src["num_classes"] != dst["num_classes"]:
         reasons.append(f"checkpoint has {src['num_classes']} classes, model {dst['num_classes']} "
                        "(pass adapt=True / --adapt to drop the checkpoint's classifier)")
-    summary = f"checkpoint is {_describe(src)}; model is {_describe(dst)}"
+    summary = (f"checkpoint is {_describe(src)}; model is {_describe(dst)}" if _describe(src) != _describe(dst) else
+               f"checkpoint and model are both {_describe(src)}")
     return summary + (": " + "; ".join(reasons) if reasons else "")
 
 
@@ -449,7 +459,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
 
 # Spec fields that change what the same tensors compute (a plain net and its option-A twin, v1 and v1.5
 # bottlenecks have identical state dicts), so only the stored spec can tell the models apart.
-_FUNCTION_FIELDS = ("residual", "stride_on", "act", "head_pool", "logit_scale")
+_FUNCTION_FIELDS = ("residual", "stride_on", "act", "head_pool", "logit_scale", "stage_strides")
 
 
 def _check_same_function(saved: ResNetSpec, model: ResNetSpec, source: str | os.PathLike) -> None:
@@ -556,6 +566,11 @@ def load_pretrained(model: nn.Module, weights: str | os.PathLike, model_name: st
                     adapt: bool = True) -> None:
     """``create_model``'s ``weights=``: a file path, or a torchvision tag for a registered name."""
     text = str(weights)
+    if not os.path.exists(text) and model_name is not None and re.fullmatch(r"[A-Za-z0-9_]+", text):
+        from .zoo import pretrained_tags
+
+        if text.upper() in ("DEFAULT", *pretrained_tags(model_name)):  # tags read in any case, as in tagged names
+            text = text.upper()
     if not os.path.exists(text) and re.fullmatch(r"[A-Z0-9_]+", text):
         if model_name is None:
             raise CheckpointError(f"weights={text!r} looks like a torchvision weight tag, which needs a model name")

@@ -89,3 +89,29 @@ def test_folding_a_folded_conv_pool_model_again_is_a_no_op():
     with torch.no_grad():
         assert torch.allclose(again(x), model(x), atol=1e-5)
         assert torch.allclose(make_inference_model(folded, "fp32", channels_last=False)(x), model(x), atol=1e-5)
+
+
+def test_a_folded_model_is_not_saved_as_a_checkpoint_it_cannot_reload(tmp_path):
+    folded = fold_batchnorm(create_model("resnet20", layers=(1, 1, 1)))
+    with pytest.raises(resnets.CheckpointError, match="BatchNorms are folded into its convolutions"):
+        resnets.save_weights(folded, tmp_path / "folded.safetensors")
+    assert not (tmp_path / "folded.safetensors").exists()
+
+
+def test_optimize_for_inference_leaves_the_callers_model_as_it_was(trained_tiny, batch):
+    model = create_model(trained_tiny.spec)
+    model.load_state_dict(trained_tiny.state_dict())
+    model.train()
+    model.bn1.eval()  # a frozen BatchNorm stays frozen
+    optimize_for_inference(model, precision="fp32", example_input=batch[0][:4], repeats=1)
+    assert model.training and not model.bn1.training and model.layer1.training
+
+
+def test_deploy_tools_name_a_features_only_backbone_instead_of_failing_on_a_list():
+    from resnets.deploy.export import ExportError, export_onnx
+
+    backbone = create_model("resnet20", layers=(1, 1, 1), features_only=True)
+    with pytest.raises(ExportError, match="features_only backbone returns 3 feature maps"):
+        optimize_for_inference(backbone)
+    with pytest.raises(ExportError, match="export takes a network with one output"):
+        export_onnx(backbone, "never_written.onnx")

@@ -177,3 +177,38 @@ def test_dilated_net_equals_the_strided_one_where_it_keeps_positions(name, outpu
         a, b = strided.forward_features(x), dilated.forward_features(x)
     step = strided.spec.natural_stride // output_stride
     torch.testing.assert_close(b[..., ::step, ::step], a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_features_only_defaults_to_every_stage_and_reads_indices_as_timm():
+    # the default (1, 2, 3, 4) did not exist on 3-stage nets, so features_only=True failed on every CIFAR net
+    cifar = resnets.create_model("resnet20", features_only=True)
+    assert cifar.out_indices == (1, 2, 3) and [f["num_chs"] for f in cifar.feature_info] == [16, 32, 64]
+    assert resnets.create_model("resnet18", features_only=True).out_indices == (1, 2, 3, 4)
+    assert resnets.create_model("resnet18", features_only=True, out_indices=2).out_indices == (3, 4)
+    net = resnets.create_model("resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        deepest, = net.forward_intermediates(x, [-1])  # was [] without a word
+        assert torch.equal(deepest, net.forward_features(x))
+        assert [o.shape[1] for o in net.forward_intermediates(x, 2)] == [256, 512]
+        assert [o.shape[1] for o in net.forward_intermediates(x)] == [64, 128, 256, 512]
+    for bad in ([7], [], 9):
+        with pytest.raises(ValueError, match="out of range|feature levels"):
+            net.forward_intermediates(x, bad)
+
+
+def test_spec_refuses_non_finite_numbers_and_a_frozen_zero_init():
+    with pytest.raises(SpecError, match="width_multiplier=inf must be a finite number"):
+        resnets.create_model("resnet20", width_multiplier=float("inf"))
+    with pytest.raises(SpecError, match="norm_scale=False freezes"):
+        resnets.create_model("resnet20", norm_scale=False, zero_init_last=True)
+    with pytest.raises(SpecError, match="norm_scale=False freezes"):
+        resnets.create_model("resnet_airbench", zero_init_last=True)
+    resnets.create_model("preact_resnet20", norm_scale=False, zero_init_last=True)  # zeroes a trainable conv
+
+
+def test_reset_classifier_keeps_the_models_dtype():
+    model = resnets.create_model("resnet20").to(torch.bfloat16)
+    model.reset_classifier(5)
+    assert model.fc.weight.dtype == torch.bfloat16
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 5)

@@ -73,3 +73,13 @@ def test_reset_classifier_takes_timm_global_pool():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     with pytest.raises(ValueError, match="choose 'avg' or 'max'"):
         model.reset_classifier(5, "")
+
+
+def test_loading_names_squeeze_excitation_and_stride_differences(tmp_path):
+    se = resnets.create_model("se_resnet50", num_classes=10).state_dict()
+    with pytest.raises(CheckpointError, match="the checkpoint has squeeze-excitation in its blocks"):
+        resnets.load_weights(resnets.create_model("resnet50", num_classes=10), se)
+    # same tensors, other strides: it loaded silently and computed another function
+    path = resnets.save_weights(resnets.create_model("resnet_fast"), tmp_path / "fast.safetensors")
+    with pytest.raises(CheckpointError, match="stage_strides=\\(2, 2, 2\\) \\(model: \\(1, 2, 2\\)\\)"):
+        resnets.create_model("resnet_fast", strides=(1, 2, 2), weights=path)

@@ -244,6 +244,8 @@ def test_published_weights_are_listed_and_load_by_tagged_name(monkeypatch, capsy
     model = resnets.create_model("resnet50.imagenet1k_v2")  # timm's tags are lower case; torchvision's upper
     assert asked == [("resnet50", "IMAGENET1K_V2")] and model.pretrained_cfg["source"].endswith("IMAGENET1K_V2")
     assert torch.equal(model.fc.weight, published["fc.weight"])
+    resnets.create_model("resnet50", weights="imagenet1k_v1")  # weights= reads a tag in any case too
+    assert asked[-1] == ("resnet50", "IMAGENET1K_V1")
     with pytest.raises(ValueError, match="names two sets of weights"):
         resnets.create_model("resnet50.IMAGENET1K_V2", weights="IMAGENET1K_V1")
     with pytest.raises(CheckpointError, match="available: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2"):

@@ -167,6 +167,17 @@ def _batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=1024)
 
 
+def refuse_feature_lists(model: nn.Module, what: str) -> None:
+    """The deploy tools compare one output tensor (logits) with the original's; a ``features_only`` backbone
+    returns a list of maps, which failed deep inside with "'list' object has no attribute ...". """
+    from ..model import ResNetFeatures
+
+    if isinstance(model, ResNetFeatures):
+        raise ExportError(f"{what} takes a network with one output (a classifier, or create_model(..., "
+                          f"num_classes=0) for pooled features); this features_only backbone returns "
+                          f"{len(model.out_indices)} feature maps")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """Export the plain network (input checks are static here, so they trace away)."""
     from .fuse import InferenceModel
@@ -175,6 +186,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
         if model.precision != "fp32":
             raise ExportError("export the fp32 model; bf16 is a runtime choice (autocast), not a file format")
         model = getattr(model.model, "_orig_mod", model.model)
+    refuse_feature_lists(model, "export")
     return model.eval()
 
 

@@ -53,11 +53,14 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    folded = 0
     for module in list(model.modules()):
-        _fold_in(module, _block_pairs(module))
+        folded += _fold_in(module, _block_pairs(module))
         if isinstance(module, nn.Sequential):
             names = [name for name, _ in module.named_children()]
-            _fold_in(module, list(zip(names[:-1], names[1:])))
+            folded += _fold_in(module, list(zip(names[:-1], names[1:])))
+    if folded:
+        model.batchnorm_folded = True  # save_weights refuses it: its spec would rebuild the unfolded layout
     return model
 
 
@@ -164,50 +167,58 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     also times OpenVINO's runtime in the same precisions (CPU only; the result may then be an
     ``OpenVINOModel``, called like the module but not one).
     """
+    from .export import refuse_feature_lists
+
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision={precision!r}: choose 'auto', 'fp32' or 'bf16' (int8: quantize_int8)")
-    model = model.eval()
-    if example_input is None:
-        from .export import default_input_size
+    refuse_feature_lists(model, "optimize_for_inference")
+    modes = [(module, module.training) for module in model.modules()]  # a frozen BatchNorm stays in eval
+    model.eval()
+    try:  # the caller's model keeps its mode: every candidate is a copy
+        if example_input is None:
+            from .export import default_input_size
 
-        example_input = torch.randn(2, *default_input_size(model), generator=torch.Generator().manual_seed(0))
-    device_bf16 = native_bf16(example_input.device)
-    precisions: list[Precision] = ["fp32"]
-    if precision in ("bf16", "auto"):
-        if device_bf16:
-            precisions = ["bf16"] if precision == "bf16" else ["fp32", "bf16"]
-        elif precision == "bf16":
-            warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX); emulated bf16 is slower, staying in fp32")
-    compiles = [False, True] if compile == "auto" else [bool(compile)]
-    with torch.inference_mode():
-        reference = model(example_input).float()
-    scale = reference.abs().max().item() or 1.0
-    candidates: list[Candidate] = []
-    built: dict[str, tuple[InferenceModel, float, float, bool]] = {}
-    nets = [make_inference_model(model, prec, channels_last, fold=True, compile=use_compile)
-            for prec in precisions for channels_last in (False, True) for use_compile in compiles]
-    if openvino and example_input.device.type == "cpu":
-        from .openvino import compile_openvino
-
-        size = tuple(example_input.shape[1:])
-        nets += [compile_openvino(model, prec, input_size=size, batch=example_input.shape[0]) for prec in precisions]
-    for net in nets:
+            example_input = torch.randn(2, *default_input_size(model), generator=torch.Generator().manual_seed(0))
+        device_bf16 = native_bf16(example_input.device)
+        precisions: list[Precision] = ["fp32"]
+        if precision in ("bf16", "auto"):
+            if device_bf16:
+                precisions = ["bf16"] if precision == "bf16" else ["fp32", "bf16"]
+            elif precision == "bf16":
+                warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX); emulated bf16 is slower, staying in fp32")
+        compiles = [False, True] if compile == "auto" else [bool(compile)]
         with torch.inference_mode():
-            out = net(example_input).float()
-        diff = (out - reference).abs().max().item()
-        agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
-        safe = diff <= fp32_tolerance * scale if net.precision == "fp32" else agree >= min_top1_agreement
-        built[net.description] = (net, diff, agree, safe)
-    times = time_round_robin({name: (lambda n=entry[0]: n(example_input)) for name, entry in built.items()},
-                             rounds=repeats, warmup=1)
-    best: tuple[float, InferenceModel] | None = None
-    for name, (net, diff, agree, safe) in built.items():
-        ms = statistics.median(times[name]) * 1000
-        candidates.append(Candidate(name, ms, diff, agree, safe))
-        if safe and (best is None or ms < best[0]):
-            best = (ms, net)
-    if best is None:
-        raise RuntimeError("no optimized variant reproduced the model's outputs:\n"
-                           + str(OptimizationReport("none", candidates)))
-    report = OptimizationReport(best[1].description, candidates)
-    return (best[1], report) if return_report else best[1]
+            reference = model(example_input).float()
+        scale = reference.abs().max().item() or 1.0
+        candidates: list[Candidate] = []
+        built: dict[str, tuple[InferenceModel, float, float, bool]] = {}
+        nets = [make_inference_model(model, prec, channels_last, fold=True, compile=use_compile)
+                for prec in precisions for channels_last in (False, True) for use_compile in compiles]
+        if openvino and example_input.device.type == "cpu":
+            from .openvino import compile_openvino
+
+            size = tuple(example_input.shape[1:])
+            nets += [compile_openvino(model, prec, input_size=size, batch=example_input.shape[0]) for prec in precisions]
+        for net in nets:
+            with torch.inference_mode():
+                out = net(example_input).float()
+            diff = (out - reference).abs().max().item()
+            agree = (out.argmax(1) == reference.argmax(1)).float().mean().item() if out.ndim == 2 else 1.0
+            safe = diff <= fp32_tolerance * scale if net.precision == "fp32" else agree >= min_top1_agreement
+            built[net.description] = (net, diff, agree, safe)
+        times = time_round_robin({name: (lambda n=entry[0]: n(example_input)) for name, entry in built.items()},
+                                 rounds=repeats, warmup=1)
+        best: tuple[float, InferenceModel] | None = None
+        for name, (net, diff, agree, safe) in built.items():
+            ms = statistics.median(times[name]) * 1000
+            candidates.append(Candidate(name, ms, diff, agree, safe))
+            if safe and (best is None or ms < best[0]):
+                best = (ms, net)
+        if best is None:
+            raise RuntimeError("no optimized variant reproduced the model's outputs:\n"
+                               + str(OptimizationReport("none", candidates)))
+        report = OptimizationReport(best[1].description, candidates)
+        return (best[1], report) if return_report else best[1]
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -102,8 +102,8 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
     if (len(mean) not in (1, in_chans) or len(std) != len(mean) or not all(0 < s < math.inf for s in std)
             or not all(abs(m) < math.inf for m in mean)):
         raise CheckpointError(f"{checkpoint} stores mean {list(mean)} and std {list(std)} for a model with "
-                              f"{in_chans} input channel(s); save it with one finite mean and one positive, finite std "
-                              "per channel")
+                              f"{in_chans} input channel(s); save it with one mean and one positive std per channel, "
+                              "all finite")
     mean, std = tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))  # one value: every RGB channel
     if in_chans == 1:
         model = GrayscaleInput(model)
