@@ -237,3 +237,11 @@ def test_a_run_folder_inside_the_data_folder_is_refused(capsys, tmp_path, monkey
                         "--out", str(data / "runs" / "r1"), "--no-progress")
     assert code == 2 and "is inside the data folder" in err and "Traceback" not in err
     assert sorted(p.name for p in data.iterdir()) == ["class_0", "class_1"]
+
+
+def test_epochs_set_as_an_option_replaces_a_recipes_steps():
+    # `--set epochs=1` on he2015-cifar (64,000 steps) started a 64,000-step run without a word
+    assert resolve_config("he2015-cifar", {"epochs": 1}).steps is None
+    assert resolve_config("imagenet", {}).warmup == 5 and resolve_config("imagenet", {}).warmup_unit == "epochs"
+    with pytest.raises(ConfigError, match="epochs=1 and steps=5 both set the run length"):
+        resolve_config("he2015-cifar", {"epochs": 1, "steps": 5})

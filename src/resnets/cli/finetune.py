@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tuning run from RUN_DIR/last.pt with the "
                    "arguments recorded in RUN_DIR/finetune.yaml (only --device may be given with it)")
     p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) when the data has no val/ tree")
-    p.add_argument("--image-size", type=positive_int, help="resize images to this side (default: the data's own, or 224)")
+    p.add_argument("--image-size", type=positive_int, help="resize images to this side (default: the source checkpoint's image_size, else the data's own, "
+                        "or 224)")
     p.add_argument("--freeze", default="none", help="freeze up to and including: none, stem, layer1..layerN, "
                                                     "all-but-head (default none)")
     p.add_argument("--bn", default="train", choices=["train", "eval", "frozen"],

@@ -80,10 +80,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    if args.epochs is not None and overrides.get("steps") is not None:  # steps would win without a word
+    if args.epochs is not None and overrides.get("steps") is not None:  # resolve_config refuses it too, unnamed
         raise UserError(f"--epochs {args.epochs:g} and steps={overrides['steps']} both set the run length; give one")
-    if args.epochs is not None:
-        overrides["steps"] = None  # a recipe counted in steps yields to an explicit --epochs
     if args.channels_last:
         overrides["channels_last"] = True
     if args.grad_checkpointing:

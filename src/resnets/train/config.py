@@ -544,8 +544,17 @@ def held_out_split(config: Mapping[str, Any]) -> tuple[float | int, int]:
 
 
 def resolve_config(recipe: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Recipe (name or path) + overrides -> a validated ``TrainConfig``."""
+    """Recipe (name or path) + overrides -> a validated ``TrainConfig``.
+
+    A run length in epochs among the overrides replaces a recipe's length in steps (``steps`` would otherwise
+    win without a word); both among the overrides is an error."""
     values = load_recipe(recipe) if recipe else {}
-    values = apply_overrides(values, dict(overrides or {}))
+    overrides = dict(overrides or {})
+    if overrides.get("epochs") is not None:
+        if overrides.get("steps") is not None:
+            raise ConfigError(f"epochs={overrides['epochs']:g} and steps={overrides['steps']} both set the run "
+                              "length; give one")
+        overrides["steps"] = None
+    values = apply_overrides(values, overrides)
     values.setdefault("split_seed", 0)  # a new run: the same hold-out whatever its training seed
     return TrainConfig.from_dict(values, source=f"recipe {recipe}" if recipe else "config")
