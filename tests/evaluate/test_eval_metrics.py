@@ -233,6 +233,12 @@ def test_eval_held_out_scores_exactly_the_images_the_run_validated_on(tmp_path, 
     assert sorted(f.relative_to(other) for f in other.rglob("*.png")) == sorted(f.relative_to(data) for f in data.rglob("*.png"))
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(other), "--workers", "0"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 30
+    # --held-out on them would call 9 of 30 unseen images "held out": refused; on the copy it is the same split
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(other), "--held-out"]) == 2
+    assert "--held-out redraws the images" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(copied), "--held-out",
+                 "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 9
 
 
 def test_accuracy_intervals_and_the_paired_test_match_textbook_values():

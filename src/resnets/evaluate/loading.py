@@ -124,12 +124,33 @@ def held_out_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_
     if not isinstance(config, dict):
         raise DataError(f"--held-out needs the run's config in {checkpoint_name} (a best.safetensors or last.pt "
                         "written by resnets train); without it, evaluate on images it did not train on")
+    _refuse_other_training_folder(data, checkpoint, checkpoint_name)
     val_split, seed = held_out_split(config)
     splits = load_data(data, val_split=val_split, seed=seed, classes=classes, image_size=image_size,
                        **({"normalization": normalization} if normalization is not None else {}))
     if splits.val is None or len(splits.val) == 0:
         raise DataError(f"the run held out nothing (val_split={val_split}); evaluate on images it did not train on")
     return splits.val
+
+
+def _refuse_other_training_folder(data: str | os.PathLike, checkpoint: Checkpoint,
+                                  checkpoint_name: str | os.PathLike) -> None:
+    """The hold-out is a split of the folder the run trained on: redrawn from any other folder it names images the
+    run may never have seen as "held out", and a share of the others as if they were all it held out."""
+    from pathlib import Path
+
+    from ..data import DataError
+    from ..data.folder import folder_fingerprint
+    from ..data.sources import training_folder
+
+    recorded, fingerprint = (checkpoint.metadata.get(key) for key in ("training_folder", "training_fingerprint"))
+    folder = training_folder(data)
+    if not (recorded and fingerprint and folder is not None) or Path(recorded) == folder:
+        return
+    if folder_fingerprint(folder) != fingerprint:
+        raise DataError(f"--held-out redraws the images {checkpoint_name}'s run held out of its training folder "
+                        f"{recorded}, but {data} holds other images; evaluate {data} without --held-out (the run "
+                        f"never trained on it), or pass --data {recorded}")
 
 
 def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_name: str | os.PathLike) -> None:
