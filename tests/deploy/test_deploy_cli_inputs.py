@@ -88,6 +88,16 @@ def test_outputs_never_overwrite_another_run_or_the_data(workspace, run_folder, 
     assert not (data / "runs").exists()
 
 
+def test_prune_and_distill_refuse_a_set_that_would_relabel_their_network(workspace, tmp_path, capsys):
+    # `prune --set model=resnet56` trained the pruned resnet20 while config.yaml recorded resnet56
+    _, data, checkpoint = workspace
+    for argv in (["prune", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p")],
+                 ["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--out", str(tmp_path / "d")]):
+        err = _error(capsys, [*argv, "--data", str(data), *TRAIN, "--set", "model=resnet56"])
+        assert "--set model=... cannot change model here" in err, argv
+    assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["prune", "--min-keep", "-1"], "argument --min-keep: -1 is not a fraction between 0 and 1"),
     (["prune", "--min-keep", "2"], "argument --min-keep: 2 is not a fraction between 0 and 1"),

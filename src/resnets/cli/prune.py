@@ -66,7 +66,12 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
         values["time_budget"] = args.time_budget
     if isinstance(data_meta.get("mean"), list):
         values["normalization"] = [data_meta["mean"], data_meta["std"]]
-    values.update(parse_set(args.set))
+    extra = parse_set(args.set)
+    fixed = sorted(key for key in ("model", "model_options", "data") if key in extra)
+    if fixed:  # the network is the pruned (or student) one and the data is --data: a --set would only mislabel the run
+        raise UserError(f"--set {fixed[0]}=... cannot change {fixed[0]} here: this command trains the network it built "
+                        "(the pruned model, or --student) on --data; set other training options only")
+    values.update(extra)
     return resolve_config(None, values)
 
 
