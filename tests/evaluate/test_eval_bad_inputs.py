@@ -222,3 +222,14 @@ def test_only_data_classes_scores_among_the_classes_the_data_holds(tmp_path, mon
         metrics = json.loads((tmp_path / f"{len(extra)}.json").read_text())
         assert metrics["top1"] == top1 and metrics["loss"] < float("inf")
     assert metrics["extra"]["only_data_classes"] == 2 and metrics["top5"] == 1.0
+
+
+def test_a_bad_groups_file_is_refused_before_any_model_is_scored(run, tmp_path, monkeypatch, capsys):
+    from resnets.cli import eval as eval_cli
+
+    folder, best, data = run
+    monkeypatch.setattr(eval_cli, "_score", lambda *a, **k: pytest.fail("scored before checking --groups"))
+    assert _eval(best, data, "--groups", str(tmp_path)) == 2
+    assert "is a folder; pass a CSV file" in capsys.readouterr().err
+    assert _eval(best, data, "--groups", str(tmp_path / "missing.csv")) == 2
+    assert "does not exist" in capsys.readouterr().err

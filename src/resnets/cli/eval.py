@@ -83,6 +83,24 @@ class _Scored(NamedTuple):
     held_out_split: Any  # (val_split, seed) of the run's hold-out under --held-out, else None
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before the first model is scored, a groups file that cannot be read and a --compare checkpoint
+    whose training images --data holds (both surfaced only after a whole evaluation)."""
+    from ..cli import UserError
+    from ..data import DataError
+    from ..evaluate.groups import GroupsFileError, read_groups
+    from ..evaluate.loading import refuse_training_images
+    from ..weights import CheckpointError, read_checkpoint
+
+    try:
+        if args.groups:
+            read_groups(args.groups)
+        if args.compare and not args.held_out and not args.include_training_images:
+            refuse_training_images(args.data, read_checkpoint(args.compare), args.compare)
+    except (GroupsFileError, DataError, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+
+
 def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None) -> _Scored:
     import torch
 
@@ -142,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import save_confusion_png
 
     png = _check_outputs(args)
+    _check_inputs(args)
     device = torch.device(args.device)
     hits: list | None = [] if args.compare else None
     scored = _score(args, args.checkpoint, device, hits)

@@ -39,6 +39,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def read_groups(path: str | os.PathLike) -> dict[str, str]:
     """Read ``path,group`` rows into {normalised path: group}."""
     path = Path(path)
+    if path.is_dir():
+        raise GroupsFileError(f"groups file {str(path)!r} is a folder; pass a CSV file with 'path,group' columns")
     if not path.is_file():
         raise GroupsFileError(f"groups file {str(path)!r} does not exist; pass a CSV with 'path,group' columns")
     fieldnames, rows = _csv_rows(path)
