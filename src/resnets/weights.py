@@ -110,7 +110,8 @@ class Checkpoint:
     """The whole loaded object for ``.pt`` files (training checkpoints keep optimizer state here)."""
 
 
-def _file_kind(path: Path) -> str:
+def checkpoint_file_kind(path: Path) -> str:
+    """What a file's first bytes say it is: "torch-zip", "torch-legacy", "safetensors", "empty" or "unknown"."""
     with open(path, "rb") as fh:
         head = fh.read(16)
     if len(head) < 8:
@@ -135,6 +136,16 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return published_checkpoint(*published)
     path = Path(path)
     if not path.exists():
+        from .zoo import list_models, pretrained_tags, split_pretrained_name
+
+        model_name, tag = split_pretrained_name(str(path)) if "." in path.name else (None, None)
+        # a tag-like suffix (BOGUS, imagenet1k_v9), not a file extension (resnet18.pt is a missing file)
+        suffix = path.name.rsplit(".", 1)[-1]
+        if model_name in list_models() and re.fullmatch(r"[A-Z0-9_]+|[a-z0-9]+_[a-z0-9_]+", suffix):
+            raise CheckpointError(f"{str(path)!r} is neither a file nor published weights: "
+                                  + (f"{model_name}'s published weights are "
+                                     f"{', '.join(f'{model_name}.{t}' for t in ['DEFAULT', *pretrained_tags(model_name)])}"
+                                     if pretrained_tags(model_name) else f"torchvision publishes none for {model_name}"))
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
     if path.is_dir():
         for name in ("best.safetensors", "last.pt", "model.safetensors", "best.pt"):
@@ -142,7 +153,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 return read_checkpoint(path / name)
         raise CheckpointError(f"{str(path)!r} is a folder with no checkpoint in it (looked for best.safetensors, "
                               "last.pt, model.safetensors); pass the checkpoint file itself")
-    kind = _file_kind(path)
+    kind = checkpoint_file_kind(path)
     if kind == "empty":
         raise CheckpointError(f"{str(path)!r} is empty or truncated ({path.stat().st_size} bytes); it is not a checkpoint")
     if kind == "safetensors":

@@ -301,3 +301,19 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_name(tmp_path, suffi
     Image.new("RGB", (32, 32)).save(image)
     assert main(["predict", "--checkpoint", str(path), str(image)]) == 2
     assert "the training that wrote it diverged" in capsys.readouterr().err
+
+
+def test_missing_files_and_unknown_weight_tags_are_told_apart(tmp_path):
+    with pytest.raises(CheckpointError, match="resnet18's published weights are resnet18.DEFAULT, "
+                                              "resnet18.IMAGENET1K_V1"):
+        read_checkpoint("resnet18.BOGUS")
+    with pytest.raises(CheckpointError, match="torchvision publishes none for resnet20"):
+        read_checkpoint("resnet20.imagenet1k_v1")
+    with pytest.raises(CheckpointError, match="'resnet18.pt' does not exist; check the path"):
+        read_checkpoint("resnet18.pt")
+    from resnets.evaluate.loading import load_for_inference
+
+    path = resnets.save_weights(resnets.create_model("resnet20", layers=(1, 1, 1), num_classes=2),
+                                tmp_path / "m.safetensors", {"classes": "cat,dog"})
+    with pytest.raises(CheckpointError, match="stores 'classes' as 'cat,dog', not a list of class names"):
+        load_for_inference(path)

@@ -245,3 +245,16 @@ def test_epochs_set_as_an_option_replaces_a_recipes_steps():
     assert resolve_config("imagenet", {}).warmup == 5 and resolve_config("imagenet", {}).warmup_unit == "epochs"
     with pytest.raises(ConfigError, match="epochs=1 and steps=5 both set the run length"):
         resolve_config("he2015-cifar", {"epochs": 1, "steps": 5})
+
+
+def test_resume_and_recipe_paths_of_the_wrong_kind_say_what_they_are(capsys, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.safetensors").write_bytes(b"weights")
+    (tmp_path / "run" / "last.pt").write_text("hello, not a checkpoint")
+    for argv, words in ((["--recipe", str(tmp_path / "recipes")], "is a folder; pass a recipe .yaml file"),
+                        (["--resume", str(tmp_path / "run" / "best.safetensors")],
+                         "is a file; resuming takes the run folder that holds last.pt"),
+                        (["--resume", str(tmp_path / "run")], "is not a PyTorch checkpoint (first bytes b'hello, n')")):
+        code, err = run_cli(capsys, "train", *argv)
+        assert code == 2 and words in err, argv

@@ -75,6 +75,9 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
                               "train`, `finetune`, `save_weights`: best.safetensors or last.pt)")
     meta = ckpt.metadata
     classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{checkpoint} stores 'classes' as {classes!r}, not a list of class names; save it with "
+                              "metadata={'classes': [name, ...]}")
     if not classes and need_classes:
         raise CheckpointError(f"{checkpoint} stores no class names, so dataset folders cannot be matched to outputs")
     if classes and len(classes) != ckpt.spec.num_classes:

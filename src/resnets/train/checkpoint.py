@@ -60,10 +60,18 @@ def save_training_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``last.pt`` written by the trainer (weights-only; refuses anything else)."""
+    from ..weights import checkpoint_file_kind
+
     path = Path(path)
+    if path.parent.is_file():  # `--resume RUN/best.safetensors`: the run is the folder around it
+        raise CheckpointError(f"{str(path.parent)!r} is a file; resuming takes the run folder that holds last.pt "
+                              f"(e.g. {str(path.parent.parent)!r})")
     if not path.is_file():
         raise CheckpointError(f"no training checkpoint at {str(path)!r}; a run folder holds last.pt after its "
                               "first epoch (was the run started with --out there?)")
+    if checkpoint_file_kind(path) not in ("torch-zip", "torch-legacy"):
+        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint (first bytes {path.read_bytes()[:8]!r}); "
+                              "it may be damaged: resume from an intact copy, or start a new run")
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for torn or unsafe files

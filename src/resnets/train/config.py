@@ -453,6 +453,9 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     text = os.fspath(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if path.is_dir():
+            raise ConfigError(f"recipe {text!r} is a folder; pass a recipe .yaml file or a shipped recipe's name "
+                              "(`resnets train --list-recipes`)")
         if not path.is_file():
             raise ConfigError(f"recipe file {text!r} does not exist")
         return path
