@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,19 @@ def test_non_negative_float_refuses_nan_infinity_and_negatives():
     for bad in ("nan", "inf", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             non_negative_float(bad)
+
+
+def test_an_output_where_nothing_can_be_written_fails_before_any_work(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    blocked.chmod(0o500)
+    try:
+        import os
+        if os.access(blocked, os.W_OK):  # root ignores the mode; /proc refuses new files even to root
+            blocked = Path("/proc")
+        for directory, out in ((False, blocked / "eval.json"), (True, blocked / "run" / "sub")):
+            with pytest.raises(UserError, match=f"nothing can be written in {blocked}"):
+                check_output(out, directory=directory)
+    finally:
+        (tmp_path / "blocked").chmod(0o700)
+    assert check_output(tmp_path / "new" / "deeper" / "eval.json") == tmp_path / "new" / "deeper" / "eval.json"

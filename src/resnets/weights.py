@@ -46,12 +46,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     ``write`` receives a temporary path in the same folder; it is fsynced and renamed over ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp makes the file private (0600); the result gets the mode a plain open() would give it (or keeps the
-    # mode of the file it replaces), so a run folder shared by a team stays readable
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _umasked_file_mode()
-    # the temporary name ends like the target (".tmp.pt2"): some writers check the extension they are given
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp makes the file private (0600); the result gets the mode a plain open() would give it (or keeps
+        # the mode of the file it replaces), so a run folder shared by a team stays readable
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _umasked_file_mode()
+        # the temporary name ends like the target (".tmp.pt2"): some writers check the extension they are given
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one beside it
+        raise OSError(exc.errno, f"cannot write {path} ({exc.strerror}); choose a writable folder") from None
     os.close(fd)
     try:
         write(tmp)

@@ -258,3 +258,13 @@ def test_resume_and_recipe_paths_of_the_wrong_kind_say_what_they_are(capsys, tmp
                         (["--resume", str(tmp_path / "run")], "is not a PyTorch checkpoint (first bytes b'hello, n')")):
         code, err = run_cli(capsys, "train", *argv)
         assert code == 2 and words in err, argv
+
+
+def test_finetune_refuses_a_warm_up_as_long_as_the_run_and_export_calibration_without_int8(capsys, tmp_path):
+    (tmp_path / "data").mkdir()
+    code, err = run_cli(capsys, "finetune", "--from", "resnet18.IMAGENET1K_V1", "--data", str(tmp_path / "data"),
+                        "--out", str(tmp_path / "ft"), "--epochs", "1", "--warmup-epochs", "5")
+    assert code == 2 and "--warmup-epochs 5 is not shorter than --epochs 1" in err
+    code, err = run_cli(capsys, "export", "--checkpoint", "x.safetensors", "--format", "onnx",
+                        "--calib-data", str(tmp_path))
+    assert code == 2 and "--calib-data calibrates an int8 export; add --int8" in err

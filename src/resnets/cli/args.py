@@ -113,6 +113,26 @@ def val_split(text: str) -> float | int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _check_writable(out: Path, option: str, directory: bool) -> None:
+    """Fail before any work where nothing can be written: try a temporary file in the output's nearest existing
+    folder (a file output's parent, or the output folder itself)."""
+    import tempfile
+
+    from . import UserError
+
+    place = out.absolute() if directory else out.absolute().parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        return  # a file where a folder is needed: the checks below name it
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {out}: nothing can be written in {place} ({exc.strerror}); choose a writable "
+                        "place") from None
+
+
 def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike | None] = (), option: str = "--out",
                  directory: bool = False, kind: str | tuple[str, ...] | None = None,
                  data: Iterable[str | os.PathLike | None] = ()) -> Path:
@@ -135,6 +155,7 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
         if folder is not None and within_image_tree(out, folder, directory):
             raise UserError(f"{option} {out} is inside {folder}, the image folder this command reads: writing there "
                             "would add a class to that dataset or replace its images; choose a path outside it")
+    _check_writable(out, option, directory)
     if out.exists():
         if directory and not out.is_dir():
             raise UserError(f"{option} {out} is a file; give a folder (a new or an empty one)")

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format not in FORMATS:
         raise UserError(f"--format {args.format!r} is not supported; choose one of: {', '.join(FORMATS)}")
+    if args.calib_data and not args.int8:
+        raise UserError("--calib-data calibrates an int8 export; add --int8, or drop --calib-data for fp32")
     if args.int8 and not args.calib_data:
         raise UserError("--int8 needs calibration images: add --calib-data DIR (a few hundred training images "
                         "in an ImageFolder tree, or cifar10)")

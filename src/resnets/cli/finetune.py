@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--warmup-epochs", type=float, default=None,
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=None,
                    help="linear warm-up (default: 1 epoch, at most a fifth of the run, so a short fine-tune still "
                         "reaches --lr and decays)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
@@ -180,6 +180,9 @@ def _start(args: argparse.Namespace) -> int:
     from .resuming import recorded_args, write_record
 
     check_output(args.out, reads=[args.source], directory=True, data=[args.data])
+    if args.warmup_epochs is not None and args.epochs is not None and args.warmup_epochs >= args.epochs:
+        raise UserError(f"--warmup-epochs {args.warmup_epochs:g} is not shorter than --epochs {args.epochs:g}: the "
+                        "learning rate would never reach --lr nor decay; give a shorter warm-up")
     check_new_run_dir(args.out)  # before finetune.yaml is written there
     random.seed(args.seed)
     torch.manual_seed(args.seed)
