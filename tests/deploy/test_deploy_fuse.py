@@ -50,12 +50,17 @@ def test_video_nets_fold_every_norm(name):
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
 
 
-def test_preact_norms_are_left_alone_and_outputs_kept():
-    model = _with_running_stats(create_model("preact_resnet20"))
+@pytest.mark.parametrize("name, before, after", [("preact_resnet20", 19, 10), ("preact_resnet164", 163, 55),
+                                                 ("wrn_16_4", 13, 7)])
+def test_preact_inner_norms_fold_and_the_first_ones_stay(name, before, after):
+    # every pre-activation BatchNorm was left unfolded; those right after a convolution fold exactly
+    model = _with_running_stats(create_model(name))
     folded = fold_batchnorm(model)
+    assert (count_batchnorms(model), count_batchnorms(folded)) == (before, after)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(folded(x), model(x), atol=1e-5)
+        want = model(x)
+        assert (folded(x) - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
 
 
 def test_inference_model_fp32_matches_and_bf16_keeps_top1(trained_tiny, batch):

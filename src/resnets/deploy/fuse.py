@@ -47,8 +47,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     Exact up to float rounding, for eval mode only (running statistics become constants). Covers
     the stem (the deep stem's last norm included), post-activation blocks (``convN`` -> ``bnN``), any
     ``nn.Sequential`` holding conv -> bn (projection shortcuts, the deep stem), and the 3-D and (2+1)-D
-    video nets. Pre-activation norms precede their convolution and are left as they are (zero padding
-    makes that fold inexact).
+    video nets. In pre-activation blocks the inner norms (``conv1`` -> ``bn2``, ``conv2`` -> ``bn3``) fold; the
+    first norm precedes its convolution and is left as it is (zero padding makes that fold inexact).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -69,7 +69,8 @@ def _block_pairs(module: nn.Module) -> list[tuple[str, str]]:
     from ..blocks import ConvPoolBlock, PreActBasicBlock, PreActBottleneck
 
     if isinstance(module, (PreActBasicBlock, PreActBottleneck)):
-        return []
+        # bn1 precedes its convolution (zero padding makes that fold inexact); the inner norms follow one
+        return [("conv1", "bn2"), ("conv2", "bn3")]
     if isinstance(module, ConvPoolBlock) and not isinstance(module.pool, nn.Identity):
         # conv1 -> max-pool -> bn1: the norm moves before the pool only where its per-channel scale is
         # positive (max-pooling commutes with x -> a*x + b for a > 0 only).
