@@ -58,6 +58,31 @@ def _stem(spec: ResNetSpec) -> dict[str, nn.Module]:
     return parts
 
 
+class FeatureInfo(list):
+    """``feature_info``: a list of ``{"num_chs", "reduction", "module"}`` dicts, one per feature level, that also
+    answers timm's ``FeatureInfo`` calls, so code written for timm backbones (``feature_info.channels()``) runs
+    on these unchanged."""
+
+    def _get(self, key: str, idx: int | Sequence[int] | None) -> Any:
+        if idx is None:
+            return [level[key] for level in self]
+        if isinstance(idx, int):
+            return self[idx][key]
+        return [self[i][key] for i in idx]
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._get("module", idx)
+
+    def get_dicts(self) -> list[dict[str, Any]]:
+        return [dict(level) for level in self]
+
+
 def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, Any]]]:
     """Build every stage and the feature info of each stage output in one pass.
 
@@ -124,8 +149,8 @@ class ResNet(nn.Module):
         for name, stage in zip(self.stage_names, stages):
             self.add_module(name, stage)
         stem_reduction = spec.stem_stride // 2 if spec.stem in ("imagenet", "deep") else spec.stem_stride
-        self.feature_info: list[dict[str, Any]] = [
-            {"num_chs": spec.stem_width, "reduction": stem_reduction, "module": "stem"}] + stage_info
+        self.feature_info = FeatureInfo(
+            [{"num_chs": spec.stem_width, "reduction": stem_reduction, "module": "stem"}] + stage_info)
         self.num_features = spec.num_features
         # Pre-activation nets end with the norm + ReLU the last block did not apply.
         self.final_bn = norm(spec, self.num_features) if spec.is_preact else nn.Identity()
@@ -284,7 +309,7 @@ class ResNet(nn.Module):
             if i > last:
                 break
             x = self._run_stage(getattr(self, name), x)
-            if i == len(self.stage_names):
+            if i == len(self.spec.layers):  # the network's last stage (a truncated backbone never reaches it)
                 x = self.final_relu(self.final_bn(x))
             if i in wanted:
                 outputs.append(x)
@@ -328,7 +353,19 @@ class ResNetFeatures(ResNet):
         levels = self.feature_info
         self.out_indices = self.feature_indices(out_indices, "out_indices")  # None: every stage (3 for CIFAR nets, 4 for ImageNet's)
         self.all_feature_info = levels
-        self.feature_info = [levels[i] for i in self.out_indices]
+        # stages past the deepest level asked for would get no gradient (DistributedDataParallel fails on that
+        # without find_unused_parameters) and cost memory: dropped, as timm does; their weights in a full
+        # checkpoint are skipped on loading (unused_checkpoint_prefixes)
+        deepest = max(self.out_indices)
+        dropped = self.stage_names[deepest:]
+        for name in dropped:
+            delattr(self, name)
+        self.stage_names = self.stage_names[:deepest]
+        self.unused_checkpoint_prefixes = tuple(f"{name}." for name in dropped)
+        if dropped and spec.is_preact:  # the final norm belongs to the last stage
+            self.final_bn, self.final_relu = nn.Identity(), nn.Identity()
+            self.unused_checkpoint_prefixes += ("final_bn.",)
+        self.feature_info = FeatureInfo(levels[i] for i in self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         return self.forward_intermediates(x, self.out_indices)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .model import ResNet
+from .model import ResNet, ResNetFeatures
 from .spec import ResNetSpec, SpecError
 
 FORMAT_NAME = "resnets"
@@ -91,6 +91,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "spec": spec.to_dict() if isinstance(spec, ResNetSpec) else None, **dict(metadata or {})}
+    if isinstance(model, ResNetFeatures):  # model_from_checkpoint rebuilds the backbone, cut where it was
+        meta.setdefault("out_indices", list(model.out_indices))
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -437,6 +439,8 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], adapt: 
     wrong_shape = [k for k in target if k in state and state[k].shape != target[k].shape]
     if adapt or not any(k.startswith("fc.") for k in target):
         unexpected = [k for k in unexpected if not k.startswith("fc.")]  # a backbone takes a classifier's weights
+    # a backbone cut after its deepest feature level takes the whole network's weights
+    unexpected = [k for k in unexpected if not k.startswith(getattr(model, "unused_checkpoint_prefixes", ()))]
     if adapt:
         missing = [k for k in missing if not k.startswith("fc.")]
     if wrong_shape or (strict and (missing or unexpected)):
@@ -494,7 +498,8 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[Re
         raise CheckpointError(f"{path} holds weights but no model spec (not saved by resnets); "
                               "build the model with create_model(NAME, weights=PATH) instead")
     spec = ckpt.spec.replace(**overrides) if overrides else ckpt.spec
-    model = ResNet(spec)
+    out_indices = ckpt.metadata.get("out_indices")
+    model = ResNetFeatures(spec, out_indices) if isinstance(out_indices, list) else ResNet(spec)
     try:
         load_state_dict(model, ckpt.state_dict, adapt=bool(overrides))
     except CheckpointError as exc:

@@ -212,3 +212,22 @@ def test_reset_classifier_keeps_the_models_dtype():
     model.reset_classifier(5)
     assert model.fc.weight.dtype == torch.bfloat16
     assert model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 5)
+
+
+def test_a_backbone_stops_at_its_deepest_level_and_takes_the_whole_networks_weights(tmp_path):
+    # layers past the deepest out_index got no gradient (DDP fails on that) and cost 10.5M parameters of resnet18
+    full = resnets.create_model("preact_resnet20").eval()
+    path = resnets.save_weights(full, tmp_path / "full.safetensors")
+    backbone = resnets.create_model("preact_resnet20", features_only=True, out_indices=(1, 2), weights=path).eval()
+    assert not hasattr(backbone, "layer3") and "final_bn.weight" not in backbone.state_dict()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for got, want in zip(backbone(x), full.forward_intermediates(x, [1, 2]), strict=True):
+            assert torch.equal(got, want)
+    backbone.train()
+    sum(o.sum() for o in backbone(x)).backward()
+    assert all(p.grad is not None for p in backbone.parameters() if p.requires_grad)
+    # saved, it comes back as the same cut backbone
+    model, _ = resnets.model_from_checkpoint(resnets.save_weights(backbone, tmp_path / "backbone.safetensors"))
+    assert model.out_indices == (1, 2) and model.feature_info.channels() == [16, 32]
+    assert resnets.create_model("resnet18", features_only=True, out_indices=(1, 2)).feature_info.reduction() == [4, 8]
