@@ -65,3 +65,13 @@ def test_callback_records_during_training(tmp_path):
     out = plot_gradient_flow({"resnet": records}, tmp_path / "flow.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
     json.dumps(records)
+
+
+def test_a_diverged_step_is_written_as_valid_json():
+    # gradflow.jsonl held a bare NaN for a diverging run's loss, which strict JSON readers refuse
+    from resnets.explain.gradflow import GradientFlow
+
+    flow = GradientFlow(blocks=["layer1.0"], param_grad=[float("inf")], output_grad=[1.0], branch_norm=[None],
+                        shortcut_norm=[None], branch_grad=[None], shortcut_grad=[None], loss=float("nan"))
+    record = json.loads(json.dumps(flow.to_dict(), allow_nan=False))
+    assert record["loss"] is None and record["param_grad"] == [None] and record["output_grad"] == [1.0]

@@ -16,6 +16,7 @@ Norms are per-sample means over the batch (so batch size does not change the sca
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,22 @@ class GradientFlow:
         return [b / s if b is not None and s else None for b, s in zip(self.branch_norm, self.shortcut_norm)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "loss": self.loss, "blocks": self.blocks, "param_grad": self.param_grad,
-                "output_grad": self.output_grad, "branch_norm": self.branch_norm,
-                "shortcut_norm": self.shortcut_norm, "branch_ratio": self.branch_ratio,
-                "branch_grad": self.branch_grad, "shortcut_grad": self.shortcut_grad, **self.extra}
+        """Plain data for JSON; a diverging run's NaN or infinite values become None (JSON has no NaN)."""
+        return _finite_or_none({
+            "step": self.step, "loss": self.loss, "blocks": self.blocks, "param_grad": self.param_grad,
+            "output_grad": self.output_grad, "branch_norm": self.branch_norm,
+            "shortcut_norm": self.shortcut_norm, "branch_ratio": self.branch_ratio,
+            "branch_grad": self.branch_grad, "shortcut_grad": self.shortcut_grad, **self.extra})
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 class _Recorder:
