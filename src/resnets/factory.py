@@ -34,6 +34,7 @@ def create_model(
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
     adapt: bool = True,
+    pretrained: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a ResNet by name (``"resnet50"``), ``ResNetSpec`` or spec dict.
@@ -44,6 +45,7 @@ def create_model(
     ``"resnet50", weights="IMAGENET1K_V2"``. When ``num_classes``/``in_chans`` differ from the checkpoint and ``adapt`` is
     true, the head is dropped and the first convolution adapted instead of failing. Any other
     keyword is a ``ResNetSpec`` field (``drop_path_rate=0.1``, ``zero_init_last=True``, ...).
+    ``pretrained=True`` (timm's keyword) is ``weights="DEFAULT"``: torchvision's recommended published weights.
     ``features_only`` returns the stage outputs ``out_indices`` names (0 = stem, 1.. = stages; default: every
     stage; an int n: the last n levels; -1: the deepest).
     """
@@ -54,6 +56,11 @@ def create_model(
                 raise ValueError(f"create_model({name_or_spec + '.' + tag!r}, weights={str(weights)!r}) names two "
                                  f"sets of weights; pass the model {name_or_spec!r} with weights=, or the tagged name alone")
             weights = tag
+    if pretrained:
+        if weights is not None:
+            raise ValueError(f"create_model(..., pretrained=True, weights={str(weights)!r}) names weights twice; "
+                             "pass one of them")
+        weights = "DEFAULT"
     spec = resolve_spec(name_or_spec, num_classes=num_classes, in_chans=in_chans, **overrides)
     model: ResNet = ResNetFeatures(spec, out_indices) if features_only else ResNet(spec)
     if weights is not None:

@@ -246,6 +246,10 @@ def test_published_weights_are_listed_and_load_by_tagged_name(monkeypatch, capsy
     assert torch.equal(model.fc.weight, published["fc.weight"])
     resnets.create_model("resnet50", weights="imagenet1k_v1")  # weights= reads a tag in any case too
     assert asked[-1] == ("resnet50", "IMAGENET1K_V1")
+    resnets.create_model("resnet50", pretrained=True)  # timm's keyword: torchvision's recommended weights
+    assert asked[-1] == ("resnet50", "DEFAULT")
+    with pytest.raises(ValueError, match="names weights twice"):
+        resnets.create_model("resnet50", pretrained=True, weights="IMAGENET1K_V1")
     with pytest.raises(ValueError, match="names two sets of weights"):
         resnets.create_model("resnet50.IMAGENET1K_V2", weights="IMAGENET1K_V1")
     with pytest.raises(CheckpointError, match="available: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2"):
