@@ -183,6 +183,9 @@ def test_a_cache_inside_the_data_folder_is_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="cache folder .* is inside the data folder"):
         load_data(root, cache_dir=root)
     assert main(["data", "--data", str(root), "--cache-dir", str(root / "cache")]) == 2
-    assert "inside the data folder" in capsys.readouterr().err
+    assert "the image folder this command reads" in capsys.readouterr().err
     assert sorted(p.name for p in root.iterdir()) == ["class_0", "class_1"]
     load_data(root, cache_dir=root / ".cache")  # hidden folders are not read as classes
+    # a cache folder where nothing can be written: the command reported success and cached nothing
+    assert main(["data", "--data", str(root), "--cache-dir", "/proc/resnets-cache"]) == 2
+    assert "--cache-dir /proc/resnets-cache: nothing can be written in /proc" in capsys.readouterr().err

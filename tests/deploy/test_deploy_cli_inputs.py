@@ -247,3 +247,10 @@ def test_openvino_weights_file_never_overwrites_a_bin_checkpoint(workspace, tmp_
     assert main(["export", "--checkpoint", str(source), "--format", "openvino"]) == 0
     assert source.read_bytes() == before and (tmp_path / "pytorch_model.openvino.xml").exists()
     assert (tmp_path / "pytorch_model.openvino.bin").exists()
+
+
+def test_prune_to_no_macs_names_the_option(workspace, tmp_path, capsys):
+    _, data, checkpoint = workspace
+    err = _error(capsys, ["prune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "p"),
+                          "--target-macs", "0", *TRAIN])
+    assert "--target-macs 0 keeps no MACs" in err and "target_macs_fraction" not in err

@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from ..data import load_data
+    from .args import check_output
 
+    if args.cache_dir is not None:  # filling the cache is this command's work: a cache it cannot write is an error
+        check_output(args.cache_dir, option="--cache-dir", directory=True, data=[args.data])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         splits = load_data(args.data, val_split=args.val_split, seed=args.seed, image_size=args.image_size,

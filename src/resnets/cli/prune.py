@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
     from .quantize import top1
 
+    if args.target_macs <= 0:
+        raise UserError(f"--target-macs {args.target_macs:g} keeps no MACs; give the fraction to keep, in (0, 1] "
+                        "(0.5 halves them)")
     check_output(args.out, reads=[args.checkpoint], directory=True, data=[args.data])
     check_new_run_dir(args.out)
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
