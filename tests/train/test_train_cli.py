@@ -255,7 +255,7 @@ def test_resume_and_recipe_paths_of_the_wrong_kind_say_what_they_are(capsys, tmp
     for argv, words in ((["--recipe", str(tmp_path / "recipes")], "is a folder; pass a recipe .yaml file"),
                         (["--resume", str(tmp_path / "run" / "best.safetensors")],
                          "is a file; resuming takes the run folder that holds last.pt"),
-                        (["--resume", str(tmp_path / "run")], "is not a PyTorch checkpoint (first bytes b'hello, n')")):
+                        (["--resume", str(tmp_path / "run")], "not a PyTorch file (first bytes b'hello, n')")):
         code, err = run_cli(capsys, "train", *argv)
         assert code == 2 and words in err, argv
 

@@ -70,8 +70,9 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"no training checkpoint at {str(path)!r}; a run folder holds last.pt after its "
                               "first epoch (was the run started with --out there?)")
     if checkpoint_file_kind(path) not in ("torch-zip", "torch-legacy"):
-        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint (first bytes {path.read_bytes()[:8]!r}); "
-                              "it may be damaged: resume from an intact copy, or start a new run")
+        raise CheckpointError(f"{str(path)!r} is not a readable training checkpoint: not a PyTorch file (first bytes "
+                              f"{path.read_bytes()[:8]!r}); it may be damaged: resume from an intact copy, or start a "
+                              "new run")
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for torn or unsafe files
