@@ -1,5 +1,6 @@
 """Corruptions: deterministic under a seed, shape/dtype/range kept, stronger with severity."""
 
+import math
 import pytest
 import torch
 
@@ -109,7 +110,9 @@ def test_corruption_accuracy_and_mce():
     again = corruption_accuracy(MeanBrightness(), [(x, y)], names=names, seed=3)
     assert res.accuracy == again.accuracy
     assert res.clean_accuracy == 1.0 and res.accuracy["gaussian_noise"] == [1.0] * 5
-    baseline = CorruptionResult(clean_accuracy=1.0, accuracy={n: [0.5] * 5 for n in names}, samples=8, seed=0)
+    baseline = CorruptionResult(clean_accuracy=1.0, accuracy={n: [0.5] * 5 for n in names}, samples=8, seed=3)
+    with pytest.raises(ValueError, match="evaluate both with the same --samples and --seed"):
+        res.to_dict(CorruptionResult(1.0, baseline.accuracy, samples=8, seed=0))  # other noise: not paired
     d = res.to_dict(baseline)
     expected_mean = sum(1 - a for n in names for a in res.accuracy[n]) / 10
     assert d["mean_error"] == pytest.approx(expected_mean)
@@ -126,3 +129,28 @@ def test_a_corruption_gets_the_same_noise_alone_or_with_others():
     fog_alone, fog_together = alone.seen[1:], together.seen[6:]  # after the clean pass (and 5 noise severities)
     assert len(fog_alone) == len(fog_together) == 5
     assert all(torch.equal(a, b) for a, b in zip(fog_alone, fog_together))
+
+
+def test_contrast_keeps_each_channels_own_mean():
+    # one mean over all channels desaturated coloured images as well as flattening them (make_cifar_c.py: per channel)
+    red = torch.stack([torch.full((32, 32), 0.8), torch.full((32, 32), 0.1), torch.full((32, 32), 0.1)])[None]
+    red = red + 0.05 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = corrupt(red, "contrast", 5, seed=0)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), red.mean(dim=(2, 3)), atol=1e-5, rtol=0)
+
+
+def test_blur_parameters_are_cifar_10_cs():
+    from resnets.evaluate.corruptions import _PARAMS
+
+    # make_cifar_c.py's motion blur; (10, 1) ... (12, 3) are Tiny-ImageNet-C's
+    assert _PARAMS["motion_blur"] == ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))
+    # zoom blur counts the image twice (once as itself, once as the 1.0 zoom): weight 2 / (zooms + 1)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    zooms = torch.arange(1.0, 1.06, 0.01).tolist()
+    crops = [torch.nn.functional.interpolate(x, size=(int(math.ceil(32 * z)),) * 2, mode="bilinear",
+                                             align_corners=False) for z in zooms]
+    crops = [c[..., (c.shape[-1] - 32) // 2:(c.shape[-1] - 32) // 2 + 32, (c.shape[-1] - 32) // 2:
+              (c.shape[-1] - 32) // 2 + 32] for c in crops]
+    want = (x + sum(crops)) / (len(zooms) + 1)
+    torch.testing.assert_close(corrupt(x, "zoom_blur", 1, seed=0), want.clamp(0, 1))

@@ -75,3 +75,29 @@ def test_a_diverged_step_is_written_as_valid_json():
                         shortcut_norm=[None], branch_grad=[None], shortcut_grad=[None], loss=float("nan"))
     record = json.loads(json.dumps(flow.to_dict(), allow_nan=False))
     assert record["loss"] is None and record["param_grad"] == [None] and record["output_grad"] == [1.0]
+
+
+def test_the_trainer_logger_reads_fp16_scaled_gradients_unscaled_and_logs_the_loss(tmp_path):
+    # under fp16 the logger ran before unscale_: every gradient norm read 65536 times too large, and loss was NaN
+    from types import SimpleNamespace
+
+    from resnets.explain.gradflow import GradientFlowLogger
+
+    records = {}
+    for name, scale in (("plain", None), ("scaled", 1024.0)):
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=10, layers=(1, 1, 1)).train()
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
+        trainer = SimpleNamespace(model=model, step=0, out_dir=tmp_path / name, scaler=scaler)
+        logger = GradientFlowLogger(every=1)
+        logger.on_train_start(trainer)
+        x, y = _batch(8)
+        loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        trainer.step_loss = loss.detach()
+        logger.on_after_backward(trainer)
+        logger.on_train_end(trainer, None)
+        records[name], = read_gradflow(tmp_path / name / "gradflow.jsonl")
+    for key in ("param_grad", "output_grad", "branch_grad"):
+        assert records["scaled"][key] == pytest.approx(records["plain"][key], rel=1e-4), key
+    assert records["plain"]["loss"] == pytest.approx(float(loss.detach()))

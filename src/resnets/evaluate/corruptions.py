@@ -33,7 +33,7 @@ _PARAMS: dict[str, tuple] = {
     "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
     "speckle_noise": (0.06, 0.10, 0.12, 0.16, 0.20),
     "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)),
-    "motion_blur": ((10, 1.0), (10, 1.5), (10, 2.0), (10, 2.5), (12, 3.0)),
+    "motion_blur": ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5)),  # (10, 1) ... are Tiny-ImageNet-C's
     "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
     "zoom_blur": ((1.0, 1.06, 0.01), (1.0, 1.11, 0.01), (1.0, 1.16, 0.01), (1.0, 1.21, 0.01), (1.0, 1.26, 0.01)),
     "brightness": (0.05, 0.10, 0.15, 0.20, 0.30),
@@ -150,9 +150,10 @@ def motion_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> t
 
 
 def zoom_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """Average of centre zooms of the image (a camera zooming during exposure)."""
+    """Average of centre zooms of the image (a camera zooming during exposure). As in the reference, the zoom
+    list starts at 1.0 and the image is added once more: it weighs 2 / (zooms + 1)."""
     start, stop, step = _PARAMS["zoom_blur"][severity - 1]
-    zooms = torch.arange(start, stop, step).tolist()[1:]
+    zooms = torch.arange(start, stop, step).tolist()
     h, w = x.shape[-2:]
     acc = x.clone()
     for z in zooms:
@@ -198,8 +199,9 @@ def fog(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Ten
 
 # ----------------------------------------------------------------- digital
 def contrast(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Pull each channel toward its own mean (the reference's per-channel means: colours keep their balance)."""
     c = _PARAMS["contrast"][severity - 1]
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    mean = x.mean(dim=(2, 3), keepdim=True)
     return (x - mean) * c + mean
 
 
@@ -320,6 +322,10 @@ class CorruptionResult:
         missing = sorted(set(self.accuracy) - set(baseline.accuracy))
         if missing:
             raise ValueError(f"the baseline has no results for {', '.join(missing)}; evaluate it on the same corruptions")
+        if (baseline.samples, baseline.seed) != (self.samples, self.seed):
+            raise ValueError(f"the baseline was evaluated on {baseline.samples} images with corruption seed "
+                             f"{baseline.seed}, this model on {self.samples} with seed {self.seed}: an mCE compares "
+                             "the same corrupted images, so evaluate both with the same --samples and --seed")
         out = {}
         for name in self.accuracy:
             base = sum(baseline.error(name))

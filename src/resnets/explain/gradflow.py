@@ -9,8 +9,10 @@ For every block we record, on one forward/backward pass:
   taken from the two inputs of the block's ``Residual`` add module (``block.add``), and their
   ratio ``branch / shortcut``; also the gradient norm reaching each of the two inputs.
 
-Norms are per-sample means over the batch (so batch size does not change the scale), except
-``param_grad`` which is the norm of the batch-mean loss gradient.
+Norms are per-sample means over the batch, except ``param_grad``, the norm of the batch-mean loss's gradient.
+The forward norms do not depend on the batch size; the gradient norms w.r.t. activations do: a batch-mean loss
+gives each sample 1/N of its own loss's gradient, so compare them at one batch size. Under fp16 loss scaling
+the trainer's callback divides every gradient norm by the scale in use, so they read as unscaled.
 """
 
 from __future__ import annotations
@@ -189,13 +191,18 @@ class GradientFlowCallback:
     def wants(self, step: int) -> bool:
         return step % self.every == 0
 
-    def __call__(self, model: nn.Module, step: int, loss: float | None = None) -> GradientFlow | None:
+    def __call__(self, model: nn.Module, step: int, loss: float | torch.Tensor | None = None,
+                 grad_scale: float = 1.0) -> GradientFlow | None:
+        """``grad_scale``: the factor the gradients carry (fp16 loss scaling), divided out of every gradient norm."""
         if self._recorder is None:
             self.attach(model)
             return None  # hooks were not in place for this step's forward pass
         if not self.wants(step):
             return None
         record = self._recorder.result(float(loss) if loss is not None else float("nan"), step)
+        if grad_scale != 1.0:
+            for name in ("param_grad", "output_grad", "branch_grad", "shortcut_grad"):
+                setattr(record, name, [g / grad_scale if g is not None else None for g in getattr(record, name)])
         self.records.append(record)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +228,9 @@ class GradientFlowLogger:
 
     def on_after_backward(self, trainer: Any) -> None:
         if self.callback is not None:
-            self.callback(trainer.model, trainer.step)
+            scaler = getattr(trainer, "scaler", None)  # fp16: the gradients are still multiplied by the loss scale
+            scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            self.callback(trainer.model, trainer.step, loss=getattr(trainer, "step_loss", None), grad_scale=scale)
 
     def on_train_end(self, trainer: Any, result: Any) -> None:
         if self.callback is not None:

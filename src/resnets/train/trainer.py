@@ -377,6 +377,7 @@ class Trainer:
         if self._cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
         loss, logits = forward_backward(self, images, targets)  # accum_steps micro-batches (distributed.py)
+        self.step_loss = loss.detach()  # for callbacks; read (a device sync) only by those that record this step
         for callback in self.callbacks:
             callback.on_after_backward(self)
         if c.grad_clip:
