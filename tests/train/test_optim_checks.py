@@ -3,6 +3,7 @@ stretch of a warm-up, and progressive resizing ending at a full size that is not
 
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from resnets.train import LRSchedule, TrainConfig, build_optimizer
@@ -32,3 +33,18 @@ def test_progressive_resizing_ends_at_the_full_size_when_it_is_no_multiple_of_th
     ramp = ResolutionSchedule(28, 16, 0.0, 0.5, size_step=8)
     assert [ramp.size_at(s, 8) for s in range(8)] == [16, 16, 16, 24, 28, 28, 28, 28]
     assert ramp.sizes() == [16, 24, 28]
+
+
+def test_a_budget_refit_never_undoes_a_rate_drop_or_a_passed_peak():
+    # rescaling every milestone moved one the run had passed back ahead of it: x10 the rate until it came again
+    fitted = LRSchedule("step", 722, milestones=(361, 578))
+    first = fitted.scaled_to(600)  # milestones (300, 480): the rate drops at step 300
+    assert first(303) == pytest.approx(0.1)
+    again = first.refitted(fitted, 613, step=303)
+    assert again.milestones[0] == 300 and again(303) == pytest.approx(0.1) and again.milestones[1] == 491
+    # onecycle: past its peak the run stays on the way down instead of climbing to a moved peak
+    cycle = LRSchedule("onecycle", 1000, peak_at=0.23, start=0.2, final=0.07)
+    later = cycle.refitted(cycle, 850, step=240)
+    assert later.peak_step == 230 and later(240) <= cycle(230)
+    early = cycle.refitted(cycle, 850, step=100)  # before the peak: all of it scales
+    assert early.peak_step == round(0.23 * 850)

@@ -7,6 +7,7 @@ state is a single integer (the step), which checkpoints as data and resumes exac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -224,6 +225,24 @@ class LRSchedule:
         return LRSchedule(self.kind, total_steps, tuple(max(1, round(m * ratio)) for m in self.milestones),
                           self.gamma, max(1, round(self.warmup_steps * ratio)) if self.warmup_steps else 0,
                           self.start, self.final, self.peak_at)
+
+    @property
+    def peak_step(self) -> int:
+        """Where the rate first reaches its full value: the end of warm-up (onecycle: its peak)."""
+        if self.kind == "onecycle" and not self.warmup_steps:
+            return max(1, int(round(self.peak_at * self.total_steps)))
+        return self.warmup_steps
+
+    def refitted(self, fitted: "LRSchedule", total_steps: int, step: int) -> "LRSchedule":
+        """This schedule, in force at ``step``, re-fitted to ``total_steps``: ``fitted`` scaled there, except that
+        the milestones and the warm-up end (onecycle: the peak) already passed stay where they were. Scaling them
+        too would undo a rate drop the run has made (x10 back up until the moved milestone)."""
+        scaled = fitted.scaled_to(total_steps)
+        milestones = tuple(now if now <= step else later for now, later in zip(self.milestones, scaled.milestones))
+        warmup = scaled.warmup_steps
+        if self.peak_step and self.peak_step <= step:
+            warmup = self.peak_step
+        return dataclasses.replace(scaled, milestones=milestones, warmup_steps=warmup)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:

@@ -545,7 +545,7 @@ class Trainer:
         if abs(total - self.total_steps) <= max(1, 0.02 * self.total_steps):
             return
         self.total_steps = total
-        self.schedule = self._fitted_schedule.scaled_to(total)
+        self.schedule = self.schedule.refitted(self._fitted_schedule, total, self.step)
         self.config = self.config.replace(steps=total, milestones=list(self.schedule.milestones),
                                           warmup=self.schedule.warmup_steps)
         fit["refits"].append({"step": self.step, "total_steps": self.total_steps})
