@@ -592,3 +592,21 @@ def test_every_training_seed_is_validated_on_the_same_held_out_images(tmp_path, 
     old = TrainConfig.from_dict({"data": str(data), "epochs": 1, "val_split": 0.3, "seed": 1, "batch_size": 4})
     assert old.split_seed is None and old.held_out_seed == 1
     assert not torch.equal(Trainer(old).splits.val.images, held_out[0])
+
+
+def test_resuming_on_another_number_of_processes_is_refused(tmp_path):
+    # resumed on 1 process, a 2-process run halved its rate and kept its step count: it ended an epoch early
+    from resnets.train.process import ProcessContext
+    from resnets.train.trainer import resume
+    from resnets.weights import CheckpointError
+
+    class StopAfterOneEpoch(Callback):
+        def on_epoch_end(self, trainer, record):
+            raise KeyboardInterrupt
+
+    trainer = Trainer(tiny_config(epochs=3), tmp_path, splits=tiny_splits(), process=ProcessContext(rank=0, world_size=2),
+                      callbacks=[StopAfterOneEpoch()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    with pytest.raises(CheckpointError, match="trained on 2 process\\(es\\) and is resumed on 1.*--nproc 2"):
+        resume(tmp_path, splits=tiny_splits())

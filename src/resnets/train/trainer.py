@@ -618,6 +618,15 @@ class Trainer:
             save_training_checkpoint(self.out_dir / "last.pt", state)
 
     def load_training_state(self, body: dict[str, Any]) -> None:
+        saved = body.get("config") if isinstance(body.get("config"), dict) else {}
+        ran_on = int(saved.get("world_size") or 1)
+        if ran_on != self.process.world_size:  # its global batch, rate and steps per epoch would all change mid-run
+            how = (f"resnets train --resume RUN --nproc {ran_on}, or torchrun with {ran_on} processes in all"
+                   if ran_on > 1 else "resnets train --resume RUN in one process")
+            raise CheckpointError(f"the run trained on {ran_on} process(es) and is resumed on {self.process.world_size}: "
+                                  "its global batch, its learning rate (scaled to that batch) and its steps per epoch "
+                                  f"would change mid-run, and it could not continue as it would have; resume it with "
+                                  f"{how}")
         try:
             self.model.load_state_dict(body["state_dict"])
             self.optimizer.load_state_dict(body["optimizer"])
