@@ -48,3 +48,23 @@ def test_a_budget_refit_never_undoes_a_rate_drop_or_a_passed_peak():
     assert later.peak_step == 230 and later(240) <= cycle(230)
     early = cycle.refitted(cycle, 850, step=100)  # before the peak: all of it scales
     assert early.peak_step == round(0.23 * 850)
+
+
+def test_muon_weight_decay_shrinks_the_filters_by_its_size():
+    # added to the gradient before orthogonalizing, any decay gave the same step (its size normalised away)
+    import torch
+
+    from resnets.train.optim import MuonSGD
+
+    steps = {}
+    for decay in (1e-6, 1e-2):
+        torch.manual_seed(0)
+        filters = nn.Parameter(torch.randn(8, 4, 3, 3))
+        before = filters.detach().clone()
+        optimizer = MuonSGD([{"params": [filters], "orthogonalize": True}], lr=0.1, momentum=0.0,
+                            weight_decay=decay)
+        filters.grad = torch.zeros_like(filters)
+        optimizer.step()
+        steps[decay] = filters.detach() - before
+        torch.testing.assert_close(filters.detach(), before * (1 - 0.1 * decay))
+    assert not torch.allclose(steps[1e-6], steps[1e-2])

@@ -131,7 +131,8 @@ class MuonSGD(torch.optim.Optimizer):
     form (``orthogonalize``): every direction of a filter bank moves at the same rate, whatever the
     gradient's scale. With ``normalize`` the filters are rescaled to norm sqrt(out_channels) before each
     step, as airbench94_muon does for convolutions followed by BatchNorm (scale-invariant), so the step
-    size relative to the weights stays what the schedule says. ``torch.optim.Muon`` accepts only 2-D
+    size relative to the weights stays what the schedule says. Weight decay in a Muon group is decoupled
+    (``param *= 1 - lr * weight_decay``), as in ``torch.optim.Muon``. ``torch.optim.Muon`` accepts only 2-D
     parameters and trains nothing else, hence this class: one optimizer, one state dict, one scaler step.
     """
 
@@ -160,8 +161,8 @@ class MuonSGD(torch.optim.Optimizer):
             momentum = group["momentum"]
             for param in params:
                 grad = param.grad
-                if group["weight_decay"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
+                if group["weight_decay"]:  # decoupled, as torch.optim.Muon: added to the gradient, orthogonalizing
+                    param.mul_(1 - group["lr"] * group["weight_decay"])  # would normalise its size away
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = grad.clone()
@@ -199,7 +200,7 @@ class LRSchedule:
     def from_config(cls, config: TrainConfig, steps_per_epoch: int, total_steps: int) -> "LRSchedule":
         milestones = tuple(config.to_steps(m, config.milestone_unit, steps_per_epoch) for m in config.milestones)
         warmup = config.to_steps(config.warmup, config.warmup_unit, steps_per_epoch)
-        return cls(config.schedule, total_steps, milestones, config.gamma, warmup, config.warmup_start,
+        return cls(config.schedule, total_steps, milestones, config.gamma, warmup, config.warmup_start_factor,
                    config.final_lr, config.peak_at)
 
     def __call__(self, step: int) -> float:
