@@ -243,6 +243,14 @@ def test_epochs_set_as_an_option_replaces_a_recipes_steps():
     # `--set epochs=1` on he2015-cifar (64,000 steps) started a 64,000-step run without a word
     assert resolve_config("he2015-cifar", {"epochs": 1}).steps is None
     assert resolve_config("imagenet", {}).warmup == 5 and resolve_config("imagenet", {}).warmup_unit == "epochs"
+    # Goyal et al.'s gradual warm-up starts at the reference batch's rate: none at 256, 0.1 -> 0.4 at 1024
+    from resnets.train.optim import LRSchedule
+
+    for batch, start in ((256, 1.0), (1024, 0.25)):
+        config = resolve_config("imagenet", {"batch_size": batch})
+        assert LRSchedule.from_config(config, 100, 9000)(0) == pytest.approx(start)
+    with pytest.raises(ConfigError, match="warmup_start='high' in recipe imagenet: give a factor in \\[0, 1\\], or 'lr'"):
+        resolve_config("imagenet", {"warmup_start": "high"})
     with pytest.raises(ConfigError, match="epochs=1 and steps=5 both set the run length"):
         resolve_config("he2015-cifar", {"epochs": 1, "steps": 5})
 

@@ -105,8 +105,10 @@ class TrainConfig:
     gamma: float = 0.1
     warmup: float = 0.0
     warmup_unit: str = "steps"
-    warmup_start: float = 0.0
-    """Learning-rate factor at step 0 of the linear warm-up."""
+    warmup_start: float | str = 0.0
+    """Learning-rate factor at step 0 of the linear warm-up; ``lr``: start at ``lr`` itself, the rate of the
+    reference batch, and climb to the linearly scaled rate (Goyal et al.'s gradual warm-up: at the reference
+    batch there is nothing to warm up)."""
     peak_at: float = 0.25
     """one-cycle: fraction of training at which the rate peaks (after any warm-up it replaces)."""
     final_lr: float = 0.0
@@ -228,7 +230,8 @@ class TrainConfig:
         need(list(self.milestones) == sorted(self.milestones), f"milestones={self.milestones} must be increasing")
         need(0 < self.gamma <= 1, f"gamma={self.gamma} must be in (0, 1]")
         need(self.warmup >= 0, f"warmup={self.warmup} must be >= 0")
-        need(0 <= self.warmup_start <= 1, f"warmup_start={self.warmup_start} is a factor in [0, 1]")
+        need(self.warmup_start == "lr" or (not isinstance(self.warmup_start, str) and 0 <= self.warmup_start <= 1),
+             f"warmup_start={self.warmup_start!r} is a factor in [0, 1], or 'lr' (start at the unscaled rate)")
         need(0 < self.peak_at < 1, f"peak_at={self.peak_at} must be a fraction in (0, 1)")
         need(0 <= self.final_lr <= 1, f"final_lr={self.final_lr} is a factor of lr in [0, 1]")
         need(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
@@ -314,6 +317,13 @@ class TrainConfig:
         return self.batch_size * self.world_size * self.accum_steps
 
     @property
+    def warmup_start_factor(self) -> float:
+        """``warmup_start`` as a factor of ``base_lr`` (``lr``: lr / base_lr, at most 1)."""
+        if self.warmup_start == "lr":
+            return min(1.0, self.lr / self.base_lr) if self.base_lr > 0 else 1.0
+        return float(self.warmup_start)
+
+    @property
     def base_lr(self) -> float:
         """``lr`` scaled linearly to the global batch (see ``lr_scaling``); one process without
         accumulation and no ``lr_reference_batch`` trains at ``lr`` itself."""
@@ -387,6 +397,14 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     """Check a YAML value against the field type (int accepted for float; '1e-4' strings parsed)."""
     if key == "normalization":
         return _normalization(value, source)
+    if key == "warmup_start" and isinstance(value, str):
+        if value == "lr":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"warmup_start={value!r} in {source}: give a factor in [0, 1], or 'lr' (start at the "
+                              "unscaled rate)") from None
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
