@@ -79,3 +79,13 @@ def test_binary_groups_file_names_the_expected_format(tmp_path):
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     with pytest.raises(GroupsFileError, match="is not a CSV text file.*'path' and 'group' columns"):
         read_groups(image)
+
+
+def test_an_image_listed_in_two_groups_is_refused_not_dropped_from_one(tmp_path):
+    # the dict kept the last row only: cat/1 left 'indoor' without a word, and indoor's accuracy changed
+    csv = tmp_path / "groups.csv"
+    csv.write_text("path,group\ncat/1.jpg,indoor\ncat/1.jpg,dark\ncat/2.jpg,indoor\n")
+    with pytest.raises(GroupsFileError, match="groups.csv:3: cat/1.jpg is already in group 'indoor'"):
+        read_groups(csv)
+    csv.write_text("path,group\ncat/1.jpg,indoor\ncat/1.jpg,indoor\n")  # the same row twice is harmless
+    assert read_groups(csv) == {"cat/1.jpg": "indoor"}

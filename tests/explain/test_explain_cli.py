@@ -40,7 +40,8 @@ def test_robustness_calibrate_gradcam_report(setup, capsys):
     assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--store", "--out", str(run)]) == 2
     assert "fitted on 9 validation image(s), fewer than the 50" in capsys.readouterr().err
     assert ckpt.read_bytes() == before and "temperature" not in read_checkpoint(ckpt).metadata
-    assert "temperature" in json.loads((run / "calibration.json").read_text())
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert "temperature" in calibration and "fitted on (the scaled figures are optimistic)" in calibration["evaluated_on"]
     assert (run / "reliability.png").stat().st_size > 1000
     assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data / "class_1"), "--class", "class_2",
                  "--out", str(run / "gradcam")]) == 0

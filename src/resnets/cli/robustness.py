@@ -262,7 +262,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     logits, labels = collect_logits(model, _pixel_batches(test, args, ckpt), args.device)
     report = calibration_report(logits, labels, temperature, args.bins)
     report.update(checkpoint=str(path), data=str(args.data), fit_on=f"validation split ({len(val_labels)} images)",
-                  evaluated_on="test set" if splits.test is not None else "validation split")
+                  evaluated_on="test set" if splits.test is not None else
+                  "validation split, the images the temperature was fitted on (the scaled figures are optimistic)")
     target = _write_json(out / "calibration.json", report)
     figure = reliability_diagram(report, out / "reliability.png", title=path.name)
     print(f"temperature {temperature:.4f} (fitted on {len(val_labels)} validation images)")

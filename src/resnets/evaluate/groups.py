@@ -54,7 +54,11 @@ def read_groups(path: str | os.PathLike) -> dict[str, str]:
         image, group = (row.get(original[path_col]) or "").strip(), (row.get(original["group"]) or "").strip()
         if not image or not group:
             raise GroupsFileError(f"{path}:{line}: empty path or group; every row needs both")
-        groups[PurePath(image).as_posix()] = group
+        key = PurePath(image).as_posix()
+        if groups.get(key, group) != group:  # the later row silently took the image out of the earlier group
+            raise GroupsFileError(f"{path}:{line}: {image} is already in group {groups[key]!r}; each image belongs to "
+                                  "one group (for overlapping slices, evaluate one groups file per slicing)")
+        groups[key] = group
     if not groups:
         raise GroupsFileError(f"{path} has a header but no rows")
     return groups
