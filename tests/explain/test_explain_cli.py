@@ -93,7 +93,10 @@ def test_user_errors_are_one_line(setup, capsys):
     assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(tmp / "missing.jpg"), "--out", str(tmp)]) == 2
     assert main(["explain", "gradcam", "--checkpoint", str(ckpt), str(data), "--class", "zebra", "--out", str(tmp)]) == 2
     assert main(["report", str(tmp / "nothing")]) == 2
+    assert main(["explain", "gradflow", "--model", "resnet20", "--data", str(data), "--num-classes", "5",
+                 "--out", str(tmp / "flow")]) == 2
     err = capsys.readouterr().err
+    assert "--num-classes 5 applies to random batches" in err
     assert "fractions like 8/255" in err and "does not exist" in err and "unknown class 'zebra'" in err
 
 

@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="SGD steps to train before the second measurement")
     f.add_argument("--batch-size", type=positive_int, default=64)
     f.add_argument("--lr", type=positive_float, default=0.05)
-    f.add_argument("--num-classes", type=positive_int, default=10,
-                   help="classes for models built by name without --data")
+    f.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes for models built by name without --data (default 10; with --data, its classes)")
     f.add_argument("--image-size", type=positive_int, default=32, help="image size for random batches")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="output folder")
@@ -190,7 +190,10 @@ def run_gradflow(args: argparse.Namespace) -> int:
     out = check_output(args.out, option="--out", directory=True, data=[args.data])
     labels = _run_labels(names)
     loader = None
-    num_classes = args.num_classes
+    if args.data and args.num_classes is not None:
+        raise UserError(f"--num-classes {args.num_classes} applies to random batches; with --data the models are built "
+                        "with the data's classes: drop one of the two")
+    num_classes = args.num_classes or 10
     classes = None
     if args.data:
         from ..data import load_data, make_loader
