@@ -147,10 +147,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         # a tag-like suffix (BOGUS, imagenet1k_v9), not a file extension (resnet18.pt is a missing file)
         suffix = path.name.rsplit(".", 1)[-1]
         if model_name in list_models() and re.fullmatch(r"[A-Z0-9_]+|[a-z0-9]+_[a-z0-9_]+", suffix):
-            raise CheckpointError(f"{str(path)!r} is neither a file nor published weights: "
-                                  + (f"{model_name}'s published weights are "
-                                     f"{', '.join(f'{model_name}.{t}' for t in ['DEFAULT', *pretrained_tags(model_name)])}"
-                                     if pretrained_tags(model_name) else f"torchvision publishes none for {model_name}"))
+            tags = pretrained_tags(model_name)
+            published = (f"{model_name}'s published weights are "
+                         f"{', '.join(f'{model_name}.{t}' for t in ['DEFAULT', *tags])}" if tags else
+                         f"torchvision publishes none for {model_name}")
+            raise CheckpointError(f"{str(path)!r} is neither a file nor published weights: {published}")
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
     if path.is_dir():
         for name in ("best.safetensors", "last.pt", "model.safetensors", "best.pt"):

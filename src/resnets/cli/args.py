@@ -164,16 +164,14 @@ def check_output(path: str | os.PathLike, *, reads: Iterable[str | os.PathLike |
     destroys = None
     if out.exists() and reads:  # only an existing path can destroy anything; a new one needs no look at the inputs
         destroys = next((Path(r) for r in reads if os.path.exists(r) and os.path.samefile(out, r)), None)
-        folders = _protected_folders(reads)
-        if destroys is None and (out.resolve() in folders if directory else
-                                 out.parent.resolve() in folders and out.name in files_of_a_run(out.parent)):
+        if destroys is None and directory and out.resolve() in _protected_folders(reads):
             destroys = out
     if destroys is not None:
         raise UserError(f"{option} {out}: writing there would destroy it ({destroys} is what this command reads, or "
                         f"part of the run it reads); choose another {option}")
-    if not directory and out.is_file() and out.name in files_of_a_run(out.parent):
+    if not directory and out.is_file() and out.name in files_of_a_run(out.parent):  # any run's, read or not
         raise UserError(f"{option} {out} is a file of the training run in {out.parent}; writing there would destroy "
-                        f"it. Choose another {option}")
+                        f"it; choose another {option}")
     if kind is not None:
         kinds = (".html", ".htm") if kind == ".html" else (kind,) if isinstance(kind, str) else tuple(kind)
         if out.suffix.lower() in CHECKPOINT_SUFFIXES and not set(kinds) & set(CHECKPOINT_SUFFIXES):

@@ -101,7 +101,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise UserError(str(exc)) from None
 
 
-def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None) -> _Scored:
+def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None,
+           training_images_checked: bool = False) -> _Scored:
+    """One checkpoint scored on --data (``training_images_checked``: ``_check_inputs`` already refused its training
+    images, so the tree is not fingerprinted twice)."""
     import torch
 
     from ..cli import UserError
@@ -117,7 +120,7 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        if not args.held_out and not args.include_training_images:
+        if not (args.held_out or args.include_training_images or training_images_checked):
             refuse_training_images(args.data, checkpoint, checkpoint_path)
         dataset = (held_out_images(args.data, checkpoint, checkpoint_path, classes, image_size, (mean, std))
                    if args.held_out else
@@ -179,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluate.compare import compare_hits
 
         other_hits: list = []
-        other = _score(args, args.compare, device, other_hits)
+        other = _score(args, args.compare, device, other_hits, training_images_checked=True)
         if not _same_images(scored, other):
             raise UserError(f"{args.checkpoint} and {args.compare} were scored on different images ("
                             f"{len(scored.labels)} and {len(other.labels)}, or other classes); a paired comparison "

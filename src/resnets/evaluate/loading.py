@@ -136,21 +136,34 @@ def held_out_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_
     return splits.val
 
 
+def _as_training_images(folder: os.PathLike, checkpoint: Checkpoint, recorded: str | os.PathLike | None) -> str | None:
+    """How ``folder`` holds the images the checkpoint's run trained on: it is the ``recorded`` training folder, or
+    a copy of it (the same ``training_fingerprint``: paths inside the tree, file sizes and the bytes of a sample of
+    files); None when it is neither (or nothing was recorded)."""
+    from pathlib import Path
+
+    from ..data.folder import folder_fingerprint
+
+    if recorded is not None and Path(recorded) == Path(folder):
+        return str(folder)
+    fingerprint = checkpoint.metadata.get("training_fingerprint")
+    if fingerprint and folder_fingerprint(folder) == fingerprint:
+        return f"{folder} is a copy of {recorded or 'its training folder'}: the same files, names and sizes"
+    return None
+
+
 def _refuse_other_training_folder(data: str | os.PathLike, checkpoint: Checkpoint,
                                   checkpoint_name: str | os.PathLike) -> None:
     """The hold-out is a split of the folder the run trained on: redrawn from any other folder it names images the
     run may never have seen as "held out", and a share of the others as if they were all it held out."""
-    from pathlib import Path
-
     from ..data import DataError
-    from ..data.folder import folder_fingerprint
     from ..data.sources import training_folder
 
-    recorded, fingerprint = (checkpoint.metadata.get(key) for key in ("training_folder", "training_fingerprint"))
+    recorded = checkpoint.metadata.get("training_folder")
     folder = training_folder(data)
-    if not (recorded and fingerprint and folder is not None) or Path(recorded) == folder:
+    if not (recorded and checkpoint.metadata.get("training_fingerprint") and folder is not None):
         return
-    if folder_fingerprint(folder) != fingerprint:
+    if _as_training_images(folder, checkpoint, recorded) is None:
         raise DataError(f"--held-out redraws the images {checkpoint_name}'s run held out of its training folder "
                         f"{recorded}, but {data} holds other images; evaluate {data} without --held-out (the run "
                         f"never trained on it), or pass --data {recorded}")
@@ -159,13 +172,11 @@ def _refuse_other_training_folder(data: str | os.PathLike, checkpoint: Checkpoin
 def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, checkpoint_name: str | os.PathLike) -> None:
     """An accuracy on the images a model trained on is not an evaluation: raise ``DataError`` when ``data`` is the
     ImageFolder tree the checkpoint's run trained on (recorded as ``training_folder``; older checkpoints: the
-    config's ``data``, read from the current folder) or a copy of it (the same ``training_fingerprint``: paths
-    inside the tree, file sizes and the bytes of a sample of files). A root of split trees is evaluated on its val/ or test/ tree and CIFAR on its
-    test set, so neither is refused."""
+    config's ``data``, read from the current folder) or a copy of it (``_as_training_images``). A root of split trees
+    is evaluated on its val/ or test/ tree and CIFAR on its test set, so neither is refused."""
     from pathlib import Path
 
     from ..data import DataError
-    from ..data.folder import folder_fingerprint
     from ..data.sources import training_folder
 
     evaluated = Path(data).expanduser().resolve()
@@ -174,12 +185,8 @@ def refuse_training_images(data: str | os.PathLike, checkpoint: Checkpoint, chec
     config = checkpoint.metadata.get("config")
     recorded = checkpoint.metadata.get("training_folder") or (
         training_folder(config["data"]) if isinstance(config, dict) and isinstance(config.get("data"), str) else None)
-    fingerprint = checkpoint.metadata.get("training_fingerprint")
-    if recorded is not None and Path(recorded) == evaluated:
-        where = str(evaluated)
-    elif fingerprint and folder_fingerprint(evaluated) == fingerprint:
-        where = f"{evaluated} is a copy of {recorded or 'its training folder'}: the same files, names and sizes"
-    else:
+    where = _as_training_images(evaluated, checkpoint, recorded)
+    if where is None:
         return
     raise DataError(f"{data} holds the images {checkpoint_name} was trained on ({where}), so an accuracy there "
                     "counts images it learned; pass --held-out to score only the images its run held out for "
