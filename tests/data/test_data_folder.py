@@ -38,6 +38,13 @@ def test_stratified_split_is_proportional_seeded_and_disjoint():
         stratified_split(labels, 100, seed=0)
 
 
+def test_stratified_split_gives_capped_classes_share_to_the_others():
+    # Four one-image classes keep their image; the large class takes all 7 requested, not 6.
+    labels = torch.tensor([0, 1, 2, 3] + [4] * 10)
+    train, val = stratified_split(labels, 0.5, seed=0)
+    assert len(val) == 7 and labels[val].tolist() == [4] * 7 and len(train) == 7
+
+
 def test_single_folder_is_split(tmp_path):
     root = make_image_folder(tmp_path / "d", classes=2, per_class=10, size=8)
     splits = load_data(root, val_split=0.2, seed=5, cache_dir=tmp_path / "cache")

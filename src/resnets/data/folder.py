@@ -322,11 +322,15 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_split: float | in
     remainder = exact - take
     capacity = counts - 1  # keep at least one training image per class
     take = torch.minimum(take, capacity)
-    for position in torch.argsort(-remainder, stable=True).tolist():
-        if int(take.sum()) >= wanted:
-            break
-        if take[position] < capacity[position]:
-            take[position] += 1
+    order = torch.argsort(-remainder, stable=True).tolist()
+    while int(take.sum()) < wanted and bool((take < capacity).any()):
+        # Classes capped at one training image give their share to the others, largest remainder first,
+        # as many rounds as it takes (one round can fall short when several classes are capped).
+        for position in order:
+            if int(take.sum()) >= wanted:
+                break
+            if take[position] < capacity[position]:
+                take[position] += 1
     from .seeding import derive_seed
 
     val_parts = []
