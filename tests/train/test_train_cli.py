@@ -276,3 +276,16 @@ def test_finetune_refuses_a_warm_up_as_long_as_the_run_and_export_calibration_wi
     code, err = run_cli(capsys, "export", "--checkpoint", "x.safetensors", "--format", "onnx",
                         "--calib-data", str(tmp_path))
     assert code == 2 and "--calib-data calibrates an int8 export; add --int8" in err
+
+
+def test_a_val_split_that_a_val_tree_would_replace_is_refused(capsys, tmp_path, monkeypatch):
+    # with DIR/val/ present, load_data validates on it and drops val_split: asking for both trained without a word
+    from resnets.data import make_split_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_split_folder(tmp_path / "data", classes=2, train_per_class=6, val_per_class=2, size=8)
+    for how in (["--val-split", "0.2"], ["--set", "val_split=0.2"]):
+        code, err = run_cli(capsys, "train", "--model", "resnet20", "--data", str(data), "--epochs", "1", *how,
+                            "--out", str(tmp_path / "run"), "--no-progress")
+        assert code == 2 and "has a val/ tree, which is the validation set" in err and str(data / "train") in err
+        assert not (tmp_path / "run").exists()

@@ -99,6 +99,20 @@ def _default_out(config) -> Path:
     return Path("runs") / f"{config.recipe or 'custom'}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _refuse_ignored_val_split(overrides: dict, data) -> None:
+    """A val_split the user asked for, on data whose val/ tree would silently take its place, is a mistake."""
+    from ..data.sources import held_out_folder
+    from . import UserError
+
+    if "val_split" not in overrides or not isinstance(data, str):
+        return
+    tree = held_out_folder(data)
+    if tree is not None:
+        raise UserError(f"val_split={overrides['val_split']} would do nothing: {data} has a {tree.name}/ tree, which "
+                        f"is the validation set. Drop --val-split, or pass --data {Path(data) / 'train'} to hold out "
+                        "part of the training images instead")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import DataError, check_source
@@ -123,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--max-restarts goes with --nproc (under torchrun, give --max-restarts to torchrun)")
         if args.nproc is not None:  # this process becomes torchrun's agent; the ranks run this command
             if not args.resume:
-                config = resolve_config(args.recipe, _overrides(args))
+                overrides = _overrides(args)
+                config = resolve_config(args.recipe, overrides)
                 get_entry(config.model)
+                _refuse_ignored_val_split(overrides, config.data)
                 check_source(config.data)  # a wrong --data would fail in every rank, restart after restart
                 args.out = args.out or str(_default_out(config))
                 check_new_run_dir(args.out)  # once, here: the ranks would each refuse it, and use up restarts
@@ -144,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             overrides = _overrides(args)
             config = resolve_config(args.recipe, overrides)
             get_entry(config.model)  # unknown model names fail here, with suggestions
+            _refuse_ignored_val_split(overrides, config.data)
             if launched_by_torchrun() and not args.out:
                 raise UserError("under torchrun pass --out: every rank and every restart must use one run folder")
             out = Path(args.out) if args.out else _default_out(config)

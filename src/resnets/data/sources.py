@@ -30,7 +30,7 @@ from .folder import (FileEntry, check_image_size, check_val_split, map_folder_cl
                      stratified_split, warn_skipped, within_image_tree)
 from .stats import compute_mean_std, resolve_known_stats
 
-__all__ = ["SMALL_IMAGE_LIMIT", "load_data", "load_eval", "training_folder"]
+__all__ = ["SMALL_IMAGE_LIMIT", "held_out_folder", "load_data", "load_eval", "training_folder"]
 
 SMALL_IMAGE_LIMIT = 64  # images up to this side are decoded once into an in-memory tensor
 # Split folder names (compared lower-cased) and the role each plays.
@@ -265,6 +265,21 @@ def training_folder(source: str | os.PathLike) -> Path | None:
     except DataError:
         return None
     return (splits.get("train") or path).resolve() if "train" in splits or not splits else None
+
+
+def held_out_folder(source: str | os.PathLike) -> Path | None:
+    """The tree ``load_data`` validates on instead of a ``val_split`` hold-out: a split root's ``val/`` (else
+    ``test/``) folder; None when ``source`` has none (a plain ImageFolder, CIFAR, not a folder)."""
+    path = Path(os.fspath(source)).expanduser()
+    if not path.is_dir() or is_cifar_folder(path):
+        return None
+    try:
+        splits = _split_folders(path)
+    except DataError:
+        return None
+    if "train" not in splits:
+        return None
+    return splits.get("val") or splits.get("test")
 
 
 def _resolve_source(source: str | os.PathLike, cache_dir, download: bool) -> tuple[Path, str | None]:
