@@ -262,3 +262,16 @@ def test_accuracy_intervals_and_the_paired_test_match_textbook_values():
     assert low < paired.difference < high and high - paired.difference == pytest.approx(1.959964 * (4 - 8 / 16) ** 0.5 / 8)
     with pytest.raises(ValueError, match="different numbers of images"):
         compare_hits(first, second[:5])
+
+
+def test_a_nan_loss_is_written_as_json_null(tmp_path):
+    # json.dumps writes NaN, which strict parsers (browsers, jq) reject: the whole report became unreadable
+    sums = EvalSums.zeros(3)
+    sums.add(torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 1]))
+    path = sums.result(CLASSES).write_json(tmp_path / "eval.json")
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data["loss"] is None and data["count"] == 2

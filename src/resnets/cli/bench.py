@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .args import positive_int
 
@@ -115,12 +114,9 @@ def run(args: argparse.Namespace) -> int:
               + (f"{bf16_peak:.0f} GFLOP/s" if bf16_peak is not None else "not timed (emulated here, no bf16 rows)"))
         output = {"rows": [r.as_dict() for r in rows], "env": env}
     if args.json:
-        from pathlib import Path
+        from ..jsonfile import write_json
 
-        from ..weights import atomic_write
-
-        text = json.dumps(output, indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        write_json(args.json, output)
     return 0
 
 

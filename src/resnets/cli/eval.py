@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from ..evaluate.tta import TTA_MODES
+from ..jsonfile import to_json
 from ..precision import AUTO_PRECISION_HELP, PRECISION_CHOICES, resolve_precision
 from .args import check_output, device, non_negative_int, positive_int
 
@@ -214,5 +214,6 @@ def run(args: argparse.Namespace) -> int:
         save_confusion_png(result, png)
         print(f"confusion matrix: {png}")
     if not args.json:
-        print(json.dumps({"top1": result.top1, "top5": result.top5, "loss": result.loss, "count": result.count}))
+        print(to_json({"top1": result.top1, "top5": result.top5, "loss": result.loss, "count": result.count},
+                      indent=None))
     return 0

@@ -72,7 +72,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     from ..data.loader import EVAL_CROP_FRACTION
     from ..evaluate.robustness import pixel_model_from_checkpoint
     from ..explain.gradcam import grad_cam, save_explanation, save_gallery, saliency
-    from ..weights import atomic_write
+    from ..jsonfile import write_json
 
     image_paths = _image_paths(args.images)
     out = check_output(args.out, reads=args.images, option="--out", directory=True, data=args.images)
@@ -116,7 +116,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         print(f"{path} -> {target_png}: {title}")
     save_gallery(out / "gradcam_gallery.png", x.cpu(), cams.cpu(), titles)
     _remove_stale_overlays(out / "gradcam.json", {row["png"] for row in rows})
-    atomic_write(out / "gradcam.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    write_json(out / "gradcam.json", rows)
     print(f"wrote {len(rows)} overlays and {out / 'gradcam_gallery.png'}")
     return 0
 
@@ -181,6 +181,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..explain.gradflow import measure_gradient_flow, plot_gradient_flow
     from ..factory import create_model
+    from ..jsonfile import write_json
     from ..weights import model_from_checkpoint
     from ..zoo import UnknownModelError
 
@@ -258,7 +259,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
               + (f", after {args.steps} steps {last.output_grad[0] / max(last.output_grad[-1], 1e-30):.3g}"
                  if args.steps else ""))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gradflow.json").write_text(json.dumps({k: [r.to_dict() for r in v] for k, v in runs.items()}, indent=2))
+    write_json(out / "gradflow.json", {k: [r.to_dict() for r in v] for k, v in runs.items()})
     figure = plot_gradient_flow(runs, out / "gradflow.png", title="gradient flow: " + ", ".join(runs))
     print(f"wrote {figure} and {out / 'gradflow.json'}")
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ..jsonfile import to_json
 from .args import device, image_files, positive_int
 
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                         f"none of the {len(paths)} images could be read; the first: {failed[0][1]}")
     ordered = [results[index] for index in range(len(paths))]
     if args.json:
-        print(json.dumps(ordered, indent=2))
+        print(to_json(ordered))
     else:
         for item in ordered:
             print(item["image"] + ": " + (f"error: {item['error']}" if "error" in item else

@@ -141,11 +141,9 @@ def _eval_set(args: argparse.Namespace, ckpt: Any):
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    from ..weights import atomic_write
+    from ..jsonfile import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_json(path, data)
 
 
 def _read_baseline(path: str) -> Any:

@@ -6,7 +6,6 @@ with one reduction before the ratios are taken (``EvalSums.reduce``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -109,10 +108,9 @@ class EvalResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        from ..weights import atomic_write
+        from ..jsonfile import write_json
 
-        text = json.dumps(self.to_dict(), indent=2)
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return write_json(path, self.to_dict())
 
     def summary(self) -> str:
         interval = (f" (95% CI {self.top1_interval[0] * 100:.2f}-{self.top1_interval[1] * 100:.2f})"

@@ -373,10 +373,9 @@ def _same_source(old: Any, new: str) -> bool:
 
 
 def _write(result: DegradationResult, out: Path) -> None:
-    from ..weights import atomic_write
+    from ..jsonfile import write_json
 
-    text = json.dumps(result.to_dict(), indent=2)
-    atomic_write(out / "degradation.json", lambda tmp: Path(tmp).write_text(text))
+    write_json(out / "degradation.json", result.to_dict())
     plot_degradation(result.to_dict(), out / "degradation.png")
 
 

@@ -43,6 +43,7 @@ from ..data.folder import within_image_tree
 from ..evaluate.metrics import EvalResult, evaluate, evaluate_with_plain
 from ..evaluate.robustness import AdversarialTraining
 from ..evaluate.tta import TTA_VIEW_COUNTS, TTA_WITH_PLAIN_VIEW
+from ..jsonfile import to_json, write_json
 from ..precision import autocast_context, resolve_precision, slow_bf16_reason
 from ..weights import CheckpointError, atomic_write, save_weights
 from .checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
@@ -741,7 +742,7 @@ class Trainer:
         if not (self.is_main and self.out_dir is not None):
             return
         with open(self.out_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(to_json(record, indent=None) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         if self._writer is not None:
@@ -898,8 +899,7 @@ class Trainer:
             summary = result.summary()
             if final is not None:
                 summary["final_per_class_top1"] = final.per_class_accuracy
-            text = json.dumps(summary, indent=2)
-            atomic_write(self.out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
+            write_json(self.out_dir / "summary.json", summary)
             if self._writer is not None:
                 self._writer.close()
         if final is not None:

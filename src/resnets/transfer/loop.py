@@ -8,7 +8,6 @@ boundaries; anything heavier (EMA, distributed, resumable recipes) belongs to ``
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import atomic_write, save_weights
+from .. import jsonfile
+from ..jsonfile import to_json
+from ..weights import save_weights
 from .policy import ProgressiveUnfreezer
 
 
@@ -148,7 +149,7 @@ def run_finetune(model: nn.Module, param_groups: list[dict[str, Any]], train_bat
                 f"{val}{' unfroze ' + ','.join(unfrozen) if unfrozen else ''} ({row['seconds']:.1f}s)")
         if out is not None:
             with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(to_json(row, indent=None) + "\n")
             meta = {**(metadata or {}), "epoch": epoch + 1, "val_acc": row.get("val_acc"), "loop": asdict(loop)}
             if row.get("val_acc") is not None and row["val_acc"] > best:
                 best = row["val_acc"]
@@ -158,5 +159,4 @@ def run_finetune(model: nn.Module, param_groups: list[dict[str, Any]], train_bat
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, default=str)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    jsonfile.write_json(path, data, default=str)
