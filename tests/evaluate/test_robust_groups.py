@@ -89,3 +89,42 @@ def test_an_image_listed_in_two_groups_is_refused_not_dropped_from_one(tmp_path)
         read_groups(csv)
     csv.write_text("path,group\ncat/1.jpg,indoor\ncat/1.jpg,indoor\n")  # the same row twice is harmless
     assert read_groups(csv) == {"cat/1.jpg": "indoor"}
+
+
+def test_groups_are_scored_as_the_whole_set_under_tta_and_only_data_classes(tmp_path, monkeypatch):
+    import json
+
+    from resnets import create_model, save_weights
+    from resnets.cli import main
+
+    class LeftMinusRight(nn.Module):
+        """Class 0's logit is the left half's mean minus the right half's: a flip averages it away, and class 1's
+        small constant wins."""
+
+        def forward(self, x):
+            s = x[..., : x.shape[-1] // 2].mean((1, 2, 3)) - x[..., x.shape[-1] // 2:].mean((1, 2, 3))
+            return torch.stack([s, torch.full_like(s, 1e-3)], 1)
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=8)
+    rows = ["path,group"] + [f"class_{c}/{i:05d}.png,{'a' if c == 0 or i < 2 else 'b'}" for c in range(2)
+                             for i in range(4)]
+    (tmp_path / "g.csv").write_text("\n".join(rows) + "\n")
+    report = evaluate_groups(LeftMinusRight(), tmp_path / "g.csv", data, ["class_0", "class_1"], (0.5,) * 3,
+                             (0.25,) * 3, 8, tta="flip")
+    assert report.accuracy == {"a": 2 / 6, "b": 1.0}
+
+    # a model whose head always prefers class_3, which --data does not hold: masked, every image is class_1
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    model = create_model("resnet20", num_classes=4, layers=(1, 1, 1))
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 1.0, 0.0, 5.0]))
+    ckpt = save_weights(model, tmp_path / "m.safetensors", {"classes": [f"class_{c}" for c in range(4)],
+                                                            "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 8})
+    (tmp_path / "all.csv").write_text("path,group\n" + "".join(f"class_{c}/{i:05d}.png,all\n"
+                                                              for c in range(2) for i in range(4)))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--groups", str(tmp_path / "all.csv"),
+                 "--only-data-classes", "--tta", "flip", "--json", str(out), "--workers", "0"]) == 0
+    report = json.loads(out.read_text())
+    assert report["top1"] == 0.5 and report["extra"]["groups"]["per_group"]["all"]["accuracy"] == 0.5

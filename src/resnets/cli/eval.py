@@ -71,7 +71,7 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
 class _Scored(NamedTuple):
     """One checkpoint evaluated on --data: the pieces the report and --groups need."""
 
-    model: Any
+    model: Any  # as scored: with --only-data-classes, masked to the classes --data holds
     classes: list[str]
     mean: Sequence[float]
     std: Sequence[float]
@@ -142,7 +142,7 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
         raise UserError(str(exc)) from None
     result, plain = evaluated if with_plain else (evaluated, None)
     split = held_out_split(checkpoint.metadata["config"]) if args.held_out else None
-    return _Scored(model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain, split)
+    return _Scored(scored_model, classes, mean, std, image_size, crop_fraction, dataset.labels, result, plain, split)
 
 
 def _same_images(first: _Scored, second: _Scored) -> bool:
@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             groups = evaluate_groups(model, args.groups, args.data, classes, scored.mean, scored.std,
-                                     scored.image_size, args.batch_size, str(device), scored.crop_fraction)
+                                     scored.image_size, args.batch_size, str(device), scored.crop_fraction,
+                                     tta=args.tta, precision=resolve_precision(args.precision, device))
         except GroupsFileError as exc:
             raise UserError(str(exc)) from None
         result.extra["groups"] = {**groups.to_dict(), "file": str(args.groups)}

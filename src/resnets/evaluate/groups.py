@@ -174,18 +174,21 @@ def read_group_rows(path: str | os.PathLike) -> list[tuple[str, str, str | None]
 
 def evaluate_groups(model: Any, groups_csv: str | os.PathLike, data_root: str | os.PathLike | None,
                     classes: Sequence[str], mean: Sequence[float], std: Sequence[float], image_size: int | None,
-                    batch_size: int = 128, device: str = "cpu", crop_fraction: float = EVAL_CROP_FRACTION) -> GroupReport:
+                    batch_size: int = 128, device: str = "cpu", crop_fraction: float = EVAL_CROP_FRACTION, *,
+                    tta: str = "none", precision: str = "fp32") -> GroupReport:
     """Predict every image named in ``groups_csv`` and report accuracy per group.
 
     Paths are resolved as given, else relative to ``data_root``, else relative to the CSV's folder.
     The true class is the ``label`` column when present, else the image's folder name. Images are
     prepared as ``resnets eval`` prepares them (``load_eval_image``: small ones fitted, large ones resized to
     ``image_size / crop_fraction`` and centre-cropped); ``model`` takes normalised images (``mean``/``std``
-    are applied here).
+    are applied here). ``tta`` and ``precision`` are ``resnets eval``'s, so the groups are scored as the whole set is.
     """
     import torch
 
     from ..data import load_eval_image
+    from ..precision import autocast_context
+    from .tta import tta_logits
 
     csv_dir = Path(groups_csv).parent
     rows = read_group_rows(groups_csv)
@@ -211,7 +214,8 @@ def evaluate_groups(model: Any, groups_csv: str | os.PathLike, data_root: str | 
                 raise GroupsFileError(f"images have different sizes {sorted(sizes)[:3]}; the checkpoint records no "
                                       "image_size to resize them to")
             x = (torch.stack(arrays).float() / 255 - mean_t) / std_t
-            pred = model(x.to(device)).argmax(1).cpu()
+            with autocast_context(device, precision):
+                pred = tta_logits(model, x.to(device), tta).argmax(1).cpu()
             correct.extend((pred == torch.tensor([lbl for _, _, lbl in chunk])).tolist())
     images = [str(p) for p, _, _ in resolved]
     return group_accuracy(images, correct, {str(p): g for p, g, _ in resolved}, require_all=True)
