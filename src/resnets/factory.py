@@ -26,6 +26,25 @@ def resolve_spec(name_or_spec: str | ResNetSpec | dict, **overrides: Any) -> Res
     return spec.replace(**overrides) if overrides else spec
 
 
+def requested_weights(name_or_spec: Any, weights: str | os.PathLike | None,
+                      pretrained: bool) -> tuple[Any, str | os.PathLike | None]:
+    """(model name without a weights tag, the weights asked for) from the three ways to ask for them: a tagged
+    name (``"resnet50.IMAGENET1K_V2"``), ``weights=``, and ``pretrained=True`` (``"DEFAULT"``). Two at once
+    that disagree are refused."""
+    if isinstance(name_or_spec, str):
+        name_or_spec, tag = split_pretrained_name(name_or_spec)
+        if tag is not None:
+            if weights is not None and str(weights) != tag:
+                raise ValueError(f"{name_or_spec + '.' + tag!r} with weights={str(weights)!r} names two sets of "
+                                 f"weights; pass the model {name_or_spec!r} with weights=, or the tagged name alone")
+            weights = tag
+    if pretrained:
+        if weights is not None:
+            raise ValueError(f"pretrained=True with weights={str(weights)!r} names weights twice; pass one of them")
+        weights = "DEFAULT"
+    return name_or_spec, weights
+
+
 def create_model(
     name_or_spec: str | ResNetSpec | dict,
     num_classes: int | None = None,
@@ -49,18 +68,7 @@ def create_model(
     ``features_only`` returns the stage outputs ``out_indices`` names (0 = stem, 1.. = stages; default: every
     stage; an int n: the last n levels; -1: the deepest).
     """
-    if isinstance(name_or_spec, str):
-        name_or_spec, tag = split_pretrained_name(name_or_spec)
-        if tag is not None:
-            if weights is not None and str(weights) != tag:
-                raise ValueError(f"create_model({name_or_spec + '.' + tag!r}, weights={str(weights)!r}) names two "
-                                 f"sets of weights; pass the model {name_or_spec!r} with weights=, or the tagged name alone")
-            weights = tag
-    if pretrained:
-        if weights is not None:
-            raise ValueError(f"create_model(..., pretrained=True, weights={str(weights)!r}) names weights twice; "
-                             "pass one of them")
-        weights = "DEFAULT"
+    name_or_spec, weights = requested_weights(name_or_spec, weights, pretrained)
     spec = resolve_spec(name_or_spec, num_classes=num_classes, in_chans=in_chans, **overrides)
     model: ResNet = ResNetFeatures(spec, out_indices) if features_only else ResNet(spec)
     if weights is not None:

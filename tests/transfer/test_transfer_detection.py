@@ -31,7 +31,7 @@ def images_and_targets(with_masks=False):
 
 
 def test_fpn_levels_channels_and_strides():
-    fpn = fpn_backbone("resnet18", trainable_layers=2, out_channels=64).eval()
+    fpn = fpn_backbone("resnet18", out_channels=64).eval()
     with torch.no_grad():
         out = fpn(torch.randn(1, 3, 64, 64))
     assert list(out) == ["0", "1", "2", "3", "pool"]
@@ -41,7 +41,8 @@ def test_fpn_levels_channels_and_strides():
 
 
 def test_fpn_trainable_layers_and_frozen_norms():
-    fpn = fpn_backbone("resnet18", trainable_layers=2, norm="frozen")
+    with pytest.warns(UserWarning, match="no pretrained weights"):  # random layers kept fixed: said, then done
+        fpn = fpn_backbone("resnet18", trainable_layers=2, norm="frozen")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fpn.body.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in fpn.body.modules())
     trainable = {n.split(".")[0] for n, p in fpn.body.named_parameters() if p.requires_grad}
@@ -67,7 +68,8 @@ def test_fpn_eval_norm_survives_train_and_accepts_a_pretrained_model():
 @pytest.mark.parametrize("builder,backbone", [(faster_rcnn, "resnet18"), (mask_rcnn, "resnet50")])
 def test_detector_train_step_and_inference(builder, backbone):
     masks = builder is mask_rcnn
-    model = builder(backbone, num_classes=3, trainable_layers=3, **SMALL)
+    with pytest.warns(UserWarning, match="no pretrained weights"):
+        model = builder(backbone, num_classes=3, trainable_layers=3, **SMALL)
     images, targets = images_and_targets(with_masks=masks)
     model.train()
     losses = model(images, targets)
@@ -101,7 +103,8 @@ def test_resnet_backbone_detector_is_torchvisions_by_name_and_numbers():
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    ours = faster_rcnn("resnet18", num_classes=5, **SMALL).eval()
+    with pytest.warns(UserWarning, match="no pretrained weights"):  # resnet_fpn_backbone's defaults, asked for
+        ours = faster_rcnn("resnet18", num_classes=5, trainable_layers=3, norm="frozen", **SMALL).eval()
     theirs = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3),
                         num_classes=5, **SMALL).eval()
     a, b = ours.state_dict(), theirs.state_dict()
@@ -133,3 +136,39 @@ def test_detection_errors_in_words():
     with pytest.raises(PolicyError, match="MaskRCNN takes no keyword 'bogus_option'$"):
         mask_rcnn("resnet18", num_classes=2, bogus_option=1)
     assert faster_rcnn("resnet18", num_classes=2, min_size=64, max_size=96, size_divisible=16).transform.min_size == (64,)
+
+
+def test_untrained_backbones_train_everything_with_batchnorm_as_torchvisions_detectors_do():
+    # frozen random stems and identity norms never learn: torchvision falls back to every layer, plain BatchNorm
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    ours = faster_rcnn("resnet50", num_classes=91)
+    theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    trainable = lambda model: {n for n, p in model.backbone.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trainable(ours) == trainable(theirs) and "body.conv1.weight" in trainable(ours)
+    assert type(ours.backbone.body.bn1) is type(theirs.backbone.body.bn1) is nn.BatchNorm2d
+    pretrained = fpn_backbone(create_model("resnet18"))  # a built model counts as pretrained: 3 layers, frozen
+    assert {n.split(".")[0] for n, p in pretrained.body.named_parameters() if p.requires_grad} == {
+        "layer2", "layer3", "layer4"}
+    assert isinstance(pretrained.body.bn1, FrozenBatchNorm2d)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 5])
+def test_trainable_layers_count_over_the_whole_net_with_fewer_returned_layers(layers):
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    source = create_model("resnet18")
+    ours = fpn_backbone(source, trainable_layers=layers, returned_layers=(1, 2), norm="eval")
+    theirs = _resnet_fpn_extractor(resnet18(), layers, returned_layers=[1, 2])
+    trained = lambda body: {n for n, p in body.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trained(ours.body) == {n for n in trained(theirs.body) if not n.startswith(("layer3", "layer4"))}
+
+
+def test_a_features_model_keeps_its_levels_and_weights_beside_a_model_are_refused():
+    features = create_model("resnet18", features_only=True, out_indices=(2, 3))
+    assert [i["module"] for i in fpn_backbone(features).body.feature_info] == ["layer2", "layer3"]
+    with pytest.raises(PolicyError, match="would be ignored"):
+        fpn_backbone(create_model("resnet18"), weights="resnet18.pth")
+    with pytest.raises(PolicyError, match="returns the stem"):
+        fpn_backbone(create_model("resnet18", features_only=True, out_indices=(0, 1)))

@@ -19,7 +19,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
-from ..factory import create_model
+from ..factory import create_model, requested_weights
 from ..model import ResNet, ResNetFeatures
 from ..spec import ResNetSpec
 from ..weights import load_state_dict
@@ -58,6 +58,9 @@ def _features_model(name_or_model: str | ResNetSpec | nn.Module, returned_layers
         if not isinstance(name_or_model, ResNet):
             raise PolicyError(f"fpn_backbone takes a model name, a ResNetSpec or a resnets ResNet, not "
                               f"{type(name_or_model).__name__}")
+        if weights is not None:
+            raise PolicyError(f"weights={os.fspath(weights)!r} with a built model would be ignored: load them into "
+                              "the model first (create_model(NAME, weights=...)), or pass the model's name")
         spec = name_or_model.spec.replace(**overrides) if overrides else name_or_model.spec
         body = ResNetFeatures(spec, returned_layers)
         load_state_dict(body, name_or_model.state_dict())
@@ -66,21 +69,30 @@ def _features_model(name_or_model: str | ResNetSpec | nn.Module, returned_layers
                         **overrides)
 
 
-def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", trainable_layers: int = 3,
-                 norm: str = "frozen", returned_layers: Sequence[int] | None = None, out_channels: int = 256,
+def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", trainable_layers: int | None = None,
+                 norm: str | None = None, returned_layers: Sequence[int] | None = None, out_channels: int = 256,
                  weights: str | os.PathLike | None = None, extra_blocks: ExtraFPNBlock | None = None,
                  **overrides: Any) -> ResNetFPN:
     """A feature-pyramid backbone on any 2-D resnets model (by name, spec, or a built/pretrained model).
 
-    ``trainable_layers`` counts from the top as torchvision does (0: none, 1: the last stage, ...,
-    N+1: every stage and the stem). ``norm``: ``"frozen"`` swaps every BatchNorm for
-    ``FrozenBatchNorm2d`` (the detection default), ``"eval"`` keeps running statistics fixed but
-    trains the affine parts of trainable layers, ``"train"`` is plain BatchNorm. Norms in
-    non-trainable layers are always frozen. ``returned_layers`` are stage numbers (1 = layer1);
-    default all stages. ``weights`` is a checkpoint path or torchvision tag for the classifier.
+    ``trainable_layers`` counts from the top of the whole net as torchvision does (0: none, 1: layer4 of a
+    4-stage net, ..., N+1: every stage and the stem), whatever ``returned_layers`` keeps. ``norm``:
+    ``"frozen"`` swaps every BatchNorm for ``FrozenBatchNorm2d``, ``"eval"`` keeps running statistics fixed
+    but trains the affine parts of trainable layers, ``"train"`` is plain BatchNorm. Norms in non-trainable
+    layers are always frozen. The defaults are torchvision's: a pretrained backbone (``weights``,
+    ``pretrained=True``, or a built model) trains 3 layers with frozen norms; a randomly initialised one
+    trains every layer with plain BatchNorm, since frozen random layers would never learn. ``returned_layers``
+    are stage numbers (1 = layer1); default all stages, or a ``features_only`` model's own ``out_indices``.
+    ``weights`` is a checkpoint path or torchvision tag for the classifier.
     """
-    if norm not in NORMS:
+    if norm is not None and norm not in NORMS:
         raise PolicyError(f"norm={norm!r} is unknown; choose one of {', '.join(NORMS)}")
+    try:
+        name_or_model, weights = requested_weights(name_or_model, weights, bool(overrides.pop("pretrained", False)))
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    if isinstance(name_or_model, ResNetFeatures) and returned_layers is None:
+        returned_layers = _returned_stages(name_or_model)
     spec = name_or_model.spec if isinstance(name_or_model, ResNet) else None
     if spec is None and not isinstance(name_or_model, nn.Module):
         from ..factory import resolve_spec
@@ -89,6 +101,8 @@ def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", train
     if spec is not None and spec.conv_type != "2d":
         raise PolicyError(f"a feature pyramid needs a 2-D image network; this one is a {spec.conv_type} video network")
     n_stages = len(spec.layers) if spec is not None else 4
+    pretrained = weights is not None or isinstance(name_or_model, nn.Module)
+    trainable_layers, norm = _training_defaults(trainable_layers, norm, pretrained, n_stages)
     returned = tuple(returned_layers) if returned_layers is not None else tuple(range(1, n_stages + 1))
     bad = [i for i in returned if not 1 <= i <= n_stages]
     if not returned or bad:
@@ -99,7 +113,10 @@ def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", train
                           f"({n_stages} stages plus the stem)")
     body = _features_model(name_or_model, returned, weights, **overrides)
     stage_names = list(body.stage_names)
-    train_parts = (list(reversed(stage_names)) + ["conv1"])[:trainable_layers]
+    # torchvision's list, over the whole net: with returned_layers=(1, 2), trainable_layers=1 names layer4,
+    # which the truncated body does not hold, so nothing trains
+    all_stages = [f"layer{i}" for i in range(1, n_stages + 1)]
+    train_parts = (list(reversed(all_stages)) + ["conv1"])[:trainable_layers]
     if trainable_layers == n_stages + 1:
         train_parts.append("bn1")
     if norm == "frozen":
@@ -110,6 +127,29 @@ def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", train
         if norm != "frozen":
             set_bn_policy([module], norm if trainable else "frozen")
     return ResNetFPN(body, out_channels, extra_blocks)
+
+
+def _returned_stages(features: ResNetFeatures) -> tuple[int, ...]:
+    """The stage numbers (1 = layer1) a ``features_only`` model returns; the stem is no pyramid level."""
+    if 0 in features.out_indices:
+        raise PolicyError(f"this features_only model returns the stem (out_indices {features.out_indices}); a "
+                          "feature pyramid takes stages only: pass returned_layers=(1, 2, ...)")
+    return tuple(features.out_indices)
+
+
+def _training_defaults(trainable_layers: int | None, norm: str | None, pretrained: bool,
+                       n_stages: int) -> tuple[int, str]:
+    """torchvision's rule: frozen layers and norms only make sense on pretrained weights."""
+    import warnings
+
+    if pretrained:
+        return (3 if trainable_layers is None else trainable_layers), (norm or "frozen")
+    if (trainable_layers is not None and trainable_layers < n_stages + 1) or norm in ("frozen", "eval"):
+        warnings.warn(f"the backbone has no pretrained weights, yet trainable_layers={trainable_layers} and "
+                      f"norm={norm!r} keep some of its random layers or norm statistics fixed; pass weights= (or "
+                      f"pretrained=True), or leave both at their defaults (every layer trains, plain BatchNorm)",
+                      stacklevel=3)
+    return (n_stages + 1 if trainable_layers is None else trainable_layers), (norm or "train")
 
 
 def _anchor_generator(n_levels: int, anchor_sizes: Sequence[int] | None) -> AnchorGenerator:
@@ -152,7 +192,8 @@ def _check_detector_kwargs(detector: type, kwargs: dict[str, Any]) -> None:
 
 
 def faster_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: int = 91,
-                weights_backbone: str | os.PathLike | None = None, trainable_layers: int = 3, norm: str = "frozen",
+                weights_backbone: str | os.PathLike | None = None, trainable_layers: int | None = None,
+                norm: str | None = None,
                 returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
                 **detector_kwargs: Any) -> FasterRCNN:
     """torchvision's ``FasterRCNN`` on a resnets FPN backbone.
@@ -169,7 +210,8 @@ def faster_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes
 
 
 def mask_rcnn(backbone: str | ResNetSpec | nn.Module = "resnet50", num_classes: int = 91,
-              weights_backbone: str | os.PathLike | None = None, trainable_layers: int = 3, norm: str = "frozen",
+              weights_backbone: str | os.PathLike | None = None, trainable_layers: int | None = None,
+              norm: str | None = None,
               returned_layers: Sequence[int] | None = None, anchor_sizes: Sequence[int] | None = None,
               **detector_kwargs: Any) -> MaskRCNN:
     """torchvision's ``MaskRCNN`` on a resnets FPN backbone (arguments as ``faster_rcnn``)."""
