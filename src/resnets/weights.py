@@ -227,11 +227,13 @@ def _read_torch(path: Path, kind: str) -> Checkpoint:
                               "no command reads it: load it in Python with resnets.deploy.load_quantized(path), or "
                               "give this command the float checkpoint it was quantized from (for an int8 file to "
                               "deploy, use `resnets export --int8`)")
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "module"):
+    # the raw weights first (torchvision's reference scripts save "model" beside "model_ema"); an EMA only when
+    # a file holds nothing else, and `resnets eval --ema` reads ours explicitly
+    for key in ("state_dict", "model", "model_state", "module", "state_dict_ema", "model_ema"):
         inner = obj.get(key)
+        if isinstance(inner, dict) and key.endswith("ema"):
+            inner = {k: v for k, v in inner.items() if k != "n_averaged"}  # AveragedModel's counter, no weight
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            if key.endswith("ema") and "state_dict" in obj:
-                continue  # prefer the raw weights; EMA is read explicitly by the trainer
             # the run's config too: later commands (eval --held-out, calibrate) redraw its validation split from it
             meta = {k: v for k, v in obj.items()
                     if not isinstance(v, (dict, torch.Tensor)) or k in ("spec", "metadata", "config")}
@@ -435,6 +437,10 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], adapt: 
         for key in ("fc.weight", "fc.bias"):
             if key in state and (key not in target or state[key].shape != target[key].shape):
                 del state[key]  # a new head: keep the model's fresh one
+    for key in target:  # files from before PyTorch 0.4.1 and FrozenBatchNorm models have no BN step counter
+        if key.endswith(".num_batches_tracked") and key not in state and \
+                key.removesuffix("num_batches_tracked") + "running_mean" in state:
+            state[key] = torch.zeros_like(target[key])
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     wrong_shape = [k for k in target if k in state and state[k].shape != target[k].shape]

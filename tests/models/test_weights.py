@@ -34,6 +34,24 @@ def test_plain_torchvision_file_loads_by_name(tmp_path):
     torch.testing.assert_close(ours(x), peer.eval()(x))
 
 
+def test_files_without_bn_step_counters_and_reference_script_checkpoints_load_the_raw_weights(tmp_path):
+    # pre-0.4.1 torchvision files and FrozenBatchNorm backbones lack num_batches_tracked (torch fills it in);
+    # torchvision's train.py saves "model" beside an AveragedModel "model_ema", whose counter is no weight
+    peer = torchvision.models.resnet18().eval()
+    state = {k: v for k, v in peer.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    x = torch.randn(1, 3, 64, 64)
+    ours = resnets.create_model("resnet18", weights=tmp_path / "old.pth").eval()
+    torch.testing.assert_close(ours(x), peer(x), rtol=0, atol=0)
+    ema = torch.optim.swa_utils.AveragedModel(torchvision.models.resnet18())
+    torch.save({"model": peer.state_dict(), "model_ema": ema.state_dict(), "epoch": 3}, tmp_path / "ref.pth")
+    raw = resnets.create_model("resnet18", weights=tmp_path / "ref.pth").eval()
+    torch.testing.assert_close(raw(x), peer(x), rtol=0, atol=0)
+    torch.save({"model_ema": ema.state_dict()}, tmp_path / "ema_only.pth")
+    averaged = resnets.create_model("resnet18", weights=tmp_path / "ema_only.pth").eval()
+    torch.testing.assert_close(averaged(x), ema.module.eval()(x), rtol=0, atol=0)
+
+
 def test_checkpoint_of_another_architecture_is_explained(tmp_path):
     path = resnets.save_weights(resnets.create_model("resnet50"), tmp_path / "r50.safetensors")
     with pytest.raises(CheckpointError) as info:
