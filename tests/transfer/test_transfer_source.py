@@ -102,6 +102,24 @@ def test_linear_probe_caches_features_and_yields_a_normal_checkpoint(tmp_path):
     assert ckpt.spec.num_classes == 3 and "fc.weight" in ckpt.state_dict
 
 
+def test_linear_probe_serves_the_fitted_logits_on_a_net_with_a_logit_scale():
+    # the airbench nets scale their logits by 1/9 in forward_head: the probe's head must undo it, or the served
+    # probabilities are far softer than the fitted ones (argmax alone cannot tell)
+    from resnets.transfer.probe import extract_features, fit_linear
+
+    images, labels = make_tensor_dataset(classes=3, per_class=8, size=16)
+    data = batches_of(images, labels)
+    model = create_model("resnet_airbench_narrow", num_classes=10)
+    assert model.spec.logit_scale != 1.0
+    linear_probe(model, data, 3)
+    features, targets = extract_features(model, data)
+    weight, bias = fit_linear(features, targets, 3)
+    model.eval()
+    with torch.no_grad():
+        served = torch.cat([model(x) for x, _ in data])
+    torch.testing.assert_close(served, features @ weight.T + bias, rtol=1e-4, atol=1e-4)
+
+
 def test_finetune_loop_learns_and_writes_a_run(tmp_path):
     images, labels = make_tensor_dataset(classes=3, per_class=16, size=16)
     data = batches_of(images, labels)

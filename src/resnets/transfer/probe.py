@@ -137,9 +137,12 @@ def linear_probe(model: nn.Module, train_batches: Iterable, num_classes: int, va
                                             f"train|{data_key}", device, amp)
     weight, bias = fit_linear(train_f, train_y, num_classes, weight_decay)
     model.reset_classifier(num_classes)
+    # forward_head multiplies the fc output by the spec's logit_scale (the airbench nets): divide it out so the
+    # served logits, and so the probabilities and the loss, are the fitted ones
+    scale = float(getattr(getattr(model, "spec", None), "logit_scale", 1.0))
     with torch.no_grad():
-        model.fc.weight.copy_(weight.to(model.fc.weight.device))
-        model.fc.bias.copy_(bias.to(model.fc.bias.device))
+        model.fc.weight.copy_((weight / scale).to(model.fc.weight.device))
+        model.fc.bias.copy_((bias / scale).to(model.fc.bias.device))
     train_acc = ((train_f @ weight.T + bias).argmax(1) == train_y).float().mean().item()
     val_acc = None
     if val_batches is not None:
