@@ -160,6 +160,12 @@ def test_finetune_command_end_to_end(tmp_path, capsys):
     summary = json.loads((probe / "summary.json").read_text())
     assert summary["val_acc"] == pytest.approx(summary["val_acc_from_images"])
     capsys.readouterr()
+    # the probe's checkpoint says what it trained on: eval refuses those images, and --held-out redraws its split
+    assert main(["eval", "--checkpoint", str(probe / "best.safetensors"), "--data", str(data)]) == 2
+    assert "holds the images" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(probe / "best.safetensors"), "--data", str(data), "--held-out",
+                 "--workers", "0"]) == 0
+    assert "(9 images" in capsys.readouterr().out
     assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "x"),
                  "--freeze", "layer4"]) == 2
     assert "no such stage" in capsys.readouterr().err
@@ -171,6 +177,13 @@ def test_finetune_command_end_to_end(tmp_path, capsys):
                      "--linear-probe", *flag]) == 2
         assert f"{flag[0]} and --linear-probe contradict" in capsys.readouterr().err
         assert not (tmp_path / "z").exists()
+    for flag in (["--lr", "0.5"], ["--freeze", "layer1"], ["--stage-lr", "layer9=0.1"], ["--epochs", "3"]):
+        assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "z"),
+                     "--linear-probe", *flag]) == 2
+        assert f"{flag[0]} sets how fine-tuning trains, and --linear-probe trains nothing" in capsys.readouterr().err
+    assert main(["finetune", "--from", str(source), "--data", str(data), "--out", str(tmp_path / "z"),
+                 "--probe-weight-decay", "0.1"]) == 2
+    assert "add --linear-probe" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def test_safetensors_whose_header_length_looks_like_a_pickle_keeps_its_spec(tmp_path):

@@ -114,9 +114,14 @@ def run(args: argparse.Namespace) -> int:
     return _start(args)
 
 
+# options of the training path that a linear probe (features once, then L-BFGS on a new head) never reads
+_TRAINING_ONLY = ("freeze", "bn", "lr", "head_lr_mult", "stage_lr", "layer_decay", "weight_decay", "epochs",
+                  "batch_size", "warmup_epochs", "label_smoothing", "augment", "channels_last")
+
+
 def _refuse_contradictions(args: argparse.Namespace) -> None:
     """Options a linear probe cannot honour: it fits a new classifier on fixed features, so it neither
-    keeps the source's head nor unfreezes anything (both were silently ignored)."""
+    keeps the source's head nor unfreezes nor trains anything (all were silently ignored)."""
     from . import UserError
 
     if args.linear_probe:
@@ -124,6 +129,15 @@ def _refuse_contradictions(args: argparse.Namespace) -> None:
             if given:
                 raise UserError(f"{flag} and --linear-probe contradict: a linear probe fits a new classifier on "
                                 f"the frozen network's features; drop one of them")
+        given = [f"--{name.replace('_', '-')}" for name in _TRAINING_ONLY
+                 if getattr(args, name) != args.parser.get_default(name)]
+        if given:
+            raise UserError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how fine-tuning trains, and "
+                            "--linear-probe trains nothing (it fits a new classifier on fixed features, regularised "
+                            "by --probe-weight-decay); drop --linear-probe to fine-tune, or the other options")
+    elif args.probe_weight_decay != args.parser.get_default("probe_weight_decay"):
+        raise UserError("--probe-weight-decay regularises a linear probe; add --linear-probe, or set fine-tuning's "
+                        "--weight-decay instead")
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -173,8 +187,9 @@ def _start(args: argparse.Namespace) -> int:
     from ..transfer import check_head, linear_probe, load_source, trainable_summary
     from ..transfer.loop import evaluate, write_json
     from ..transfer.source import zoo_name
-    from ..train.trainer import check_new_run_dir
-    from ..weights import save_weights
+    from ..jsonfile import to_json
+    from ..train.trainer import check_new_run_dir, training_images_metadata
+    from ..weights import atomic_write, save_weights
     from . import UserError
     from .args import check_output
     from .resuming import recorded_args, write_record
@@ -231,8 +246,12 @@ def _start(args: argparse.Namespace) -> int:
                "train_size": result.num_train, "feature_dim": result.feature_dim, "cache_hit": result.cache_hit}
         if val_loader is not None:  # the installed head, checked end to end from images
             row["val_acc_from_images"] = evaluate(model, val_loader, str(device), args.amp)["acc"]
-        (out / "metrics.jsonl").write_text(__import__("json").dumps(row) + "\n")
-        save_weights(model, out / "best.safetensors", {**metadata, "val_acc": result.val_accuracy})
+        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(to_json(row, indent=None) + "\n"))
+        # what `resnets eval` needs to refuse the probe's training images and to redraw its hold-out (--held-out)
+        run = {"recipe": "linear-probe", "model": zoo_name(info.spec) or args.model or "custom",
+               "data": str(args.data), "val_split": args.val_split, "seed": args.seed}
+        save_weights(model, out / "best.safetensors", {**metadata, "val_acc": result.val_accuracy, "config": run,
+                                                       **training_images_metadata(args.data)})
         write_json(out / "summary.json", row)
         print(f"linear probe: train acc {result.train_accuracy:.4f}"
               + (f", val acc {result.val_accuracy:.4f}" if result.val_accuracy is not None else "")
