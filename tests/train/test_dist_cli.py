@@ -102,3 +102,15 @@ def test_errors_under_torchrun_name_the_rank_that_hit_them(tmp_path, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "1")  # a group of one: nothing to tell apart
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("resnets eval: error: ")
+
+
+def test_finetune_under_torchrun_is_refused_before_any_rank_writes(tmp_path, monkeypatch, capsys):
+    # each rank trained its own copy into one folder; the second found the first's files and died mid-run
+    from resnets.cli import main
+
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["finetune", "--from", str(tmp_path / "src.safetensors"), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "runs in one process, and torchrun started 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

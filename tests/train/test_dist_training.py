@@ -213,3 +213,49 @@ def test_a_time_budget_over_processes_with_different_clocks_runs_rank_0s_plan(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == state["progress"]["step"] and summary["final_val_top1"] is not None
     assert "time budget 0.25 min" in log
+
+
+TRAINABLE_SET_SCRIPT = textwrap.dedent('''
+    import sys
+    import torch
+    from resnets import create_model
+    from resnets.data import load_data
+    from resnets.train import TrainConfig, Trainer
+    from resnets.train.distributed import distributed_session
+    from resnets.transfer import FinetuneConfig, ProgressiveUnfreezer, UnfreezeCallback
+
+    data, out = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(1)
+    common = dict(data=data, val_split=12, image_size=16, batch_size=4, epochs=3, lr=0.05, lr_scaling="none",
+                  warmup=0, seed=0, tensorboard=False, progress=False, augment={}, workers=0)
+    with distributed_session("cpu") as process:
+        splits = load_data(data, val_split=12, seed=0)
+        # progressive unfreezing: layer3 joins at epoch 1, layer2 at epoch 2
+        model = create_model("resnet20", num_classes=3, layers=(1, 1, 1))
+        unfreezer = ProgressiveUnfreezer(model, FinetuneConfig(num_classes=3, lr=0.05), epochs_per_part=1)
+        Trainer(TrainConfig(model="resnet20", **common), splits=splits, model=model,
+                param_groups=unfreezer.param_groups, callbacks=[UnfreezeCallback(unfreezer)], process=process).fit()
+        torch.save(model.state_dict(), f"{out}/unfreeze-rank{process.rank}.pt")
+        # the whitened stem's bias trains for one epoch, then stays fixed
+        model = create_model("resnet_airbench_narrow", num_classes=3)
+        Trainer(TrainConfig(model="resnet_airbench_narrow", stem_bias_epochs=1, **common), splits=splits, model=model,
+                process=process).fit()
+        torch.save(model.state_dict(), f"{out}/stem-bias-rank{process.rank}.pt")
+''')
+
+
+def test_parameters_unfrozen_or_frozen_mid_run_stay_in_step_across_processes(tmp_path):
+    """DDP all-reduces only the parameters that required grad when it was built: layers unfrozen later trained on
+    each process's own gradients (the ranks drifted apart by ~1e-3), and freezing the stem bias was refused. The
+    trainer re-wraps the model when the trainable set changes, so every rank ends with the same weights."""
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=12, size=16)  # 24 train: 3 steps of 2 x 4
+    (tmp_path / "script.py").write_text(TRAINABLE_SET_SCRIPT)
+    (tmp_path / "site").mkdir()
+    _finish(_start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(tmp_path / "script.py"), str(data), str(tmp_path)], tmp_path))
+    for run in ("unfreeze", "stem-bias"):
+        rank0, rank1 = (torch.load(tmp_path / f"{run}-rank{r}.pt", weights_only=True) for r in (0, 1))
+        # parameters only: without sync_bn each rank's last forward updates its own running statistics
+        weights = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+        differing = [k for k in weights if not torch.equal(rank0[k], rank1[k])]
+        assert not differing, (run, differing[:5])

@@ -176,3 +176,25 @@ def test_an_evaluation_set_smaller_than_the_process_count_is_named_as_such():
     assert len(make_loader(_dataset(1), batch_size=500, train=False, rank=0, world_size=2)) == 1
     with pytest.raises(DataError, match="make no full batch of 4"):  # training: the batch is what is too big
         make_loader(_dataset(6), batch_size=4, train=True, rank=1, world_size=2)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_sync_batchnorm_keeps_the_fine_tuning_norm_policies(device):
+    # torch's convert_sync_batchnorm builds new modules: a frozen stage's norms lost their policy and hook, so
+    # under sync_bn on CUDA they normalised with batch statistics and their running statistics drifted. The
+    # CUDA branch only builds modules, so it is checked on the CPU too.
+    from resnets import create_model
+    from resnets.transfer import FinetuneConfig, apply_finetune_policy
+
+    model = create_model("resnet20", num_classes=10, layers=(1, 1, 1))
+    apply_finetune_policy(model, FinetuneConfig(num_classes=3, freeze="layer1", bn="train"))
+    converted = convert_batchnorm(model, device)
+    assert converted is model and convert_batchnorm(model, device) is model  # in place; a second pass is a no-op
+    synced = nn.SyncBatchNorm if device == "cuda" else DistributedBatchNorm2d
+    assert type(model.layer2[0].bn1) is synced and type(model.layer1[0].bn1) is nn.BatchNorm2d
+    frozen = model.layer1[0].bn1
+    assert frozen.resnets_bn_policy == "frozen" and len(frozen._forward_pre_hooks) == 1
+    if device == "cpu":
+        stats = frozen.running_mean.clone()
+        model.train()(torch.randn(2, 3, 16, 16))
+        assert torch.equal(stats, frozen.running_mean) and not frozen.training

@@ -111,14 +111,6 @@ def test_norm_shifts_get_their_own_learning_rate_group():
     assert sum(len(g["params"]) for g in groups.values()) == len(trainable)
 
 
-def test_distributed_runs_refuse_a_mid_run_freeze():
-    from resnets.train import ConfigError
-    from resnets.train.process import ProcessContext
-
-    with pytest.raises(ConfigError, match="stem_bias_epochs=null"):
-        Trainer(fast_config(), splits=splits16(), process=ProcessContext(rank=0, world_size=2))
-
-
 def test_orthogonalize_pushes_every_singular_value_of_a_filter_bank_near_one():
     from resnets.train.optim import orthogonalize
 

@@ -105,6 +105,7 @@ def _callbacks(unfreezer) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    _refuse_several_processes()
     if args.resume:
         return _resume(args)
     from .resuming import require
@@ -112,6 +113,21 @@ def run(args: argparse.Namespace) -> int:
     require(args, "source", "data", "out")
     _refuse_contradictions(args)
     return _start(args)
+
+
+def _refuse_several_processes() -> None:
+    """Under torchrun every process would train its own copy into one run folder (and the second to start finds
+    the first's files): fine-tuning runs in one process."""
+    import os
+
+    from ..train.distributed import launched_by_torchrun
+    from . import UserError
+
+    if launched_by_torchrun() and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        raise UserError(f"resnets finetune runs in one process, and torchrun started {os.environ['WORLD_SIZE']}: each "
+                        "would train its own copy into the same run folder. Run it without torchrun (--device cuda "
+                        "for a GPU); for several processes, train from Python with resnets.train.Trainer(..., "
+                        "process=...) inside resnets.train.distributed.distributed_session")
 
 
 # options of the training path that a linear probe (features once, then L-BFGS on a new head) never reads

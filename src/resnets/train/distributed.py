@@ -318,13 +318,33 @@ def convert_batchnorm(model: nn.Module, device: torch.device | str = "cpu") -> n
     """BatchNorm over the global batch: ``nn.SyncBatchNorm`` on CUDA, ``DistributedBatchNorm2d`` on CPU.
 
     The CPU conversion swaps the class of each ``nn.BatchNorm2d`` in place (same parameter and buffer
-    objects, so an optimizer built before or after sees the same tensors)."""
+    objects, so an optimizer built before or after sees the same tensors). Norms that a fine-tuning policy
+    keeps in inference mode (``resnets_bn_policy`` ``eval``/``frozen``) never use batch statistics and stay
+    as they are. Converting twice changes nothing."""
     if torch.device(device).type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return _to_sync_batchnorm(model)
     for module in model.modules():
-        if type(module) is nn.BatchNorm2d:
+        if type(module) is nn.BatchNorm2d and _uses_batch_statistics(module):
             module.__class__ = DistributedBatchNorm2d
     return model
+
+
+def _uses_batch_statistics(module: nn.Module) -> bool:
+    return getattr(module, "resnets_bn_policy", "train") == "train"
+
+
+def _to_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` on the norms that train: it builds new modules, which would
+    drop the policy attribute and forward pre-hook that keep an ``eval``/``frozen`` norm in inference mode."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module) if _uses_batch_statistics(module) else module
+    for name, child in module.named_children():
+        converted = _to_sync_batchnorm(child)
+        if converted is not child:
+            module.add_module(name, converted)
+    return module
 
 
 # ---------------------------------------------------------------- the step: micro-batches

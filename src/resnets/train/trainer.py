@@ -190,9 +190,6 @@ class Trainer:
         self.classes = list(self.splits.classes)
         self.num_classes = len(self.classes)
         self.model = model if model is not None else self._build_model()
-        if config.stem_bias_epochs is not None and self.process.world_size > 1:
-            raise ConfigError("stem_bias_epochs freezes a parameter mid-run, which DistributedDataParallel does "
-                              "not allow: set stem_bias_epochs=null for several processes")
         if config.whiten_stem:
             self._whiten_stem()
         self.model.to(self.device)
@@ -207,9 +204,7 @@ class Trainer:
                 raise ConfigError(f"grad_checkpointing=true needs a model with set_grad_checkpointing (a resnets "
                                   f"ResNet or a timm model); {type(self.model).__name__} has none: set it to false")
             self.model.set_grad_checkpointing(True)
-        self.forward_model = self.process.wrap_model(self.model)
-        if config.compile:
-            self.forward_model = torch.compile(self.forward_model, mode=config.compile_mode)
+        self._wrap_for_training()
         self._cuda_graphs = config.compile and self.device.type == "cuda" and config.compile_mode in CUDA_GRAPH_MODES
 
         groups = param_groups(self.model) if callable(param_groups) else param_groups
@@ -332,6 +327,22 @@ class Trainer:
     @property
     def spec(self):
         return getattr(self.model, "spec", None)
+
+    def _wrap_for_training(self) -> None:
+        """``forward_model``: the model under DDP (several processes) and ``torch.compile`` (when asked)."""
+        self.forward_model = self.process.wrap_model(self.model)
+        if self.config.compile:
+            self.forward_model = torch.compile(self.forward_model, mode=self.config.compile_mode)
+        self._wrapped_trainable = self._trainable_parameter_names()
+
+    def _trainable_parameter_names(self) -> frozenset[str]:
+        return frozenset(name for name, p in self.model.named_parameters() if p.requires_grad)
+
+    def _rewrap_if_trainable_set_changed(self) -> None:
+        """DDP all-reduces only the parameters that required grad when it was built: a callback that unfreezes
+        layers (progressive unfreezing) would leave their gradients local and the processes' weights apart."""
+        if self.process.world_size > 1 and self._trainable_parameter_names() != self._wrapped_trainable:
+            self._wrap_for_training()
 
     def weights_metadata(self) -> dict[str, Any]:
         """What ``best.safetensors`` stores beside the weights (for eval/predict/fine-tuning)."""
@@ -794,6 +805,7 @@ class Trainer:
                     self.train_loader.skip_batches(self.batch_in_epoch)
                 for callback in self.callbacks:
                     callback.on_epoch_start(self, self.epoch)
+                self._rewrap_if_trainable_set_changed()  # the stem bias and unfreezing callbacks change it
                 epoch_start = time.perf_counter()
                 images_seen = 0
                 self.model.train()
