@@ -86,17 +86,9 @@ def _val_accuracy(model, args, precision: str = "fp32") -> float:
 
 
 def _calibration(args, images: int = 512):
-    from resnets.data import make_loader
+    from resnets.deploy.data import calibration_batches
 
-    splits = _splits(args)
-    loader = make_loader(splits.train, batch_size=128, train=False, mean=splits.mean, std=splits.std)
-    batches, seen = [], 0
-    for x, _ in loader:
-        batches.append(x)
-        seen += x.shape[0]
-        if seen >= images:
-            break
-    return batches
+    return calibration_batches(_splits(args).train, images)  # drawn over every class, as `resnets quantize` does
 
 
 def cmd_train(args) -> None:

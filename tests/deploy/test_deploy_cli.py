@@ -56,12 +56,24 @@ def test_quantize_cli_runs_quantization_aware_training_when_ptq_loses_too_much(w
         assert load_quantized(out)(torch.randn(2, 3, 16, 16)).shape == (2, 4)
 
 
-def test_prune_and_distill_cli_write_normal_checkpoints(workspace, capsys):
+def test_prune_and_distill_cli_write_normal_checkpoints(workspace, capsys, monkeypatch):
+    import resnets.deploy.data
+
     root, data, checkpoint = workspace
+    used = []
+    load = resnets.deploy.data.load_deploy_data
+    monkeypatch.setattr(resnets.deploy.data, "load_deploy_data",
+                        lambda *a, **k: used.append((k["val_split"], k["seed"])) or load(*a, **k))
     common = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--val-split", "0.25",
               "--set", "workers=0", "--set", "progress=false", "--set", "tensorboard=false"]
     assert main(["prune", "--checkpoint", str(checkpoint), "--target-macs", "0.5", "--out", str(root / "pruned"),
-                 *common]) == 0
+                 *common, "--set", "seed=1"]) == 0
+    import yaml
+
+    # a training seed is not a split seed: the run holds out (and records) the split it measured on
+    recorded = yaml.safe_load((root / "pruned" / "config.yaml").read_text())
+    assert recorded["seed"] == 1 and recorded["split_seed"] == 0 and recorded["val_split"] == 0.25
+    assert used == [(0.25, 0)]
     pruned, ckpt = model_from_checkpoint(root / "pruned" / "best.safetensors")
     assert ckpt.spec.block_widths is not None and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 4)
     from resnets.profile import profile
@@ -153,3 +165,7 @@ def test_grey_models_calibrate_and_measure_on_grey_images(workspace, tiny_spec, 
     assert main(["export", "--checkpoint", str(grey), "--format", "exported-program", "--int8", "--calib-data",
                  str(data), "--calib-images", "8", "--out", str(root / "grey.int8.pt2")]) == 0
     assert "wrote int8 exported-program" in capsys.readouterr().out
+    # the trainer reads RGB: pruning or distilling a grey model is refused before any work, not after it
+    for argv in (["prune", "--checkpoint", str(grey)], ["distill", "--teacher", str(grey), "--student", "resnet20"]):
+        assert main([*argv, "--data", str(data), "--epochs", "1", "--out", str(root / "grey_run")]) == 2
+        assert "1-channel model" in capsys.readouterr().err and not (root / "grey_run").exists()

@@ -54,9 +54,13 @@ def _teacher_and_data(args: argparse.Namespace):
     from ..deploy.data import load_deploy_data
     from . import UserError
     from .args import load_network
+    from .prune import compression_hold_out, refuse_non_rgb
 
     teacher, metadata = load_network(args.teacher, args.teacher_model, "--teacher", "--teacher-model")
-    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, conv_type=teacher.spec.conv_type)
+    refuse_non_rgb(teacher, "--teacher", "distill")
+    val_split, seed = compression_hold_out(args, metadata)
+    data = load_deploy_data(args.data, metadata, 0, val_split=val_split, seed=seed,
+                            in_chans=teacher.spec.in_chans, conv_type=teacher.spec.conv_type, source=args.teacher)
     if teacher.spec.num_classes != data.num_classes:
         raise UserError(f"the teacher predicts {teacher.spec.num_classes} classes but --data has {data.num_classes}; "
                         "distil on the data the teacher was trained for")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from . import UserError
     from .args import check_output
     from .args import load_network
-    from .prune import finetune_config
+    from .prune import finetune_config, refuse_non_rgb
     from .resuming import read_record, refuse_changes_on_resume, require, resume_folder, write_record
 
     if args.resume:
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         teacher, metadata, data = _teacher_and_data(args)
         if student_is_file:
             student, student_meta = load_network(args.student, args.student_model, "--student", "--student-model")
+            refuse_non_rgb(student, "--student", "distill")
             check_student_head(student, student_meta, f"--student {args.student}", data.splits.classes)
             name = str(student_meta.get("model_name") or args.student_model or "student")
         else:

@@ -37,12 +37,34 @@ def add_finetune_args(p: argparse.ArgumentParser, lr: float) -> None:
                    help="or fit fine-tuning into this many minutes")
     p.add_argument("--lr", type=positive_float, default=lr)
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count)")
+    p.add_argument("--val-split", type=val_split,
+                   help="held-out fraction (or count); default: the hold-out the checkpoint's run recorded (its "
+                        "val_split and split seed), else 0.1")
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (0: load in this process)")
     p.add_argument("--device", type=device, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help=f"default {AUTO_PRECISION_HELP}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
+
+
+def refuse_non_rgb(model, option: str, command: str) -> None:
+    """The trainer reads images as RGB, so a model of another channel count could only fail after the work."""
+    from . import UserError
+
+    if model.spec.in_chans != 3:
+        raise UserError(f"{option} is a {model.spec.in_chans}-channel model, and resnets {command} fine-tunes with "
+                        "the resnets trainer, which reads images as RGB (3 channels); use a 3-channel model")
+
+
+def compression_hold_out(args: argparse.Namespace, metadata: dict) -> tuple[float | int, int]:
+    """(val_split, seed) a prune/distill run holds out: the checkpoint's recorded hold-out (so its "held-out"
+    images are ones the network never trained on), unless --val-split or --set val_split/split_seed say otherwise."""
+    from ..deploy.data import checkpoint_hold_out
+    from ..train import parse_set
+
+    val_split, seed = checkpoint_hold_out(metadata, args.val_split)
+    extra = parse_set(args.set)
+    return extra.get("val_split", val_split), (seed if extra.get("split_seed") is None else int(extra["split_seed"]))
 
 
 def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
@@ -52,7 +74,9 @@ def finetune_config(args: argparse.Namespace, model_name: str, data_meta: dict):
 
     if args.epochs is None and args.time_budget is None:
         raise UserError("give the fine-tuning length: --epochs N or --time-budget MINUTES")
-    values = {"model": model_name, "data": args.data, "val_split": args.val_split, "batch_size": args.batch_size,
+    held_out, split_seed = compression_hold_out(args, data_meta)
+    values = {"model": model_name, "data": args.data, "val_split": held_out, "split_seed": split_seed,
+              "batch_size": args.batch_size,
               "lr": args.lr, "schedule": "cosine", "warmup": 0.05, "warmup_unit": "epochs", "nesterov": True,
               "weight_decay": 5e-4, "device": args.device or "cpu",
               "precision": args.precision or "auto",
@@ -90,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, reads=[args.checkpoint], directory=True, data=[args.data])
     check_new_run_dir(args.out)
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
+    refuse_non_rgb(model, "--checkpoint", "prune")
     config = finetune_config(args, str(metadata.get("model_name") or args.model or "pruned"), metadata)
     try:
         # MACs counted at the size the network was trained at, not its design size
@@ -98,16 +123,18 @@ def run(args: argparse.Namespace) -> int:
     except PruningError as exc:
         raise UserError(str(exc)) from None
     print(f"pruned: {result}; block widths {list(result.block_widths)}")
-    data = load_deploy_data(args.data, metadata, 0, val_split=args.val_split, seed=config.seed,
-                            conv_type=model.spec.conv_type)
+    data = load_deploy_data(args.data, metadata, 0, val_split=config.val_split, seed=config.held_out_seed,
+                            in_chans=model.spec.in_chans, conv_type=model.spec.conv_type, source=args.checkpoint)
     if data.val_loader is not None:
         before = top1(model, data.val_loader, data.num_classes)
         cut = top1(result.model, data.val_loader, data.num_classes)
         print(f"top-1 before pruning {100 * before:.2f}%, right after pruning {100 * cut:.2f}%")
     trainer = Trainer(config, args.out, splits=data.splits, model=result.model)
     run_result = trainer.fit()
-    final = run_result.final_val_top1
-    if final is not None and data.val_loader is not None:
+    # measured as "before" was (fp32, no TTA, on the CPU), not in the trainer's precision: the difference is pruning's
+    final = (top1(run_result.model.to("cpu"), data.val_loader, data.num_classes)
+             if run_result.model is not None and data.val_loader is not None else None)
+    if final is not None:
         print(f"after fine-tuning: top-1 {100 * final:.2f}% ({100 * (final - before):+.2f} points vs unpruned), "
               f"{result.macs_fraction:.0%} of the MACs; checkpoint {args.out}/best.safetensors")
     return 0

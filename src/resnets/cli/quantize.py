@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="the training images (ImageFolder tree or cifar10)")
     p.add_argument("--out", required=True, help="where to write the int8 model (.pt, weights only)")
     p.add_argument("--calib-images", type=positive_int, default=512)
-    p.add_argument("--val-split", type=val_split, default=0.1, help="held-out fraction (or count) to measure on")
+    p.add_argument("--val-split", type=val_split,
+                   help="held-out fraction (or count) to measure on; default: the hold-out the checkpoint's run "
+                        "recorded (its val_split and split seed, so none of its training images), else 0.1")
     p.add_argument("--qat-epochs", type=non_negative_float, default=0.0, help="quantization-aware fine-tuning epochs if needed")
     p.add_argument("--max-drop", type=finite_float, default=0.3,
                    help="top-1 points PTQ may lose before QAT runs (negative: QAT unless PTQ gains that much)")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, reads=[args.checkpoint], kind=(".pt", ".pth"), data=[args.data])
     model, metadata = load_network(args.checkpoint, args.model, "--checkpoint", "--model")
     data = load_deploy_data(args.data, metadata, args.calib_images, val_split=args.val_split,
-                            in_chans=model.spec.in_chans, conv_type=model.spec.conv_type)
+                            in_chans=model.spec.in_chans, conv_type=model.spec.conv_type, source=args.checkpoint)
     if data.val_loader is None:
         raise UserError("--data has no held-out images to measure the accuracy change on; use --val-split > 0")
     try:

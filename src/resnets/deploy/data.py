@@ -36,18 +36,48 @@ class _GreyLoader:
             yield to_grey(images), labels
 
 
-def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibration_images: int = 512,
-                     val_split: float = 0.1, seed: int = 0, batch_size: int = 128, in_chans: int = 3,
-                     conv_type: str = "2d") -> DeployData:
-    """Calibration batches from the training split and a loader of the held-out split.
+def checkpoint_hold_out(metadata: dict[str, Any] | None, val_split: float | int | None = None) -> tuple[float | int, int]:
+    """(val_split, seed) to hold out from a checkpoint's data: the split its run recorded (``config``), so that the
+    images compression measures on are ones the network never trained on, unless ``val_split`` asks for another
+    size; 0.1 with seed 0 for a checkpoint that records no run (torchvision and timm files)."""
+    from ..train.config import held_out_split
 
-    The checkpoint's saved mean/std, class list and image size (``best.safetensors`` metadata) are
-    used when present, so the images look exactly as they did in training. For a 1-channel model
-    (``in_chans=1``) the batches are grey (``to_grey``); the loaders read every image as RGB. Video nets
-    (``conv_type`` 3d or 2plus1d) are refused: image folders give no clips.
+    config = (metadata or {}).get("config")
+    if isinstance(config, dict):
+        recorded, seed = held_out_split(config)
+        return (recorded if val_split is None else val_split), seed
+    return (0.1 if val_split is None else val_split), 0
+
+
+def calibration_batches(train: Any, count: int, seed: int = 0, batch_size: int = 128) -> list[torch.Tensor]:
+    """``count`` normalised training images drawn at random (seeded) over every class, in batches: a training
+    split is in class order, so its first images are one class's and would set the int8 ranges alone."""
+    from ..data import make_loader
+    from ..data.seeding import derive_seed
+
+    if count <= 0 or len(train) == 0:
+        return []
+    generator = torch.Generator().manual_seed(derive_seed(seed, "calibration"))
+    chosen = torch.randperm(len(train), generator=generator)[:count]
+    loader = make_loader(train.subset(chosen), batch_size=batch_size, train=False, mean=train.mean, std=train.std)
+    return [images for images, _ in loader]
+
+
+def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibration_images: int = 512,
+                     val_split: float | int | None = None, seed: int | None = None, batch_size: int = 128,
+                     in_chans: int = 3, conv_type: str = "2d", source: str = "the checkpoint") -> DeployData:
+    """Calibration batches drawn at random from the training split, and a loader of the held-out split.
+
+    The checkpoint's saved mean/std, class list and image size (``best.safetensors`` metadata) are used,
+    so the images look exactly as they did in training; a file that records no mean/std (torchvision, timm)
+    gets ImageNet's, with a warning, as ``resnets eval`` does. ``val_split``/``seed`` default to the hold-out
+    the checkpoint's run recorded (``checkpoint_hold_out``). For a 1-channel model (``in_chans=1``) the batches
+    are grey (``to_grey``); the loaders read every image as RGB. Video nets (``conv_type`` 3d or 2plus1d) are
+    refused: image folders give no clips. ``source`` names the checkpoint in warnings.
     """
     from ..data import load_data, make_loader
     from ..data.errors import DataError
+    from ..evaluate.loading import rgb_normalization
 
     if conv_type != "2d":
         raise DataError(f"the model is a video network (conv_type={conv_type!r}, clips of C x T x H x W), and "
@@ -57,21 +87,12 @@ def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibrat
         raise DataError(f"the model takes {in_chans}-channel input; calibration and evaluation images are read as "
                         "RGB (3 channels) or, for a 1-channel model, as grey")
     metadata = metadata or {}
-    normalization: Any = "auto"
-    if isinstance(metadata.get("mean"), list) and isinstance(metadata.get("std"), list):
-        mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
-        if in_chans == 1 and len(mean) == len(std) == 1:  # the grey statistics, on each RGB channel
-            mean, std = mean * 3, std * 3
-        normalization = (mean, std)
+    recorded_split, recorded_seed = checkpoint_hold_out(metadata, val_split)
+    val_split, seed = recorded_split, (recorded_seed if seed is None else seed)
+    normalization = rgb_normalization(metadata, in_chans, source)
     splits = load_data(data, val_split=val_split, seed=seed, image_size=metadata.get("image_size"),
                        classes=metadata.get("classes"), normalization=normalization)
-    calib_loader = make_loader(splits.train, batch_size=batch_size, train=False, mean=splits.mean, std=splits.std)
-    batches, seen = [], 0
-    for images, _ in calib_loader:
-        if seen >= calibration_images:
-            break
-        batches.append(images[: calibration_images - seen])
-        seen += batches[-1].shape[0]
+    batches = calibration_batches(splits.train, calibration_images, seed, batch_size)
     val_loader = (make_loader(splits.val, batch_size=256, train=False, mean=splits.mean, std=splits.std)
                   if splits.val is not None and len(splits.val) else None)
     if in_chans == 1:

@@ -57,6 +57,25 @@ def normalization_of(metadata: dict[str, Any]) -> tuple[tuple[float, ...], tuple
     return tuple(mean), tuple(std), False
 
 
+def rgb_normalization(metadata: dict[str, Any], in_chans: int,
+                      checkpoint: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) to normalise RGB-read images with for a checkpoint: its own (one value each for a grey
+    model, repeated over RGB), or ImageNet's with a warning when it records none (torchvision and timm files;
+    a grey model gets ImageNet's luminance-weighted statistics). Malformed statistics are refused."""
+    mean, std, found = normalization_of(metadata)
+    if not found:
+        warnings.warn(f"{checkpoint} does not record its input normalisation (metadata 'mean'/'std'); assuming "
+                      "ImageNet statistics", UserWarning, stacklevel=3)
+        if in_chans == 1:  # ImageNet's grey: the luminance-weighted channel statistics
+            mean, std = (sum(w * m for w, m in zip(LUMINANCE, mean)),), (sum(w * s for w, s in zip(LUMINANCE, std)),)
+    if (len(mean) not in (1, in_chans) or len(std) != len(mean) or not all(0 < s < math.inf for s in std)
+            or not all(abs(m) < math.inf for m in mean)):
+        raise CheckpointError(f"{checkpoint} stores mean {list(mean)} and std {list(std)} for a model with "
+                              f"{in_chans} input channel(s); save it with one mean and one positive std per channel, "
+                              "all finite")
+    return tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))  # one value: every RGB channel
+
+
 def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
                        need_classes: bool = True) -> LoadedModel:
     """Load a resnets checkpoint (best.safetensors, last.pt, a run folder) for evaluation, prediction or
@@ -96,18 +115,7 @@ def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
             raise CheckpointError(f"{checkpoint} holds no EMA weights (the run had ema_decay=0, or it is not a "
                                   "last.pt)")
     load_state_dict(model, state)
-    mean, std, found = normalization_of(meta)
-    if not found:
-        warnings.warn(f"{checkpoint} does not record its input normalisation (metadata 'mean'/'std'); assuming "
-                      "ImageNet statistics", UserWarning, stacklevel=2)
-        if in_chans == 1:  # ImageNet's grey: the luminance-weighted channel statistics
-            mean, std = (sum(w * m for w, m in zip(LUMINANCE, mean)),), (sum(w * s for w, s in zip(LUMINANCE, std)),)
-    if (len(mean) not in (1, in_chans) or len(std) != len(mean) or not all(0 < s < math.inf for s in std)
-            or not all(abs(m) < math.inf for m in mean)):
-        raise CheckpointError(f"{checkpoint} stores mean {list(mean)} and std {list(std)} for a model with "
-                              f"{in_chans} input channel(s); save it with one mean and one positive std per channel, "
-                              "all finite")
-    mean, std = tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))  # one value: every RGB channel
+    mean, std = rgb_normalization(meta, in_chans, checkpoint)
     if in_chans == 1:
         model = GrayscaleInput(model)
     return LoadedModel(model.eval(), list(classes) if classes else None, mean, std, meta.get("image_size"),
