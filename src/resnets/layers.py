@@ -56,6 +56,7 @@ def norm(spec: ResNetSpec, channels: int) -> nn.Module:
     layer = (nn.BatchNorm2d if spec.conv_type == "2d" else nn.BatchNorm3d)(channels, momentum=spec.norm_momentum)
     if not spec.norm_scale:
         layer.weight.requires_grad_(False)
+        layer.resnets_fixed_scale = True  # fine-tuning policies that unfreeze a part leave this weight fixed
     return layer
 
 

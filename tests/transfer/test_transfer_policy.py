@@ -255,3 +255,25 @@ def test_the_head_rate_set_twice_is_refused_and_either_way_alone_works():
                               FinetuneConfig(head_lr_mult=10, stage_lr_mults={"head": 0.5}))
     for config in (FinetuneConfig(head_lr_mult=4), FinetuneConfig(stage_lr_mults={"head": 4})):
         assert lr_multipliers(tiny(num_classes=3, layers=(1, 1, 1)), config)["head"] == 4
+
+
+def test_norm_scales_the_architecture_fixes_stay_fixed_under_every_policy():
+    # resnet_airbench's norms have no trained scale (norm_scale=False): fine-tuning turned them into parameters
+    from resnets.detection import fpn_backbone
+
+    def fixed_scales_trained(model):
+        return [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bn1.weight")
+                and n.startswith("layer")]
+
+    model = create_model("resnet_airbench_narrow", num_classes=10)
+    assert not fixed_scales_trained(model)
+    groups = apply_finetune_policy(model, FinetuneConfig(num_classes=3, bn="eval"))
+    assert not fixed_scales_trained(model)
+    fixed = {id(m.bn1.weight) for m in model.modules() if hasattr(m, "bn1") and hasattr(m, "conv2")}
+    assert fixed and not fixed & {id(p) for g in groups for p in g["params"]}  # the optimizer never sees them
+    unfreezer = ProgressiveUnfreezer(create_model("resnet_airbench_narrow"), FinetuneConfig(num_classes=3),
+                                     epochs_per_part=1)
+    unfreezer.step(5)
+    assert not fixed_scales_trained(unfreezer.model)
+    pyramid = fpn_backbone(create_model("resnet_airbench_narrow"), trainable_layers=4, norm="eval")
+    assert not fixed_scales_trained(pyramid.body) and any(p.requires_grad for p in pyramid.body.parameters())

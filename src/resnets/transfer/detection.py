@@ -23,7 +23,7 @@ from ..factory import create_model, requested_weights
 from ..model import ResNet, ResNetFeatures
 from ..spec import ResNetSpec
 from ..weights import load_state_dict
-from .policy import PolicyError, set_bn_policy, to_frozen_batchnorm
+from .policy import PolicyError, set_bn_policy, set_trainable, to_frozen_batchnorm
 
 NORMS = ("frozen", "eval", "train")
 
@@ -123,7 +123,7 @@ def fpn_backbone(name_or_model: str | ResNetSpec | nn.Module = "resnet50", train
         to_frozen_batchnorm(body)
     for name, module in body.named_children():
         trainable = name in train_parts or (name == "final_bn" and stage_names[-1] in train_parts)
-        module.requires_grad_(trainable)
+        set_trainable(module, trainable)
         if norm != "frozen":
             set_bn_policy([module], norm if trainable else "frozen")
     return ResNetFPN(body, out_channels, extra_blocks)

@@ -108,6 +108,15 @@ def _keep_inference_mode(module: nn.Module, args: Any) -> None:
         module.training = False
 
 
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """``requires_grad`` for every parameter of ``module``, except the norm scales its architecture fixes at 1
+    (``norm_scale=False``: the airbench nets), which no policy turns into trained parameters."""
+    module.requires_grad_(trainable)
+    for m in module.modules():
+        if getattr(m, "resnets_fixed_scale", False) and getattr(m, "weight", None) is not None:
+            m.weight.requires_grad_(False)
+
+
 def set_bn_policy(modules: Iterable[nn.Module], policy: str) -> None:
     """Give every BatchNorm inside ``modules`` a policy that survives ``model.train()``."""
     if policy not in BN_POLICIES:
@@ -123,8 +132,8 @@ def set_bn_policy(modules: Iterable[nn.Module], policy: str) -> None:
             if policy != "train":
                 m.training = False
             if m.affine:
-                for p in (m.weight, m.bias):
-                    p.requires_grad_(policy != "frozen")
+                m.bias.requires_grad_(policy != "frozen")
+                m.weight.requires_grad_(policy != "frozen" and not getattr(m, "resnets_fixed_scale", False))
 
 
 def to_frozen_batchnorm(module: nn.Module) -> nn.Module:
@@ -248,7 +257,7 @@ def apply_finetune_policy(model: nn.Module, config: FinetuneConfig) -> list[dict
     modules = part_modules(model)
     for part, mods in modules.items():
         for m in mods:
-            m.requires_grad_(part not in frozen)
+            set_trainable(m, part not in frozen)
         set_bn_policy(mods, "frozen" if part in frozen else config.bn)
 
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
@@ -315,7 +324,7 @@ class ProgressiveUnfreezer:
 
     def _lock(self, part: str) -> None:
         for m in self._modules[part]:
-            m.requires_grad_(False)
+            set_trainable(m, False)
         set_bn_policy(self._modules[part], "frozen")
 
     def _unlock(self, part: str) -> None:
