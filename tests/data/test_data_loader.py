@@ -93,6 +93,20 @@ def test_streaming_loader_is_deterministic_across_workers(tmp_path):
     assert sum(len(y) for _, y in evaluation) == 10
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streaming_leaves_the_global_rng_alone(tmp_path, workers):
+    # a DataLoader iterator draws its base seed from the global RNG unless given a generator: dropout, drop_path
+    # and adversarial starts then depended on where a run resumed and on --workers
+    root = make_image_folder(tmp_path / "big", classes=2, per_class=4, size=72, fmt="jpg")
+    splits = load_data(root, val_split=0, image_size=64, cache_dir=tmp_path / "cache")
+    loader = make_loader(splits.train, batch_size=4, augment=AUGMENT, seed=2, workers=workers)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    _epoch(loader, 0)
+    _epoch(loader, 1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_loader_errors():
     dataset = _dataset()
     with pytest.raises(ValueError, match="rank"):

@@ -307,6 +307,9 @@ class StreamingLoader(_EpochLoader):
                               (self.mean, self.std) if self.normalize_in_workers else None, crop_fraction),
             batch_sampler=_EpochBatchSampler(self), num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            # each new iterator draws a base seed: from the global RNG, that draw would shift dropout, drop_path
+            # and adversarial starts by where a run resumed and by the number of workers
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, "dataloader", self.rank)),
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
