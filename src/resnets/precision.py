@@ -6,8 +6,10 @@ several-fold between CPUs).
 Native bf16 instructions are not enough: on a CPU without AVX-512 BF16 or AMX, oneDNN emulates bf16 (resnet20 and
 resnet56 trained at 0.78x and 0.75x fp32's speed on an AVX-512 Xeon without BF16), and an Intel Xeon that has
 AVX-512 BF16 but no AMX trained them at 0.71x and 0.69x (its bf16 dot products issue on one port, fp32 FMAs on
-two), while an AMD EPYC with AVX-512 BF16 gains 2-3x (docs/benchmarks.md). So on a CPU ``auto`` also times a
-matmul in both precisions once per process (``bf16_speedup``).
+two), while an AMD EPYC with AVX-512 BF16 gains 2-3x (docs/benchmarks.md). So on a CPU ``auto`` takes bf16 where
+AMX is present, keeps fp32 on Intel CPUs without AMX (known, not timed: a timing races on a busy machine, and two
+processes of one run must decide alike), and elsewhere times a matmul in both precisions once per process
+(``bf16_speedup``; an AMD EPYC's 2.2x is far from the threshold).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["AUTO_PRECISION_HELP", "BF16_MIN_SPEEDUP", "PRECISIONS", "PRECISION_CHOICES", "autocast_context",
-           "bf16_is_faster", "bf16_speedup", "cpu_name", "native_bf16", "resolve_precision",
+           "bf16_is_faster", "bf16_speedup", "cpu_name", "cpu_vendor", "native_bf16", "resolve_precision",
            "slow_bf16_reason"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -42,6 +44,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``; from /proc/cpuinfo on Linux), or "" unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
@@ -103,10 +116,21 @@ def slow_bf16_reason(device: torch.device | str = "cpu") -> str | None:
     if not native_bf16(device):
         where = "on a CPU: AVX-512 BF16 or AMX" if device.type == "cpu" else "a GPU before Ampere"
         return f"{device.type} has no native bf16 ({where}), so it is emulated and runs slower than fp32"
-    if device.type == "cpu" and bf16_speedup("cpu") < BF16_MIN_SPEEDUP:
-        return (f"this CPU's bf16 is native, but a bf16 matmul ran at {bf16_speedup('cpu'):.2f}x fp32's speed here "
-                "(an Intel CPU without AMX, say)")
+    if device.type != "cpu" or _cpu_probe("_is_amx_tile_supported"):
+        return None  # a GPU with native bf16, or AMX tiles: bf16 runs several times fp32
+    # Known without timing, so every process of a run (and every run) decides alike: a timing on a busy 2-core
+    # machine ranged 0.37-1.31x here and once crossed BF16_MIN_SPEEDUP
+    if cpu_vendor() == "GenuineIntel":
+        return ("this Intel CPU has native bf16 (AVX-512 BF16) but no AMX, and there a bf16 matmul runs at about "
+                "0.55-0.62x fp32's speed (resnet20's training at 0.71x)")
+    if bf16_speedup("cpu") < BF16_MIN_SPEEDUP:
+        return f"this CPU's bf16 is native, but a bf16 matmul ran at {bf16_speedup('cpu'):.2f}x fp32's speed here"
     return None
+
+
+def _cpu_probe(name: str) -> bool:
+    probe = getattr(torch.cpu, name, None)
+    return bool(probe()) if probe is not None else False
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

@@ -136,6 +136,8 @@ def test_bench_says_when_native_bf16_is_slower_than_fp32(monkeypatch):
 
     monkeypatch.setattr(bench_module, "PEAK_SIZE", 128)
     monkeypatch.setattr(resnets.precision, "native_bf16", lambda *args: True)
+    monkeypatch.setattr(resnets.precision, "cpu_vendor", lambda: "AuthenticAMD")  # timed, not known
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(resnets.precision, "bf16_speedup", lambda device="cpu": 0.53)
     with pytest.warns(UserWarning, match="bf16 matmul ran at 0.53x fp32's speed.*expect the bf16 rows"):
         bench_module.benchmark(create_model("resnet20").eval(), "resnet20", [1], ("bf16",), rounds=1, baseline=False)

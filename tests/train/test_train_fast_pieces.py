@@ -177,6 +177,24 @@ def test_muon_trains_the_filters_and_leaves_everything_else_to_sgd():
     assert step_size < 0.1  # rescaled to sqrt(16) before the step; one 0.05-rate step moves it little
 
 
+def test_muon_orthogonalizes_in_the_runs_recorded_precision_not_a_timing(monkeypatch):
+    # a per-process timing chose bf16 or fp32 for Newton-Schulz, recorded nowhere: a resumed run could switch
+    import resnets.train.optim
+    from resnets.train import build_optimizer
+
+    def must_not_time(device):
+        raise AssertionError("timed the Newton-Schulz dtype")
+
+    monkeypatch.setattr(resnets.train.optim, "_newton_schulz_dtype", must_not_time)
+    model = create_model("resnet_airbench", widths=[8, 16, 16])
+    groups = param_groups(model, 1e-3, orthogonal_filters=True)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        optimizer = build_optimizer(groups, fast_config(optimizer="muon", precision=precision))
+        assert optimizer.ns_dtype == dtype
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+        optimizer.step()
+
+
 def test_a_muon_run_trains_and_unknown_optimizers_are_refused():
     from resnets.train import ConfigError
 

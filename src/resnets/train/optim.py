@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-from ..precision import bf16_is_faster
+from ..precision import bf16_is_faster, resolve_precision
 from .config import TrainConfig
 
 __all__ = ["LRSchedule", "Lookahead", "ModelEMA", "MuonSGD", "build_optimizer", "orthogonalize", "param_groups",
@@ -89,8 +89,12 @@ def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: Tra
         group["lr"] = config.base_lr * group["lr_scale"]
         prepared.append(group)
     if config.optimizer == "muon":
+        # the run's own precision decides the orthogonalization's, so it is recorded (config.yaml) and a resumed run
+        # computes what the uninterrupted one did; a timing per process could decide otherwise after a restart
+        precision = resolve_precision(config.precision, config.device)
         return MuonSGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
-                       weight_decay=config.weight_decay, ns_steps=config.muon_ns_steps)
+                       weight_decay=config.weight_decay, ns_steps=config.muon_ns_steps,
+                       ns_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     return torch.optim.SGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
                            weight_decay=config.weight_decay)
 
@@ -137,10 +141,12 @@ class MuonSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[dict] | Iterable[nn.Parameter], lr: float, momentum: float = 0.9,
-                 nesterov: bool = False, weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+                 nesterov: bool = False, weight_decay: float = 0.0, ns_steps: int = 5,
+                 ns_dtype: torch.dtype | None = None) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         orthogonalize=False, normalize=False, ns_steps=ns_steps)
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype  # None: orthogonalize's default for the device
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
@@ -172,7 +178,8 @@ class MuonSGD(torch.optim.Optimizer):
                 direction = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
                 if group["normalize"]:
                     param.mul_(math.sqrt(len(param)) / param.norm().clamp_min(1e-12))
-                param.add_(orthogonalize(direction, group["ns_steps"]).to(param.dtype), alpha=-group["lr"])
+                param.add_(orthogonalize(direction, group["ns_steps"], self.ns_dtype).to(param.dtype),
+                           alpha=-group["lr"])
         return loss
 
 
