@@ -122,6 +122,21 @@ def test_streaming_path_skips_and_replaces_bad_files(tmp_path):
     assert len(replaced) == 1 and "truncated.jpg" in replaced[0]
 
 
+def test_symlinks_dangling_or_looping_neither_stop_nor_repeat_the_data(tmp_path):
+    # a dangling link stopped the whole scan; a link back up the tree turned 8 images into 168, with 41 of 42
+    # held-out images also in training
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
+    os.symlink(tmp_path / "nowhere.png", root / "class_0" / "broken.png")
+    (root / "class_0" / "sub").mkdir()
+    os.symlink("..", root / "class_0" / "sub" / "up")
+    os.symlink(root / "class_1", root / "class_0" / "other")  # another class's folder: not class_0's images
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_data(root, val_split=0.25, seed=0, cache_dir=tmp_path / "cache")
+    assert len(splits.train) + len(splits.val) == 8 and splits.train.labels.bincount().tolist() == [3, 3]
+    assert any("broken.png" in str(w.message) for w in caught)
+
+
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
     calls = []

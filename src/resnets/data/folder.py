@@ -153,6 +153,15 @@ def map_folder_classes(classes: Sequence[str], folder: str | os.PathLike) -> dic
     return {name: index_of[name] if name in index_of else aliases[name] for name in found}
 
 
+def _folder_identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the folder ``path`` resolves to; None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def scan_image_folder(folder: str | os.PathLike,
                       class_to_index: Mapping[str, int] | None = None) -> tuple[list[FileEntry], list[str]]:
     """List the image files of ``folder/<class>/...`` in a stable order; return (entries, classes).
@@ -167,18 +176,30 @@ def scan_image_folder(folder: str | os.PathLike,
     else:
         classes = [name for name, _ in sorted(class_to_index.items(), key=lambda item: item[1])]
     entries: list[FileEntry] = []
+    class_folders = {name: folder / name for name in class_to_index if (folder / name).is_dir()}
+    # each folder is read once: a symlink back up the tree (or into another class) would repeat its images,
+    # and a repeated image can land in training and in the hold-out at once
+    seen = {_folder_identity(path) for path in class_folders.values()}
     for name, label in sorted(class_to_index.items()):
-        class_folder = folder / name
-        if not class_folder.is_dir():
+        if name not in class_folders:
             continue
-        for dirpath, dirnames, filenames in os.walk(class_folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirpath, dirnames, filenames in os.walk(class_folders[name], followlinks=True):
+            kept = []
+            for sub in sorted(d for d in dirnames if not d.startswith(".")):
+                identity = _folder_identity(os.path.join(dirpath, sub))
+                if identity is not None and identity not in seen:
+                    seen.add(identity)
+                    kept.append(sub)
+            dirnames[:] = kept
             for filename in sorted(filenames):
                 if filename.startswith(".") or not filename.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 path = os.path.join(dirpath, filename)
-                stat = os.stat(path)
-                entries.append(FileEntry(path, stat.st_size, stat.st_mtime_ns, label))
+                try:
+                    stat = os.stat(path)
+                    entries.append(FileEntry(path, stat.st_size, stat.st_mtime_ns, label))
+                except OSError:  # a dangling symlink: an unreadable file, skipped and named at decode time
+                    entries.append(FileEntry(path, 0, 0, label))
     if not entries:
         raise DataError(
             f"no images found under {folder} (looked for {', '.join(IMAGE_EXTENSIONS)} files in "
