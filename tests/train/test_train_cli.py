@@ -289,3 +289,33 @@ def test_a_val_split_that_a_val_tree_would_replace_is_refused(capsys, tmp_path, 
                             "--out", str(tmp_path / "run"), "--no-progress")
         assert code == 2 and "has a val/ tree, which is the validation set" in err and str(data / "train") in err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_a_resume_can_start_elsewhere(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "work" / "data", classes=2, per_class=6, size=8)
+    monkeypatch.chdir(tmp_path / "work")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", "data", "--epochs", "1", "--batch-size", "4",
+                 "--out", str(run), "--no-progress", "--set", "workers=0"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(tmp_path / "work" / "data")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+
+
+def test_command_records_keep_existing_paths_absolute_and_leave_other_words_alone(tmp_path, monkeypatch):
+    import argparse
+
+    from resnets.cli.resuming import recorded_args
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "train").mkdir()  # a folder that happens to share its name with --bn's value
+    monkeypatch.chdir(tmp_path)
+    record = recorded_args(argparse.Namespace(data="data", bn="train", source="resnet50.IMAGENET1K_V2",
+                                              func=print, parser=None, resume=None))
+    assert record == {"data": str(tmp_path / "data"), "bn": "train", "source": "resnet50.IMAGENET1K_V2"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 _NOT_RECORDED = ("func", "parser", "resume")
+_PATH_ARGS = ("data", "source", "teacher", "student", "checkpoint", "out")  # recorded absolute when they exist
 
 
 def resume_folder(path: str) -> Path:
@@ -40,8 +41,13 @@ def require(args: argparse.Namespace, *dests: str) -> None:
 
 
 def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
-    """A command's arguments as it records them (the parsed flags, not argparse's plumbing)."""
-    return {k: v for k, v in vars(args).items() if k not in _NOT_RECORDED}
+    """A command's arguments as it records them (the parsed flags, not argparse's plumbing); paths that exist
+    (--data, --from, --teacher, ...) absolute, so a resume works from any working folder."""
+    import os
+
+    return {k: (os.path.abspath(v) if k in _PATH_ARGS and isinstance(v, str) and v and not os.path.isabs(v)
+                and os.path.exists(v) else v)
+            for k, v in vars(args).items() if k not in _NOT_RECORDED}
 
 
 def write_record(out: Path, command: str, args: argparse.Namespace, **extra: Any) -> None:

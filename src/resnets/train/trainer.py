@@ -178,6 +178,9 @@ class Trainer:
         elif config.precision == "bf16" and (reason := slow_bf16_reason(self.device)):
             warnings.warn(f"precision=bf16 on {self.device.type}: {reason}, so training in bf16 is likely slower than "
                           "in fp32. Use --precision fp32 or auto", UserWarning, stacklevel=2)
+        if isinstance(config.data, str) and config.data and os.path.exists(config.data) \
+                and not os.path.isabs(config.data):  # recorded absolute: a resume may start in another folder
+            self.config = config = config.replace(data=os.path.abspath(config.data))
         _seed_everything(config.seed)
         if self.out_dir is not None and config.data and within_image_tree(self.out_dir, str(config.data), True):
             raise ConfigError(f"the run folder {self.out_dir} is inside the data folder {config.data}: the next scan "
