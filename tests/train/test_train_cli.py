@@ -319,3 +319,11 @@ def test_command_records_keep_existing_paths_absolute_and_leave_other_words_alon
     record = recorded_args(argparse.Namespace(data="data", bn="train", source="resnet50.IMAGENET1K_V2",
                                               func=print, parser=None, resume=None))
     assert record == {"data": str(tmp_path / "data"), "bn": "train", "source": "resnet50.IMAGENET1K_V2"}
+
+
+def test_another_model_than_the_recipes_does_not_inherit_its_model_options():
+    # cifar-fast-muon narrows resnet_airbench_narrow to 32/128/128: --model resnet20 became a 1.7M-parameter net
+    assert resolve_config("cifar-fast-muon", {}).model_options == {"widths": [32, 128, 128]}
+    assert resolve_config("cifar-fast-muon", {"model": "resnet20"}).model_options == {}
+    kept = resolve_config("cifar-fast-muon", {"model": "resnet_airbench", "model_options": {"drop_path_rate": 0.1}})
+    assert kept.model_options == {"drop_path_rate": 0.1}

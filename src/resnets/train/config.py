@@ -568,9 +568,13 @@ def resolve_config(recipe: str | os.PathLike | None = None, overrides: Mapping[s
     """Recipe (name or path) + overrides -> a validated ``TrainConfig``.
 
     A run length in epochs among the overrides replaces a recipe's length in steps (``steps`` would otherwise
-    win without a word); both among the overrides is an error."""
+    win without a word); both among the overrides is an error. Another ``model`` than the recipe's drops the
+    recipe's ``model_options`` (the narrow widths of cifar-fast-muon's net made ``--model resnet20`` a 1.7M-parameter
+    net); options given with it are kept."""
     values = load_recipe(recipe) if recipe else {}
     overrides = dict(overrides or {})
+    if overrides.get("model") not in (None, values.get("model")):
+        values.pop("model_options", None)
     if overrides.get("epochs") is not None:
         if overrides.get("steps") is not None:
             raise ConfigError(f"epochs={overrides['epochs']:g} and steps={overrides['steps']} both set the run "
