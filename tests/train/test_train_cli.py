@@ -30,6 +30,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     (["--recipe", "cifar-fast", "--set", "eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
     (["--recipe", "cifar-fast", "--epochs", "2", "--set", "steps=50"], "--epochs 2 and steps=50 both set the run"),
     (["--recipe", "he2015-cifar", "--epochs", "2", "--steps", "50"], "--epochs 2 and steps=50 both set the run"),
+    (["--recipe", "cifar-fast", "--set", "epochs=.inf"], "epochs=inf must be a finite number"),
+    (["--recipe", "cifar-fast", "--set", "lr=.nan"], "lr=nan must be a finite number"),
+    (["--recipe", "he2015-cifar", "--set", "milestones=[1, .inf]"], "must be a finite number"),
 ])
 def test_user_errors_are_one_line_with_exit_2(capsys, argv, words):
     code, err = run_cli(capsys, "train", *argv)

@@ -205,6 +205,10 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(message)
 
+        for item in dataclasses.fields(self):  # .inf/.nan from --set: an OverflowError later, or a NaN loss
+            value = getattr(self, item.name)
+            need(all(math.isfinite(v) for v in (value if isinstance(value, (list, tuple)) else [value])
+                     if isinstance(v, float)), f"{item.name}={value} must be a finite number")
         need(self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1")
         need(self.accum_steps >= 1, f"accum_steps={self.accum_steps} must be at least 1")
         need(self.world_size >= 1, f"world_size={self.world_size} must be at least 1")
