@@ -43,6 +43,8 @@ def test_stratified_split_gives_capped_classes_share_to_the_others():
     labels = torch.tensor([0, 1, 2, 3] + [4] * 10)
     train, val = stratified_split(labels, 0.5, seed=0)
     assert len(val) == 7 and labels[val].tolist() == [4] * 7 and len(train) == 7
+    with pytest.warns(UserWarning, match="holding out 10 images, not the 12 asked for"):  # 6 + 6 + 1: 5 + 5 + 0
+        assert len(stratified_split(torch.tensor([0] * 6 + [1] * 6 + [2]), 12, seed=0)[1]) == 10
 
 
 def test_single_folder_is_split(tmp_path):

@@ -352,6 +352,11 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_split: float | in
                 break
             if take[position] < capacity[position]:
                 take[position] += 1
+    if int(take.sum()) < wanted:
+        import warnings
+
+        warnings.warn(f"holding out {int(take.sum())} images, not the {wanted} asked for: each class keeps at least "
+                      "one training image, and the small classes have no more to give", UserWarning, stacklevel=2)
     from .seeding import derive_seed
 
     val_parts = []
