@@ -139,6 +139,19 @@ def test_symlinks_dangling_or_looping_neither_stop_nor_repeat_the_data(tmp_path)
     assert any("broken.png" in str(w.message) for w in caught)
 
 
+def test_one_large_image_among_small_ones_does_not_move_the_folder_to_streaming(tmp_path):
+    # the largest sampled side decided: a 100 px image among 32 px ones streamed everything at 224 px, but only
+    # when its file name fell among the sampled headers
+    import numpy as np
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=20, size=32)
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(root / "class_0" / "0.png")  # sorts first: sampled
+    with pytest.warns(UserWarning, match="mixes image sizes: 1 of .* larger than 64 px; treating it as small"):
+        splits = load_data(root, val_split=0, cache_dir=tmp_path / "cache")
+    assert splits.in_memory and splits.image_size == 32 and len(splits.train) == 41
+
+
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
     calls = []

@@ -104,24 +104,34 @@ def _check_held_out_classes(folder: Path, train_classes: Sequence[str], train_ro
                         f"of {folder}")
 
 
-def _probe_size(entries: Sequence[FileEntry], count: int = 16) -> int:
-    """The largest side among a few readable images spread over the list (headers only)."""
+def _probe_size(entries: Sequence[FileEntry], count: int = 32, folder: object = None) -> int:
+    """The typical (median) largest side of up to ``count`` readable images spread over the list (headers only).
+
+    The median, not the largest: one big image among small ones must not move a whole folder to streaming at
+    224 px, nor make the choice depend on whether its file name falls among the sampled. Mixed sizes are said."""
     from PIL import Image
 
     step = max(1, len(entries) // count)
-    largest = 0
-    for entry in list(entries)[::step][:count * 2]:
+    sides = []
+    for entry in list(entries)[::step][:count]:
         try:
             with Image.open(entry.path) as image:
-                largest = max(largest, *image.size)
+                sides.append(max(image.size))
         except Exception:  # noqa: BLE001 - unreadable files are reported when decoded
             continue
-        if largest and largest > SMALL_IMAGE_LIMIT:
-            break
-    if largest == 0:
+    if not sides:
         raise DataError(f"none of the sampled images under {Path(entries[0].path).parent.parent} could be read; "
                         f"is it an image folder?")
-    return largest
+    typical = sorted(sides)[len(sides) // 2]
+    large = sum(side > SMALL_IMAGE_LIMIT for side in sides)
+    if 0 < large < len(sides):
+        import warnings
+
+        warnings.warn(f"{folder or 'the image folder'} mixes image sizes: {large} of {len(sides)} sampled images are "
+                      f"larger than {SMALL_IMAGE_LIMIT} px; treating it as {'large' if typical > SMALL_IMAGE_LIMIT else 'small'} "
+                      f"images (typical side {typical} px). Pass --image-size to choose the training size",
+                      UserWarning, stacklevel=3)
+    return typical
 
 
 def _native_small_size(entries: Sequence[FileEntry]) -> int:
@@ -189,7 +199,8 @@ def _folder_dataset(folder: Path, class_to_index: Mapping[str, int] | None, imag
     """(dataset without stats, classes, skipped, key, small) for one ImageFolder tree."""
     entries, classes = scan_image_folder(folder, class_to_index)
     if small is None:
-        small = _probe_size(entries) <= SMALL_IMAGE_LIMIT and (image_size is None or image_size <= SMALL_IMAGE_LIMIT)
+        typical = _probe_size(entries, folder=folder)
+        small = typical <= SMALL_IMAGE_LIMIT and (image_size is None or image_size <= SMALL_IMAGE_LIMIT)
     key = file_list_key(folder, entries, "files")
     if small:
         size = image_size or _native_small_size(entries)
