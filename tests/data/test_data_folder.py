@@ -152,6 +152,28 @@ def test_one_large_image_among_small_ones_does_not_move_the_folder_to_streaming(
     assert splits.in_memory and splits.image_size == 32 and len(splits.train) == 41
 
 
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_decoded_again(tmp_path):
+    # cp -p, rsync -t and tar restore mtimes: a key of (path, size, mtime) served the old pixels
+    import time
+
+    import numpy as np
+
+    root = tmp_path / "bmp"
+    for k in range(2):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 10 * (i + 1), np.uint8)).save(root / f"c{k}" / f"{i}.bmp")
+    first = load_data(root, val_split=0, cache_dir=tmp_path / "cache").train
+    target = root / "c0" / "0.bmp"
+    stat = target.stat()
+    time.sleep(0.05)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(target)  # BMP: the same size in bytes
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_data(root, val_split=0, cache_dir=tmp_path / "cache").train
+    assert int(first.images[0].float().mean()) == 10 and int(again.images[0].float().mean()) == 200
+
+
 def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
     calls = []

@@ -50,12 +50,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def file_list_key(root: str | os.PathLike, entries: Sequence[FileEntry], *extra: object) -> str:
-    """Hash of (relative path, size, mtime, label) of every file, plus ``extra`` settings."""
+    """Hash of (relative path, size, mtime, change time, label) of every file, plus ``extra`` settings."""
     digest = hashlib.sha256(f"resnets-tensor-cache-v{CACHE_FORMAT}|{extra!r}\n".encode())
     prefix = os.path.join(os.fspath(root), "")
     for entry in entries:
         relative = entry.path[len(prefix):] if entry.path.startswith(prefix) else os.path.relpath(entry.path, root)
-        digest.update(f"{relative}\t{entry.size}\t{entry.mtime_ns}\t{entry.label}\n".encode())
+        digest.update(f"{relative}\t{entry.size}\t{entry.mtime_ns}\t{entry.ctime_ns}\t{entry.label}\n".encode())
     return digest.hexdigest()[:32]
 
 

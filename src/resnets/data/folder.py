@@ -37,6 +37,9 @@ class FileEntry:
     size: int
     mtime_ns: int
     label: int
+    ctime_ns: int = 0
+    """The inode's change time: unlike mtime, no copy (``cp -p``, ``rsync -t``) or ``touch`` can set it back, so a
+    file rewritten with its old size and mtime still gets a new cache key."""
 
 
 def within_image_tree(path: str | os.PathLike, folder: str | os.PathLike, directory: bool) -> bool:
@@ -197,7 +200,7 @@ def scan_image_folder(folder: str | os.PathLike,
                 path = os.path.join(dirpath, filename)
                 try:
                     stat = os.stat(path)
-                    entries.append(FileEntry(path, stat.st_size, stat.st_mtime_ns, label))
+                    entries.append(FileEntry(path, stat.st_size, stat.st_mtime_ns, label, stat.st_ctime_ns))
                 except OSError:  # a dangling symlink: an unreadable file, skipped and named at decode time
                     entries.append(FileEntry(path, 0, 0, label))
     if not entries:
