@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=AUTO_PRECISION_HELP)
     p.add_argument("--seed", type=int)
     p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
-                   help="fit the schedule so training ends within this wall-clock budget")
+                   help="fit the run's length (its steps) to this wall-clock budget, counted from after the data "
+                        "load (a first decode of an image folder into the cache is not counted); it replaces "
+                        "--epochs/--steps as the length")
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation for the final evaluation")
     p.add_argument("--val-split", type=val_split, help="validation fraction (or count) held out when there is no val tree")
