@@ -13,22 +13,23 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["to_json", "write_json"]
+__all__ = ["finite_or_none", "to_json", "write_json"]
 
 
-def _finite(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in dicts, lists and tuples too) replaced by None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite_or_none(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [finite_or_none(item) for item in value]
     return value
 
 
 def to_json(data: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
     """``data`` as strict JSON text: non-finite floats become null."""
-    return json.dumps(_finite(data), indent=indent, allow_nan=False, default=default)
+    return json.dumps(finite_or_none(data), indent=indent, allow_nan=False, default=default)
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2,

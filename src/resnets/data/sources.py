@@ -268,29 +268,32 @@ def training_folder(source: str | os.PathLike) -> Path | None:
     """The folder of images training reads from ``source`` (its ``train/`` tree for a root of split trees, the
     tree itself for a plain ImageFolder), absolute; None for CIFAR (by name or as a batch folder), whose test
     set is separate, and for a path that is not a folder. ``resnets eval`` uses it to notice a training set."""
-    path = Path(os.fspath(source)).expanduser()
-    if not path.is_dir() or is_cifar_folder(path):
+    found = _image_tree_splits(source)
+    if found is None:
         return None
-    try:
-        splits = _split_folders(path)
-    except DataError:
-        return None
+    path, splits = found
     return (splits.get("train") or path).resolve() if "train" in splits or not splits else None
 
 
 def held_out_folder(source: str | os.PathLike) -> Path | None:
     """The tree ``load_data`` validates on instead of a ``val_split`` hold-out: a split root's ``val/`` (else
     ``test/``) folder; None when ``source`` has none (a plain ImageFolder, CIFAR, not a folder)."""
+    found = _image_tree_splits(source)
+    if found is None or "train" not in found[1]:
+        return None
+    return found[1].get("val") or found[1].get("test")
+
+
+def _image_tree_splits(source: str | os.PathLike) -> tuple[Path, dict[str, Path]] | None:
+    """(folder, its split trees by role) for a folder that is not CIFAR's; None for anything else, or for a
+    folder whose split trees are ambiguous (``_split_folders`` refuses it, and training would say why)."""
     path = Path(os.fspath(source)).expanduser()
     if not path.is_dir() or is_cifar_folder(path):
         return None
     try:
-        splits = _split_folders(path)
+        return path, _split_folders(path)
     except DataError:
         return None
-    if "train" not in splits:
-        return None
-    return splits.get("val") or splits.get("test")
 
 
 def _resolve_source(source: str | os.PathLike, cache_dir, download: bool) -> tuple[Path, str | None]:

@@ -18,7 +18,6 @@ the trainer's callback divides every gradient norm by the scale in use, so they 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..jsonfile import finite_or_none
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -65,21 +66,11 @@ class GradientFlow:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON; a diverging run's NaN or infinite values become None (JSON has no NaN)."""
-        return _finite_or_none({
+        return finite_or_none({
             "step": self.step, "loss": self.loss, "blocks": self.blocks, "param_grad": self.param_grad,
             "output_grad": self.output_grad, "branch_norm": self.branch_norm,
             "shortcut_norm": self.shortcut_norm, "branch_ratio": self.branch_ratio,
             "branch_grad": self.branch_grad, "shortcut_grad": self.shortcut_grad, **self.extra})
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 class _Recorder:
