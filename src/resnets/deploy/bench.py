@@ -22,7 +22,7 @@ from torch import nn
 from ..precision import cpu_name, native_bf16, slow_bf16_reason
 from ..profile import profile
 from .export import default_input_size
-from .fuse import make_inference_model
+from .fuse import make_inference_model, to_channels_last
 from .timing import time_round_robin
 
 
@@ -141,7 +141,7 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
 
 def _channels_last_input(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
-        return net(x.contiguous(memory_format=torch.channels_last))
+        return net(to_channels_last(x))
 
     return run
 

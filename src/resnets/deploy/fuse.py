@@ -86,6 +86,16 @@ def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory: ``channels_last`` for images (N, C, H, W), ``channels_last_3d`` for video
+    clips (N, C, T, H, W), whose rank ``channels_last`` refuses; other ranks as they are."""
+    if x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
 class InferenceModel(nn.Module):
     """A model wrapped with the input layout and autocast it runs fastest in; outputs are fp32."""
 
@@ -98,8 +108,8 @@ class InferenceModel(nn.Module):
         self.description = description
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.ndim in (4, 5):  # 5: video clips (N, C, T, H, W)
-            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        if self.channels_last:
+            x = to_channels_last(x)
         if self.precision == "bf16":
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return self.model(x).float()

@@ -1,0 +1,19 @@
+"""resnets bench on inputs other than RGB images: video clips, grey checkpoints."""
+
+import pytest
+
+from resnets import create_model
+from resnets.deploy import bench as bench_module
+
+
+@pytest.fixture()
+def small_peak(monkeypatch):
+    monkeypatch.setattr(bench_module, "PEAK_SIZE", 128)  # the peak matmul is beside the point here
+
+
+def test_video_nets_are_timed_in_int8(small_peak):
+    """The int8 rows forced 4-D channels-last on (N, C, T, H, W) clips: "required rank 4 tensor"."""
+    model = create_model("r3d_18", num_classes=3, layers=(1, 1), widths=(8, 16), stem_width=8).eval()
+    rows, _ = bench_module.benchmark(model, "r3d_18", [1], ("int8",), rounds=1, baseline=False,
+                                     input_size=(3, 4, 16, 16))
+    assert "ours int8 fx eager" in {r.variant for r in rows}
