@@ -17,3 +17,13 @@ def test_video_nets_are_timed_in_int8(small_peak):
     rows, _ = bench_module.benchmark(model, "r3d_18", [1], ("int8",), rounds=1, baseline=False,
                                      input_size=(3, 4, 16, 16))
     assert "ours int8 fx eager" in {r.variant for r in rows}
+
+
+def test_a_grey_model_is_compared_with_the_rgb_torchvision_twin(small_peak):
+    """The twin is torchvision's 3-channel model: fed the grey example batch, it failed ("expected input[1, 1, 32,
+    32] to have 3 channels"). It gets RGB images of the same size instead."""
+    grey = create_model("resnet18", in_chans=1, num_classes=4).eval()
+    rows, _ = bench_module.benchmark(grey, "resnet18", [1], ("fp32",), rounds=1, input_size=(1, 32, 32))
+    by_variant = {r.variant: r for r in rows}
+    assert by_variant["torchvision fp32 eager NCHW"].speedup == 1.0
+    assert by_variant["ours fp32 eager NCHW"].speedup is not None

@@ -39,7 +39,8 @@ class BenchRow:
     """Achieved GFLOP/s over the matmul GFLOP/s of the matching dtype (bf16 for bf16/int8), both medians of the
     same round-robin rounds."""
     speedup: float | None
-    """torchvision eager fp32 NCHW p50 / this p50, same batch, same run; None where torchvision has no such model."""
+    """torchvision eager fp32 NCHW p50 / this p50, same batch and image size, same run (a model with other than 3
+    input channels: the twin runs on 3-channel images); None where torchvision has no such model."""
     params: int
     macs: int
 
@@ -139,6 +140,12 @@ def build_variants(model: nn.Module, precisions: Sequence[str], use_compile: boo
     return variants
 
 
+def _rgb_like(example: torch.Tensor) -> torch.Tensor:
+    """3-channel images of ``example``'s batch and size, for torchvision's twin of a model that takes another
+    channel count (a grey checkpoint): the twins are built with torchvision's 3-channel stem."""
+    return torch.randn(example.shape[0], 3, *example.shape[2:], generator=torch.Generator().manual_seed(1))
+
+
 def _channels_last_input(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         return net(to_channels_last(x))
@@ -172,7 +179,8 @@ def benchmark(model: nn.Module, name: str, batches: Sequence[int], precisions: S
                                   openvino=openvino)
         timed: dict[str, Callable[[], object]] = {}
         if twin is not None:
-            timed["torchvision fp32 eager NCHW"] = lambda tw=twin, x=example: tw(x)
+            twin_input = example if example.shape[1] == 3 else _rgb_like(example)
+            timed["torchvision fp32 eager NCHW"] = lambda tw=twin, x=twin_input: tw(x)
         for vname, fn in variants.items():
             timed[vname] = lambda f=fn, x=example: f(x)
         # The peak is timed in the same rounds, so it sees the same load as the models.
