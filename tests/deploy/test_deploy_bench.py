@@ -27,3 +27,17 @@ def test_a_grey_model_is_compared_with_the_rgb_torchvision_twin(small_peak):
     by_variant = {r.variant: r for r in rows}
     assert by_variant["torchvision fp32 eager NCHW"].speedup == 1.0
     assert by_variant["ours fp32 eager NCHW"].speedup is not None
+
+
+def test_compare_times_every_batch_asked_for(tmp_path, capsys):
+    """--compare used only the first --batch, in a table that did not say which."""
+    import json
+
+    from resnets.cli import main
+
+    out = tmp_path / "compare.json"
+    assert main(["bench", "--compare", "resnet20", "--batch", "1,2", "--rounds", "1", "--input-size", "16",
+                 "--json", str(out)]) == 0
+    assert [row["batch"] for row in json.loads(out.read_text())["compare"]] == [1, 2]
+    table = capsys.readouterr().out
+    assert "| model | source | batch |" in table and "| resnet20 | resnets | 2 |" in table

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive_int, default=10, help="timed calls of each variant (round-robin)")
     p.add_argument("--input-size", type=positive_int, metavar="PIXELS", help="image side (default: 224, or 32 for CIFAR nets)")
     p.add_argument("--compare", help="comma-separated models for the backbone table, e.g. "
-                   "resnet50,densenet121,efficientnet_b0,mobilenet_v3_large (torchvision names allowed)")
+                   "resnet50,densenet121,efficientnet_b0,mobilenet_v3_large (torchvision names allowed), timed at each --batch")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         if not names:
             raise UserError("--compare needs model names, e.g. resnet50,densenet121")
         side = args.input_size or 224
-        rows = compare_architectures(names, batch=batches[0], rounds=args.rounds, input_size=(3, side, side))
+        rows = [row for batch in batches
+                for row in compare_architectures(names, batch=batch, rounds=args.rounds, input_size=(3, side, side))]
         print(format_compare(rows))
         output["compare"] = rows
     else:

@@ -269,8 +269,9 @@ def format_rows(rows: Sequence[BenchRow]) -> str:
 
 
 def format_compare(rows: Sequence[dict]) -> str:
-    lines = ["| model | source | params (M) | GMACs | fp32 eager ms | bf16 channels-last ms |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | source | batch | params (M) | GMACs | fp32 eager ms | bf16 channels-last ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['source']} | {r['params_m']:.1f} | {r['gmacs']:.2f} | "
+        lines.append(f"| {r['model']} | {r['source']} | {r['batch']} | {r['params_m']:.1f} | {r['gmacs']:.2f} | "
                      f"{r['fp32_eager_ms']:.1f} | {r['bf16_cl_ms']:.1f} |")
     return "\n".join(lines)
