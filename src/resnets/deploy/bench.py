@@ -36,8 +36,8 @@ class BenchRow:
     images_per_s: float
     gflops: float
     peak_share: float
-    """Achieved GFLOP/s over the matmul GFLOP/s of the matching dtype (bf16 for bf16/int8), both medians of the
-    same round-robin rounds."""
+    """Achieved GFLOP/s over the matmul GFLOP/s of the matching dtype (int8 rows: the faster of fp32 and bf16),
+    both medians of the same round-robin rounds."""
     speedup: float | None
     """torchvision eager fp32 NCHW p50 / this p50, same batch and image size, same run (a model with other than 3
     input channels: the twin runs on 3-channel images); None where torchvision has no such model."""
