@@ -160,3 +160,19 @@ def test_bench_cli_calibrates_openvino_int8_at_the_timed_size(workspace, capsys)
     assert main(["bench", "--checkpoint", str(checkpoint), "--batch", "1", "--precision", "int8", "--rounds", "1",
                  "--input-size", "24", "--calib-data", str(data), "--openvino"]) == 0
     assert "| openvino int8 | 1 |" in capsys.readouterr().out
+
+
+def test_optimize_for_inference_returns_an_openvino_model_that_takes_any_batch(trained_tiny, monkeypatch):
+    """OpenVINO was compiled for the example's batch (2 by default): when it won, any other batch failed."""
+    from resnets.deploy import fuse, optimize_for_inference
+
+    def openvino_wins(variants, rounds, **kwargs):
+        return {name: [0.001 if name.startswith("openvino") else 1.0] for name in variants}
+
+    monkeypatch.setattr(fuse, "time_round_robin", openvino_wins)
+    best = optimize_for_inference(trained_tiny, precision="fp32", example_input=torch.randn(2, *SIZE),
+                                  openvino=True)
+    assert best.description == "openvino fp32"
+    x = torch.randn(5, *SIZE)
+    with torch.no_grad():
+        assert torch.allclose(best(x), trained_tiny(x), atol=1e-4)

@@ -175,8 +175,8 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     ``precision``: ``"fp32"`` (exact), ``"bf16"`` (only if the CPU has native bf16, else it warns
     and stays fp32), or ``"auto"`` (bf16 where native). ``compile``: False, True, or ``"auto"``
     (also time compiled candidates; compiling costs tens of seconds per candidate). ``openvino=True``
-    also times OpenVINO's runtime in the same precisions (CPU only; the result may then be an
-    ``OpenVINOModel``, called like the module but not one).
+    also times OpenVINO's runtime in the same precisions, compiled with a dynamic batch like the other
+    candidates (CPU only; the result may then be an ``OpenVINOModel``, called like the module but not one).
     """
     from .export import refuse_feature_lists
 
@@ -208,8 +208,9 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
         if openvino and example_input.device.type == "cpu":
             from .openvino import compile_openvino
 
+            # a dynamic batch, like the PyTorch candidates: a fixed one would fail on any other batch than the example's
             size = tuple(example_input.shape[1:])
-            nets += [compile_openvino(model, prec, input_size=size, batch=example_input.shape[0]) for prec in precisions]
+            nets += [compile_openvino(model, prec, input_size=size, batch=None) for prec in precisions]
         for net in nets:
             with torch.inference_mode():
                 out = net(example_input).float()
