@@ -120,3 +120,10 @@ def test_deploy_tools_name_a_features_only_backbone_instead_of_failing_on_a_list
         optimize_for_inference(backbone)
     with pytest.raises(ExportError, match="export takes a network with one output"):
         export_onnx(backbone, "never_written.onnx")
+
+
+def test_optimize_for_inference_checks_outputs_on_more_images_than_the_default_example():
+    """The default example holds 2 images, so a bf16 candidate's top-1 agreement could only be 0, 50 or 100%."""
+    model = create_model("resnet20", layers=(1, 1, 1)).eval()
+    _, report = optimize_for_inference(model, precision="fp32", repeats=1, return_report=True)
+    assert report.checked_images >= 16 and "checked on" in str(report)
