@@ -137,3 +137,11 @@ def test_video_checkpoints_export_and_run_channels_last(tmp_path, capsys):
     assert main(["distill", "--teacher", str(checkpoint), "--student", "resnet20", "--data", str(data),
                  "--out", str(tmp_path / "d"), "--epochs", "1"]) == 2
     assert "video network" in capsys.readouterr().err
+
+
+def test_int8_exports_take_image_label_pairs_as_calibration_data(trained_tiny, tmp_path):
+    """Quantizing read (images, labels) batches, but the check that follows failed on them ("expected Tensor as
+    element 0 in argument 0, but got tuple")."""
+    pairs = [color_batch(16, seed=900 + i) for i in range(2)]
+    report = export_onnx(trained_tiny, tmp_path / "int8.onnx", input_size=SIZE, int8=True, calibration_data=pairs)
+    assert report.int8 and report.verified_batch == 16

@@ -144,10 +144,12 @@ def _compare(what: str, got: torch.Tensor, want: torch.Tensor, tolerance: float)
     return diff, agree
 
 
-def int8_check_images(calibration: Sequence[torch.Tensor], count: int = 16) -> torch.Tensor:
+def int8_check_images(calibration: Sequence[torch.Tensor | tuple], count: int = 16) -> torch.Tensor:
     """Images to verify an int8 export on: the first ``count`` calibration images. Quantization ranges fit
     the data's distribution, so random noise would test clipping rather than the export."""
-    return torch.cat(list(calibration))[:count]  # (empty calibration data was refused while quantizing)
+    from .quantize import images_of
+
+    return torch.cat([images_of(batch) for batch in calibration])[:count]  # (empty calibration data was refused while quantizing)
 
 
 def fp32_logit_tolerance(reference: torch.Tensor, tolerance: float) -> float:
@@ -251,7 +253,9 @@ def _onnx_quantize(fp32_path: Path, out_path: Path, calibration_data: Iterable[t
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration_data]
+    from .quantize import images_of
+
+    batches = [images_of(batch) for batch in calibration_data]
     if not batches:
         from .quantize import CalibrationError
 

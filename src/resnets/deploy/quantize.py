@@ -46,12 +46,15 @@ def _traceable_copy(model: nn.Module) -> nn.Module:
     return net
 
 
+def images_of(batch: torch.Tensor | tuple | list) -> torch.Tensor:
+    """The images of a calibration batch, which may be an (images, labels) pair as data loaders yield."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def _calibrate(model: nn.Module, batches: Iterable[torch.Tensor], limit: int | None) -> int:
     seen = 0
     with torch.no_grad():
-        for batch in batches:
-            if isinstance(batch, (tuple, list)):
-                batch = batch[0]
+        for batch in map(images_of, batches):
             if limit is not None and seen >= limit:
                 break
             model(batch)
@@ -165,8 +168,7 @@ def quantize_int8(model: nn.Module, calibration_data: Iterable[torch.Tensor] | N
     batches = list(calibration_data)
     if not batches:
         raise CalibrationError("the calibration data is empty; give it a few hundred training images")
-    first = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
-    example = first[:1]
+    example = images_of(batches[0])[:1]
     if flow == "fx":
         prepared = _fx_prepare(model, example)
         seen = _calibrate(prepared, batches, max_images)
