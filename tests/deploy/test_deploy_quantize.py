@@ -61,6 +61,15 @@ def test_int8_without_calibration_data_is_a_clear_error(trained_tiny):
         quantize_int8(trained_tiny, _calibration()[:1], min_images=64)
 
 
+def test_the_calibration_cap_counts_images_not_batches(trained_tiny):
+    """The cap was checked before each batch, so 4 batches of 32 under a cap of 40 calibrated on 64 images."""
+    assert quantize_int8(trained_tiny, _calibration(), max_images=40).calibration_images == 40
+    assert quantize_int8(trained_tiny, _calibration(), max_images=40, flow="pt2e").calibration_images == 40
+    # 128 images were given: "only 0 calibration images were given" blamed the data for the cap
+    with pytest.raises(CalibrationError, match="max_images=0 is below min_images=1"):
+        quantize_int8(trained_tiny, _calibration(), max_images=0)
+
+
 def test_load_quantized_rejects_other_files(tmp_path, trained_tiny):
     save_weights(trained_tiny, tmp_path / "fp32.pt")
     with pytest.raises(ValueError, match="not an int8 model"):

@@ -52,11 +52,14 @@ def images_of(batch: torch.Tensor | tuple | list) -> torch.Tensor:
 
 
 def _calibrate(model: nn.Module, batches: Iterable[torch.Tensor], limit: int | None) -> int:
+    """Run ``batches`` through the observers, ``limit`` images at most (the last batch is cut to fit)."""
     seen = 0
     with torch.no_grad():
         for batch in map(images_of, batches):
-            if limit is not None and seen >= limit:
-                break
+            if limit is not None:
+                batch = batch[: limit - seen]
+                if not len(batch):
+                    break
             model(batch)
             seen += batch.shape[0]
     return seen
@@ -159,12 +162,15 @@ def quantize_int8(model: nn.Module, calibration_data: Iterable[torch.Tensor] | N
                   flow: QuantFlow = "fx", max_images: int | None = 512, min_images: int = 1) -> QuantizedModel:
     """Post-training int8 quantization, calibrated on ``calibration_data`` (batches or (x, y) pairs).
 
-    A few hundred training images are enough for the activation ranges; fewer than ``min_images``
-    raises ``CalibrationError``.
+    A few hundred training images are enough for the activation ranges: the first ``max_images`` images are
+    used (None: all); fewer than ``min_images`` raises ``CalibrationError``.
     """
     if calibration_data is None:
         raise CalibrationError("int8 quantization needs calibration images (a few hundred training images): "
                                "pass calibration_data, or --calib-data DIR on the command line")
+    if max_images is not None and max_images < min_images:
+        raise CalibrationError(f"max_images={max_images} is below min_images={min_images}, so no calibration data "
+                               "could pass: raise max_images (a few hundred images), or pass None for no cap")
     batches = list(calibration_data)
     if not batches:
         raise CalibrationError("the calibration data is empty; give it a few hundred training images")
