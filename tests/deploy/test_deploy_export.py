@@ -145,3 +145,15 @@ def test_int8_exports_take_image_label_pairs_as_calibration_data(trained_tiny, t
     pairs = [color_batch(16, seed=900 + i) for i in range(2)]
     report = export_onnx(trained_tiny, tmp_path / "int8.onnx", input_size=SIZE, int8=True, calibration_data=pairs)
     assert report.int8 and report.verified_batch == 16
+
+
+def test_exported_programs_take_batches_above_1024(trained_tiny, tmp_path):
+    """The batch dimension was declared with max=1024: a batch of 1025 failed the program's guard."""
+    from resnets.deploy import quantize_int8
+
+    export_program(trained_tiny, tmp_path / "m.pt2", input_size=SIZE)
+    large = torch.randn(1025, *SIZE)
+    with torch.no_grad():
+        assert torch.export.load(str(tmp_path / "m.pt2")).module()(large).shape == (1025, 4)
+        pt2e = quantize_int8(trained_tiny, [color_batch(8, seed=900)[0]], flow="pt2e")
+        assert pt2e(large).shape == (1025, 4)

@@ -165,8 +165,9 @@ def int8_logit_tolerance(reference: torch.Tensor, given: float | None = None) ->
     return given if given is not None else 0.25 * reference.abs().max().item()
 
 
-def _batch_dim() -> torch.export.Dim:
-    return torch.export.Dim("batch", min=1, max=1024)
+def batch_dim() -> torch.export.Dim:
+    """The dynamic batch dimension of every traced program: any batch from 1 up (no upper bound to hit)."""
+    return torch.export.Dim("batch", min=1)
 
 
 def refuse_feature_lists(model: nn.Module, what: str) -> None:
@@ -221,7 +222,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=({0: _batch_dim()},), input_names=["images"],
+                                    dynamic_shapes=({0: batch_dim()},), input_names=["images"],
                                     output_names=["logits"], verbose=False)
     from ..weights import atomic_write
 
@@ -303,7 +304,7 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
         reference = _traceable_copy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exported = torch.export.export(reference, (example,), dynamic_shapes=({0: _batch_dim()},))
+        exported = torch.export.export(reference, (example,), dynamic_shapes=({0: batch_dim()},))
     from ..weights import atomic_write
 
     atomic_write(path, lambda tmp: torch.export.save(exported, tmp))

@@ -142,10 +142,11 @@ def _pt2e_quantize(model: nn.Module, example: torch.Tensor, calibrate: Callable[
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError:
         raise ImportError("the pt2e int8 flow needs torchao: pip install 'resnets[deploy]' (or pip install torchao)") from None
+    from .export import batch_dim
+
     net = _traceable_copy(model)
     example = example.expand(2, *example.shape[1:])  # batch 1 would be specialised as a constant
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch},)).module()
+    exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch_dim()},)).module()
     _unique_source_partitions(exported)
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
