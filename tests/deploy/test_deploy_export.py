@@ -157,3 +157,19 @@ def test_exported_programs_take_batches_above_1024(trained_tiny, tmp_path):
         assert torch.export.load(str(tmp_path / "m.pt2")).module()(large).shape == (1025, 4)
         pt2e = quantize_int8(trained_tiny, [color_batch(8, seed=900)[0]], flow="pt2e")
         assert pt2e(large).shape == (1025, 4)
+
+
+def test_export_leaves_the_callers_model_in_its_mode(trained_tiny, tmp_path):
+    """Exporting put the caller's training model in eval mode, as a side effect."""
+    from resnets import create_model
+    from resnets.deploy import compile_openvino
+
+    model = create_model(trained_tiny.spec)
+    model.load_state_dict(trained_tiny.state_dict())
+    model.train()
+    model.bn1.eval()  # a frozen BatchNorm stays frozen
+    for export in (lambda: export_onnx(model, tmp_path / "m.onnx", input_size=SIZE, verify=False),
+                   lambda: export_program(model, tmp_path / "m.pt2", input_size=SIZE, verify=False),
+                   lambda: compile_openvino(model, "fp32", input_size=SIZE)):
+        export()
+        assert model.training and not model.bn1.training and model.layer1.training

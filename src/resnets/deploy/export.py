@@ -13,15 +13,18 @@ read from that int8 ONNX file (its weights stored as int8).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
 import torch
 from torch import nn
+
+from .fuse import eval_mode
 
 FORMATS = ("onnx", "exported-program", "openvino")
 ExportFormat = Literal["onnx", "exported-program", "openvino"]
@@ -181,8 +184,22 @@ def refuse_feature_lists(model: nn.Module, what: str) -> None:
                           f"{len(model.out_indices)} feature maps")
 
 
+Exporter = TypeVar("Exporter", bound=Callable)
+
+
+def keeps_model_mode(export: Exporter) -> Exporter:
+    """Run ``export(model, ...)`` with ``model`` in eval mode, and give the caller's model its modes back after."""
+    @functools.wraps(export)
+    def run(model: nn.Module, *args, **kwargs):
+        with eval_mode(model):
+            return export(model, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    """Export the plain network (input checks are static here, so they trace away)."""
+    """Export the plain network (input checks are static here, so they trace away), in eval mode (callers
+    restore the caller's modes: ``keeps_model_mode``)."""
     from .fuse import InferenceModel
 
     if isinstance(model, InferenceModel):
@@ -193,6 +210,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+@keeps_model_mode
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                 opset: int = DEFAULT_OPSET, verify: bool = True, tolerance: float = 1e-4,
                 int8: bool = False, calibration_data: Iterable[torch.Tensor] | None = None,
@@ -279,6 +297,7 @@ def _onnx_quantize(fp32_path: Path, out_path: Path, calibration_data: Iterable[t
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+@keeps_model_mode
 def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                    verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
                    calibration_data: Iterable[torch.Tensor] | None = None) -> ExportReport:

@@ -5,11 +5,12 @@ on this machine and keeps the fastest one whose outputs still agree with the ori
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -84,6 +85,19 @@ def _block_pairs(module: nn.Module) -> list[tuple[str, str]]:
 
 def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, and every submodule's own mode back after it (a frozen BatchNorm
+    in a training model stays in eval): the deploy tools trace and time it without changing the caller's model."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -200,9 +214,7 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision={precision!r}: choose 'auto', 'fp32' or 'bf16' (int8: quantize_int8)")
     refuse_feature_lists(model, "optimize_for_inference")
-    modes = [(module, module.training) for module in model.modules()]  # a frozen BatchNorm stays in eval
-    model.eval()
-    try:  # the caller's model keeps its mode: every candidate is a copy
+    with eval_mode(model):  # the caller's model keeps its mode: every candidate is a copy
         if example_input is None:
             from .export import default_input_size
 
@@ -249,6 +261,3 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto", example_in
                                + str(OptimizationReport("none", candidates, len(reference))))
         report = OptimizationReport(best[1].description, candidates, len(reference))
         return (best[1], report) if return_report else best[1]
-    finally:
-        for module, training in modes:
-            module.training = training

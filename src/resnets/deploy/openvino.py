@@ -22,7 +22,7 @@ from torch import nn
 
 from ..weights import atomic_write
 from .export import (ExportError, ExportReport, _compare, _input_size, _inputs, _unwrap, export_onnx,
-                     fp32_logit_tolerance, int8_check_images, int8_logit_tolerance)
+                     fp32_logit_tolerance, int8_check_images, int8_logit_tolerance, keeps_model_mode)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -79,6 +79,7 @@ class OpenVINOModel:
         return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
 
 
+@keeps_model_mode
 def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: Sequence[int] | None = None,
                      batch: int | None = None, threads: int | None = None,
                      calibration_data: Iterable[torch.Tensor] | None = None) -> OpenVINOModel:
@@ -110,6 +111,7 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
     return OpenVINOModel(_core().compile_model(graph, "CPU", config), precision)
 
 
+@keeps_model_mode
 def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                     verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
                     calibration_data: Iterable[torch.Tensor] | None = None,
