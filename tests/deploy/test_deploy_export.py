@@ -173,3 +173,24 @@ def test_export_leaves_the_callers_model_in_its_mode(trained_tiny, tmp_path):
                    lambda: compile_openvino(model, "fp32", input_size=SIZE)):
         export()
         assert model.training and not model.bn1.training and model.layer1.training
+
+
+@pytest.mark.parametrize("export_format, names", [("onnx", ["m.onnx"]), ("exported-program", ["m.pt2"]),
+                                                   ("openvino", ["m.xml", "m.bin"])])
+def test_a_file_that_fails_verification_is_not_kept(trained_tiny, tmp_path, monkeypatch, export_format, names):
+    """The file was checked after it had replaced the earlier export under that name, and stayed there."""
+    from resnets.deploy import export as export_module
+    from resnets.deploy import openvino as openvino_module
+
+    for module in (export_module, openvino_module):  # every check fails
+        monkeypatch.setattr(module, "fp32_logit_tolerance", lambda want, tolerance: -1.0)
+    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
+    earlier.mkdir()
+    for name in names:
+        (earlier / name).write_bytes(b"the user's earlier export")
+    for folder in (fresh, earlier):
+        with pytest.raises(ExportVerificationError, match="nothing was written"):
+            export_model(trained_tiny, folder / names[0], export_format, input_size=SIZE)
+    assert not fresh.exists() or not list(fresh.iterdir())
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(names)  # no temporary file left behind
+    assert all((earlier / name).read_bytes() == b"the user's earlier export" for name in names)

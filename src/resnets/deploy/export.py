@@ -4,7 +4,9 @@ writing it.
 Verification reloads the written file (onnxruntime for ONNX, ``torch.export.load`` for .pt2), runs
 it and the eager model on the same inputs, at a batch size different from the traced one so the
 dynamic batch dimension is exercised too, and raises ``ExportVerificationError`` with the max
-absolute difference when it exceeds the tolerance.
+absolute difference when it exceeds the tolerance. The file is written and checked under a temporary name
+beside the target and only then moved into place (``atomic_write``), so a file that fails its check neither
+stays nor replaces an earlier export.
 
 INT8: ONNX gets onnxruntime's static QDQ quantization of the fp32 graph (calibrated on the given
 images); the exported program is the PT2E x86 int8 program (``quantize_int8(flow="pt2e")``); OpenVINO IR is
@@ -81,7 +83,7 @@ class ExportVerificationError(ExportError):
 
     def __init__(self, what: str, max_abs_diff: float, tolerance: float) -> None:
         super().__init__(f"{what}: exported model disagrees with the eager model: max |diff| = {max_abs_diff:.3g} "
-                         f"> tolerance {tolerance:.3g}. The file was written but should not be used.")
+                         f"> tolerance {tolerance:.3g}; nothing was written (an earlier file there is kept).")
         self.max_abs_diff = max_abs_diff
         self.tolerance = tolerance
 
@@ -244,27 +246,31 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
                                     output_names=["logits"], verbose=False)
     from ..weights import atomic_write
 
+    check = int8_check_images(calibration_data) if int8 else _inputs(model, input_size, 3, seed=1)
+    measured: list[tuple[float, float, float]] = []
+
+    def write_checked(tmp: str) -> None:  # checked before it replaces anything at path
+        if int8:
+            _onnx_quantize(fp32_path, Path(tmp), calibration_data, ort)
+        else:
+            program.save(tmp)
+        _check_file_opset(tmp, opset, path)
+        if verify:
+            session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
+            with torch.no_grad():
+                want = model(check)
+            tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
+            measured.append((*_compare(f"ONNX {path}", got, want, tol), tol))
+
     # int8: the fp32 graph the quantizer reads is scratch, not a file left (or overwritten) beside the output
     with tempfile.TemporaryDirectory() as scratch:
-        fp32_path = Path(scratch) / "fp32.onnx" if int8 else path
-
-        def save(tmp: str) -> None:  # checked before it replaces anything at fp32_path
-            program.save(tmp)
-            _check_file_opset(tmp, opset, fp32_path)
-
-        atomic_write(fp32_path, save)
+        fp32_path = Path(scratch) / "fp32.onnx"
         if int8:
-            atomic_write(path, lambda tmp: (_onnx_quantize(fp32_path, Path(tmp), calibration_data, ort),
-                                            _check_file_opset(tmp, opset, path)))
-    check = int8_check_images(calibration_data) if int8 else _inputs(model, input_size, 3, seed=1)
-    diff, agree, tol = float("nan"), float("nan"), tolerance
-    if verify:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
-        with torch.no_grad():
-            want = model(check)
-        tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
-        diff, agree = _compare(f"ONNX {path}", got, want, tol)
+            program.save(str(fp32_path))
+            _check_file_opset(fp32_path, opset, path)
+        atomic_write(path, write_checked)
+    diff, agree, tol = measured[0] if measured else (float("nan"), float("nan"), tolerance)
     return ExportReport(path, "onnx", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
 
 
@@ -326,18 +332,24 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
         exported = torch.export.export(reference, (example,), dynamic_shapes=({0: batch_dim()},))
     from ..weights import atomic_write
 
-    atomic_write(path, lambda tmp: torch.export.save(exported, tmp))
     check = _inputs(model, input_size, 3, seed=1)
-    diff, agree, tol = float("nan"), float("nan"), tolerance
-    if verify:
-        loaded = torch.export.load(str(path)).module()
-        with torch.no_grad():
-            got = loaded(check)
-            want = reference(check)
-            tol = fp32_logit_tolerance(want, tolerance)
-            diff, agree = _compare(f"exported program {path}", got, want, tol)
-            if int8:
-                agree = (got.argmax(1) == model(check).argmax(1)).float().mean().item()
+    measured: list[tuple[float, float, float]] = []
+
+    def write_checked(tmp: str) -> None:  # checked before it replaces anything at path
+        torch.export.save(exported, tmp)
+        if verify:
+            loaded = torch.export.load(tmp).module()
+            with torch.no_grad():
+                got = loaded(check)
+                want = reference(check)
+                tol = fp32_logit_tolerance(want, tolerance)
+                diff, agree = _compare(f"exported program {path}", got, want, tol)
+                if int8:
+                    agree = (got.argmax(1) == model(check).argmax(1)).float().mean().item()
+            measured.append((diff, agree, tol))
+
+    atomic_write(path, write_checked)
+    diff, agree, tol = measured[0] if measured else (float("nan"), float("nan"), tolerance)
     return ExportReport(path, "exported-program", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
 
 

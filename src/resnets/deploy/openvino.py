@@ -122,8 +122,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     ``calibration_data``): weights stored as int8 and convolutions run in int8 by the CPU plugin. It is checked
     against the fp32 model like the int8 ONNX file (on calibration images, ``int8_tolerance``, default 25% of
     the largest logit), with its top-1 agreement reported. The pair is written to a temporary folder beside
-    ``path`` and each file moved into place with ``atomic_write`` (.bin first, then .xml), so an interrupted
-    export never leaves a half-written file under the final names.
+    ``path``, checked there, and only then each file moved into place with ``atomic_write`` (.bin first, then
+    .xml), so neither an interrupted export nor one that fails its check leaves a file under the final names.
     """
     from .quantize import CalibrationError
 
@@ -141,22 +141,24 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     size = _input_size(model, input_size)
     graph = _read(model, size, calibration_data if int8 else None)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check = int8_check_images(calibration_data) if int8 else _inputs(model, size, 3, seed=1)
+    diff, agree, tol = float("nan"), float("nan"), tolerance
     staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
         ov.save_model(graph, str(staging / path.name), compress_to_fp16=False)
+        if verify:  # the staged pair, before it replaces anything under the final names
+            compiled = _core().compile_model(_core().read_model(str(staging / path.name)), "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "f32"})
+            got = OpenVINOModel(compiled, "int8" if int8 else "fp32")(check)
+            del compiled
+            with torch.no_grad():
+                want = model(check)
+            tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
+            diff, agree = _compare(f"OpenVINO IR {path}", got, want, tol)
         for suffix in (".bin", ".xml"):
             staged = staging / path.with_suffix(suffix).name
             atomic_write(path.with_suffix(suffix), lambda tmp, src=staged: os.replace(src, tmp))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    check = int8_check_images(calibration_data) if int8 else _inputs(model, size, 3, seed=1)
-    diff, agree, tol = float("nan"), float("nan"), tolerance
-    if verify:
-        compiled = _core().compile_model(_core().read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        got = OpenVINOModel(compiled, "int8" if int8 else "fp32")(check)
-        with torch.no_grad():
-            want = model(check)
-        tol = int8_logit_tolerance(want, int8_tolerance) if int8 else fp32_logit_tolerance(want, tolerance)
-        diff, agree = _compare(f"OpenVINO IR {path}", got, want, tol)
     size_bytes = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     return ExportReport(path, "openvino", int8, diff, tol, agree, check.shape[0], size_bytes)
