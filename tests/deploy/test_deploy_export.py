@@ -194,3 +194,22 @@ def test_a_file_that_fails_verification_is_not_kept(trained_tiny, tmp_path, monk
     assert not fresh.exists() or not list(fresh.iterdir())
     assert sorted(p.name for p in earlier.iterdir()) == sorted(names)  # no temporary file left behind
     assert all((earlier / name).read_bytes() == b"the user's earlier export" for name in names)
+
+
+def test_an_int8_program_is_checked_as_a_consumer_loads_it(trained_tiny, tmp_path, monkeypatch):
+    """The int8 .pt2 was checked in this process, where torchao had registered the quantized_decomposed ops it
+    calls; plain ``torch.export.load`` elsewhere failed. The check now loads it in a fresh Python process that
+    imports torch and the documented module only: with a module that does not register them, it fails."""
+    from pathlib import Path
+
+    from resnets.deploy import export as export_module
+
+    documented = export_module.PT2_INT8_IMPORT
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    assert f"import {documented}" in docs
+    monkeypatch.setattr(export_module, "PT2_INT8_IMPORT", "math")
+    with pytest.raises(ExportError, match="does not load in a fresh Python process with only `import torch; "
+                                          "import math`.*quantized_decomposed"):
+        export_program(trained_tiny, tmp_path / "q.pt2", input_size=SIZE, int8=True,
+                       calibration_data=[color_batch(8, seed=900)[0]])
+    assert not list(tmp_path.iterdir())

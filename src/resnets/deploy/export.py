@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ FORMATS = ("onnx", "exported-program", "openvino")
 ExportFormat = Literal["onnx", "exported-program", "openvino"]
 DEFAULT_OPSET = 18
 """The newest opset the dynamo exporter targets natively in torch 2.x, and one onnxruntime >= 1.14 runs."""
+PT2_INT8_IMPORT = "torch.ao.quantization.fx._decomposed"
+"""The one module a process must import besides torch to load an int8 .pt2: the PT2E program calls
+``torch.ops.quantized_decomposed`` ops, which this module registers (the smallest torch 2.14 import that does;
+``import torchao`` does too). Plain ``torch.export.load`` fails on the file without it."""
 
 
 def supported_opsets() -> range:
@@ -98,12 +104,14 @@ class ExportReport:
     top1_agreement: float
     verified_batch: int
     bytes: int
+    load_hint: str = ""
+    """What a consumer must do beyond the format's usual loader (an int8 .pt2: one import), or empty."""
 
     def __str__(self) -> str:
         kind = "int8 " if self.int8 else ""
         return (f"wrote {kind}{self.format} {self.path} ({self.bytes / 1e6:.2f} MB); verified at batch "
                 f"{self.verified_batch}: max |diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}), "
-                f"top-1 agreement {self.top1_agreement:.0%}")
+                f"top-1 agreement {self.top1_agreement:.0%}" + (f"\n{self.load_hint}" if self.load_hint else ""))
 
 
 def _import_onnxruntime():
@@ -310,8 +318,8 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
     """Write a ``torch.export`` program (.pt2) with a dynamic batch and check the reloaded file.
 
     With ``int8=True`` the program is the PT2E x86 int8 model calibrated on ``calibration_data``;
-    it is checked against the in-memory quantized model (tight) and its top-1 agreement with the
-    fp32 model is reported.
+    it is loaded in a fresh Python process with torch and ``PT2_INT8_IMPORT`` only (what a consumer needs), checked
+    against the in-memory quantized model (tight), and its top-1 agreement with the fp32 model is reported.
     """
     from .quantize import CalibrationError, quantize_int8
 
@@ -338,9 +346,8 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
     def write_checked(tmp: str) -> None:  # checked before it replaces anything at path
         torch.export.save(exported, tmp)
         if verify:
-            loaded = torch.export.load(tmp).module()
             with torch.no_grad():
-                got = loaded(check)
+                got = _run_in_fresh_process(tmp, check, path) if int8 else torch.export.load(tmp).module()(check)
                 want = reference(check)
                 tol = fp32_logit_tolerance(want, tolerance)
                 diff, agree = _compare(f"exported program {path}", got, want, tol)
@@ -350,7 +357,29 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
 
     atomic_write(path, write_checked)
     diff, agree, tol = measured[0] if measured else (float("nan"), float("nan"), tolerance)
-    return ExportReport(path, "exported-program", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
+    hint = (f"load it with: import torch; import {PT2_INT8_IMPORT}  # registers the quantized ops it calls\n"
+            f"              program = torch.export.load({str(path)!r}).module()") if int8 else ""
+    return ExportReport(path, "exported-program", int8, diff, tol, agree, check.shape[0], path.stat().st_size,
+                        hint)
+
+
+def _run_in_fresh_process(program_path: str, images: torch.Tensor, shown: Path) -> torch.Tensor:
+    """The outputs of the .pt2 at ``program_path`` on ``images``, loaded as a consumer loads it: in a new Python
+    process that imports torch and ``PT2_INT8_IMPORT`` only. This process has torchao (and resnets) loaded, which
+    register ops the file needs, so loading it here proves nothing about a plain ``torch.export.load``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs, outputs = Path(scratch) / "images.pt", Path(scratch) / "logits.pt"
+        torch.save(images, inputs)
+        script = (f"import sys, torch; import {PT2_INT8_IMPORT}; torch.set_grad_enabled(False); "
+                  "torch.save(torch.export.load(sys.argv[1]).module()(torch.load(sys.argv[2])), sys.argv[3])")
+        run = subprocess.run([sys.executable, "-c", script, program_path, str(inputs), str(outputs)],
+                             capture_output=True, text=True, cwd=scratch)
+        if run.returncode != 0:
+            lines = [line for line in run.stderr.splitlines() if line.strip()]
+            cause = next((line for line in lines if "quantized_decomposed" in line), lines[-1] if lines else "")
+            raise ExportError(f"{shown} does not load in a fresh Python process with only `import torch; import "
+                              f"{PT2_INT8_IMPORT}`, as a consumer would load it: {cause.strip()}; nothing was written")
+        return torch.load(outputs)
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, format: str, **kwargs) -> ExportReport:
