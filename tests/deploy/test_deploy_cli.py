@@ -13,6 +13,14 @@ from resnets.deploy import load_quantized
 from deploy_helpers import cli_error as _error
 
 
+def _payload(path) -> dict:
+    """What an int8 file saved by ``save_quantized`` holds beside the weights."""
+    from resnets.deploy.quantize import _fx_quietly
+
+    with _fx_quietly():
+        return torch.load(path, weights_only=True)
+
+
 def test_export_cli_writes_verified_files(workspace, capsys):
     root, _, checkpoint = workspace
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "exported-program",
@@ -40,6 +48,10 @@ def test_quantize_cli_reports_the_accuracy_change(workspace, capsys):
         load_quantized(out)
     text = capsys.readouterr().out
     assert "post-training int8: top-1" in text and "points" in text and out.exists()
+    # the int8 file carries the preprocessing it was calibrated and measured with (a deployer needs it)
+    payload = _payload(out)
+    assert payload["image_size"] == 16 and payload["classes"] == sorted(p.name for p in data.iterdir())
+    assert len(payload["mean"]) == len(payload["std"]) == 3 and payload["calibration_images"] == 24
     # torch's notices about its FX quantization API are for resnets, not for the user, who cannot act on them
     assert not [str(w.message)[:80] for w in shown if "deprecat" in str(w.message).lower()]
 
@@ -51,6 +63,9 @@ def test_quantize_cli_runs_quantization_aware_training_when_ptq_loses_too_much(w
     assert main(["quantize", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
                  "--calib-images", "24", "--val-split", "0.25", "--qat-epochs", "2", "--max-drop", "-100"]) == 0
     assert "quantization-aware training: top-1" in capsys.readouterr().out
+    # it recorded 0 calibration images: the QAT observers' ranges come from the images QAT ran before freezing them
+    payload = _payload(out)
+    assert 0 < payload["calibration_images"] < payload["qat_images"] and payload["image_size"] == 16
 
     with torch.no_grad():
         assert load_quantized(out)(torch.randn(2, 3, 16, 16)).shape == (2, 4)

@@ -213,3 +213,22 @@ def test_an_int8_program_is_checked_as_a_consumer_loads_it(trained_tiny, tmp_pat
         export_program(trained_tiny, tmp_path / "q.pt2", input_size=SIZE, int8=True,
                        calibration_data=[color_batch(8, seed=900)[0]])
     assert not list(tmp_path.iterdir())
+
+
+def test_onnx_files_carry_the_checkpoints_preprocessing(trained_tiny, tmp_path, capsys):
+    """A deployer could not recover the normalisation, input size or class names from the exported file."""
+    import json
+
+    import onnx
+
+    from resnets import save_weights
+    from resnets.cli import main
+
+    preprocessing = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.2], "image_size": 16, "classes": list("abcd")}
+    checkpoint = save_weights(trained_tiny, tmp_path / "tiny.safetensors", {"model_name": "resnet20", **preprocessing})
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--no-verify"]) == 0
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "tiny.onnx")).metadata_props}
+    assert props == preprocessing
+    export_onnx(trained_tiny, tmp_path / "int8.onnx", input_size=SIZE, int8=True, verify=False,
+                calibration_data=[color_batch(8, seed=900)[0]], metadata={"image_size": 16})
+    assert {p.key: p.value for p in onnx.load(str(tmp_path / "int8.onnx")).metadata_props}["image_size"] == "16"

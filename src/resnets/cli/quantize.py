@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         quantized = quantization_aware_finetune(model, data.splits, args.qat_epochs)
         int8 = top1(quantized, data.val_loader, data.num_classes)
         print(f"after {args.qat_epochs:g} epochs of quantization-aware training: top-1 {100 * int8:.2f}% "
-              f"({100 * (int8 - fp32):+.2f} points vs fp32)")
-    save_quantized(quantized, args.out, {"fp32_top1": fp32, "int8_top1": int8, "classes": metadata.get("classes")})
+              f"({100 * (int8 - fp32):+.2f} points vs fp32), fine-tuned on {quantized.qat_images} images")
+    # the preprocessing it was calibrated and measured with travels with it: a deployer needs it to feed it images
+    save_quantized(quantized, args.out, {"fp32_top1": fp32, "int8_top1": int8, **data.preprocessing})
     print(f"wrote {args.out}")
     return 0

@@ -11,11 +11,29 @@ import torch
 from ..evaluate.loading import to_grey
 
 
+PREPROCESSING_KEYS = ("mean", "std", "image_size", "classes")
+"""What a deployed file must carry for its user to prepare images as the network expects (and name its outputs)."""
+
+
+def preprocessing_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's recorded preprocessing: those of ``PREPROCESSING_KEYS`` it has (mean and std also under
+    ``data``, as ``normalization_of`` reads them). Exported files carry it: a deployer who guesses the
+    normalisation gets wrong answers without an error."""
+    from ..evaluate.loading import normalization_of
+
+    mean, std, found = normalization_of(metadata)
+    recorded = {"mean": list(mean), "std": list(std)} if found else {}
+    recorded.update({key: metadata[key] for key in ("image_size", "classes") if metadata.get(key) is not None})
+    return {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded}
+
+
 @dataclass
 class DeployData:
     splits: Any
     calibration: list[torch.Tensor]
     val_loader: Any
+    preprocessing: dict[str, Any]
+    """The mean, std, image size and classes the images were prepared with (``PREPROCESSING_KEYS``)."""
 
     @property
     def num_classes(self) -> int:
@@ -92,11 +110,14 @@ def load_deploy_data(data: str, metadata: dict[str, Any] | None = None, calibrat
     normalization = rgb_normalization(metadata, in_chans, source)
     splits = load_data(data, val_split=val_split, seed=seed, image_size=metadata.get("image_size"),
                        classes=metadata.get("classes"), normalization=normalization)
+    mean, std = normalization if in_chans == 3 else (normalization[0][:1], normalization[1][:1])  # grey: its own
+    preprocessing = {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                     "image_size": int(splits.image_size), "classes": list(splits.classes)}
     batches = calibration_batches(splits.train, calibration_images, seed, batch_size)
     val_loader = (make_loader(splits.val, batch_size=256, train=False, mean=splits.mean, std=splits.std)
                   if splits.val is not None and len(splits.val) else None)
     if in_chans == 1:
         batches = [to_grey(b) for b in batches]
         val_loader = _GreyLoader(val_loader) if val_loader is not None else None
-    return DeployData(splits, batches, val_loader)
+    return DeployData(splits, batches, val_loader, preprocessing)
 

@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -224,14 +224,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                 opset: int = DEFAULT_OPSET, verify: bool = True, tolerance: float = 1e-4,
                 int8: bool = False, calibration_data: Iterable[torch.Tensor] | None = None,
-                int8_tolerance: float | None = None) -> ExportReport:
+                int8_tolerance: float | None = None, metadata: dict[str, Any] | None = None) -> ExportReport:
     """Write ``model`` as ONNX with a dynamic batch dimension and check it with onnxruntime.
 
     ``tolerance`` is the max absolute logit difference allowed for fp32 (per unit of the largest logit when
     that is above 1: ``fp32_logit_tolerance``). With ``int8=True`` the
     fp32 graph is quantized by onnxruntime (static, QDQ, per-channel weights) on ``calibration_data``
     and compared against the fp32 eager model, on calibration images, with ``int8_tolerance`` (default: 25%
-    of the largest logit); its top-1 agreement is reported.
+    of the largest logit); its top-1 agreement is reported. ``metadata`` (e.g. the checkpoint's preprocessing:
+    ``deploy.data.preprocessing_of``) is written into the file's ``metadata_props``, each value as JSON.
     """
     from .quantize import CalibrationError
 
@@ -263,6 +264,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
         else:
             program.save(tmp)
         _check_file_opset(tmp, opset, path)
+        if metadata:
+            _write_onnx_metadata(tmp, metadata)
         if verify:
             session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
@@ -280,6 +283,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: Sequen
         atomic_write(path, write_checked)
     diff, agree, tol = measured[0] if measured else (float("nan"), float("nan"), tolerance)
     return ExportReport(path, "onnx", int8, diff, tol, agree, check.shape[0], path.stat().st_size)
+
+
+def _write_onnx_metadata(path: str, metadata: dict[str, Any]) -> None:
+    """Add ``metadata`` to the ONNX file's ``metadata_props`` (string values: each one JSON-encoded)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(path)
+    props = {entry.key: entry.value for entry in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, **{key: json.dumps(value) for key, value in metadata.items()}})
+    onnx.save(model, path)
 
 
 def _onnx_quantize(fp32_path: Path, out_path: Path, calibration_data: Iterable[torch.Tensor], ort) -> None:

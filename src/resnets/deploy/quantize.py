@@ -66,14 +66,19 @@ def _calibrate(model: nn.Module, batches: Iterable[torch.Tensor], limit: int | N
 
 
 class QuantizedModel(nn.Module):
-    """An int8 network with the input checks and the spec of the float model it came from."""
+    """An int8 network with the input checks and the spec of the float model it came from.
 
-    def __init__(self, net: nn.Module, spec: ResNetSpec | None, flow: QuantFlow, calibration_images: int) -> None:
+    ``calibration_images``: how many images its activation ranges were measured on (after quantization-aware
+    training: the images it ran before its observers froze); ``qat_images``: how many it was fine-tuned on."""
+
+    def __init__(self, net: nn.Module, spec: ResNetSpec | None, flow: QuantFlow, calibration_images: int,
+                 qat_images: int = 0) -> None:
         super().__init__()
         self.net = net
         self.spec = spec
         self.flow = flow
         self.calibration_images = calibration_images
+        self.qat_images = qat_images
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec is not None:
@@ -194,8 +199,11 @@ def prepare_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return _fx_prepare(model, example, qat=True)
 
 
-def convert_qat(prepared: nn.Module, spec: ResNetSpec | None) -> QuantizedModel:
-    return QuantizedModel(_fx_convert(copy.deepcopy(prepared).eval()), spec, "fx", 0).eval()
+def convert_qat(prepared: nn.Module, spec: ResNetSpec | None, calibration_images: int = 0,
+                qat_images: int = 0) -> QuantizedModel:
+    """The int8 model of a ``prepare_qat`` copy; the counts are recorded (``QuantizedModel``)."""
+    return QuantizedModel(_fx_convert(copy.deepcopy(prepared).eval()), spec, "fx", calibration_images,
+                          qat_images).eval()
 
 
 def save_quantized(model: QuantizedModel, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
@@ -210,7 +218,8 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike, metadata: dic
     versions = {k: int(v["version"]) for k, v in getattr(state, "_metadata", {}).items() if "version" in v}
     payload = {"format": QUANT_FORMAT, "spec": model.spec.to_dict(), "state_dict": dict(state),
                "module_versions": versions,
-               "calibration_images": model.calibration_images, **dict(metadata or {})}
+               "calibration_images": model.calibration_images, "qat_images": model.qat_images,
+               **dict(metadata or {})}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -237,7 +246,8 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     state = OrderedDict(payload["state_dict"])
     state._metadata = OrderedDict((k, {"version": v}) for k, v in payload.get("module_versions", {}).items())  # type: ignore[attr-defined]
     net.load_state_dict(state)
-    return QuantizedModel(net, spec, "fx", int(payload.get("calibration_images", 0))).eval()
+    return QuantizedModel(net, spec, "fx", int(payload.get("calibration_images", 0)),
+                          int(payload.get("qat_images", 0))).eval()
 
 
 def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1.0, lr: float = 1e-3,
@@ -262,7 +272,7 @@ def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1
     prepared = prepare_qat(model, example)
     optimizer = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    step = 0
+    step = observed = trained = 0
     # never at step 0: observers frozen before any batch has no ranges to convert with (a 1-step run)
     freeze_observers, freeze_bn = max(1, total // 2), max(1, 3 * total // 4)
     prepared.train()
@@ -281,8 +291,10 @@ def quantization_aware_finetune(model: nn.Module, splits: Any, epochs: float = 1
             optimizer.step()
             schedule.step()
             step += 1
+            trained += len(images)
+            observed += len(images) if step <= freeze_observers else 0
             if log and step % 50 == 0:
                 log(f"QAT step {step}/{total}: loss {loss.item():.3f}")
             if step >= total:
                 break
-    return convert_qat(prepared, getattr(model, "spec", None))
+    return convert_qat(prepared, getattr(model, "spec", None), calibration_images=observed, qat_images=trained)
