@@ -232,3 +232,24 @@ def test_onnx_files_carry_the_checkpoints_preprocessing(trained_tiny, tmp_path, 
     export_onnx(trained_tiny, tmp_path / "int8.onnx", input_size=SIZE, int8=True, verify=False,
                 calibration_data=[color_batch(8, seed=900)[0]], metadata={"image_size": 16})
     assert {p.key: p.value for p in onnx.load(str(tmp_path / "int8.onnx")).metadata_props}["image_size"] == "16"
+
+
+def test_exported_programs_and_openvino_ir_carry_the_preprocessing_too(trained_tiny, tmp_path):
+    import json
+
+    from resnets import save_weights
+    from resnets.cli import main
+    from resnets.deploy.export import PT2_METADATA_FILE
+
+    preprocessing = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.2], "image_size": 16, "classes": list("abcd")}
+    checkpoint = save_weights(trained_tiny, tmp_path / "tiny.safetensors", {"model_name": "resnet20", **preprocessing})
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "exported-program", "--no-verify"]) == 0
+    extra = {PT2_METADATA_FILE: ""}
+    torch.export.load(tmp_path / "tiny.pt2", extra_files=extra)
+    assert json.loads(extra[PT2_METADATA_FILE]) == preprocessing
+    pytest.importorskip("openvino")
+    import openvino
+
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--no-verify"]) == 0
+    graph = openvino.Core().read_model(str(tmp_path / "tiny.xml"))
+    assert {key: json.loads(graph.get_rt_info(["resnets", key]).astype(str)) for key in preprocessing} == preprocessing

@@ -76,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
                                        in_chans=model.spec.in_chans, conv_type=model.spec.conv_type).calibration
     kwargs = dict(input_size=input_size_at(model, metadata.get("image_size")), verify=not args.no_verify,
                   tolerance=args.tolerance, int8=args.int8, calibration_data=calibration)
-    if args.format == "onnx":
-        from ..deploy.data import preprocessing_of
+    from ..deploy.data import preprocessing_of
 
+    kwargs["metadata"] = preprocessing_of(metadata)  # every format says how to prepare its input
+    if args.format == "onnx":
         kwargs["opset"] = args.opset or DEFAULT_OPSET
-        kwargs["metadata"] = preprocessing_of(metadata)  # so the file says how to prepare its input
     try:
         report = export_model(model, out, args.format, **kwargs)
     except (ExportError, CalibrationError) as exc:

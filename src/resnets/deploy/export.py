@@ -326,11 +326,19 @@ def _onnx_quantize(fp32_path: Path, out_path: Path, calibration_data: Iterable[t
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+PT2_METADATA_FILE = "resnets.json"
+"""The extra file of a .pt2 archive that holds the checkpoint's preprocessing (mean, std, image_size, classes)."""
+
+
 @keeps_model_mode
 def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                    verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
-                   calibration_data: Iterable[torch.Tensor] | None = None) -> ExportReport:
+                   calibration_data: Iterable[torch.Tensor] | None = None,
+                   metadata: dict[str, Any] | None = None) -> ExportReport:
     """Write a ``torch.export`` program (.pt2) with a dynamic batch and check the reloaded file.
+
+    ``metadata`` (the checkpoint's preprocessing, ``deploy.data.preprocessing_of``) goes into the archive as the
+    extra file ``PT2_METADATA_FILE`` (JSON): ``torch.export.load(path, extra_files={PT2_METADATA_FILE: ""})``.
 
     With ``int8=True`` the program is the PT2E x86 int8 model calibrated on ``calibration_data``;
     it is loaded in a fresh Python process with torch and ``PT2_INT8_IMPORT`` only (what a consumer needs), checked
@@ -359,7 +367,9 @@ def export_program(model: nn.Module, path: str | os.PathLike, *, input_size: Seq
     measured: list[tuple[float, float, float]] = []
 
     def write_checked(tmp: str) -> None:  # checked before it replaces anything at path
-        torch.export.save(exported, tmp)
+        from ..jsonfile import to_json
+
+        torch.export.save(exported, tmp, extra_files={PT2_METADATA_FILE: to_json(metadata)} if metadata else None)
         if verify:
             with torch.no_grad():
                 got = _run_in_fresh_process(tmp, check, path) if int8 else torch.export.load(tmp).module()(check)

@@ -15,11 +15,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from ..jsonfile import to_json
 from ..weights import atomic_write
 from .export import (ExportError, ExportReport, _compare, _input_size, _inputs, _unwrap, export_onnx,
                      fp32_logit_tolerance, int8_check_images, int8_logit_tolerance, keeps_model_mode)
@@ -115,8 +116,11 @@ def compile_openvino(model: nn.Module, precision: str = "fp32", *, input_size: S
 def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int] | None = None,
                     verify: bool = True, tolerance: float = 1e-4, int8: bool = False,
                     calibration_data: Iterable[torch.Tensor] | None = None,
-                    int8_tolerance: float | None = None) -> ExportReport:
+                    int8_tolerance: float | None = None, metadata: dict[str, Any] | None = None) -> ExportReport:
     """Write OpenVINO IR (``path`` ending in .xml, weights beside it in .bin) and check the reloaded pair.
+
+    ``metadata`` (the checkpoint's preprocessing) is stored in the graph's runtime info, each value as JSON under
+    ``["resnets", KEY]``: ``json.loads(model.get_rt_info(["resnets", "mean"]).astype(str))``.
 
     ``int8=True`` writes the graph of the int8 ONNX export (onnxruntime's static QDQ quantization calibrated on
     ``calibration_data``): weights stored as int8 and convolutions run in int8 by the CPU plugin. It is checked
@@ -145,6 +149,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, *, input_size: Se
     diff, agree, tol = float("nan"), float("nan"), tolerance
     staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
+        for key, value in (metadata or {}).items():
+            graph.set_rt_info(to_json(value, indent=None), ["resnets", key])
         ov.save_model(graph, str(staging / path.name), compress_to_fp16=False)
         if verify:  # the staged pair, before it replaces anything under the final names
             compiled = _core().compile_model(_core().read_model(str(staging / path.name)), "CPU",
