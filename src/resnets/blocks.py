@@ -48,8 +48,10 @@ class _Block(nn.Module):
         last = self.last_norm
         if isinstance(last, nn.modules.batchnorm._BatchNorm):
             nn.init.zeros_(last.weight)
-        else:  # pre-activation blocks end on a convolution
-            for p in last.parameters():
+        else:  # pre-activation blocks end on a convolution: zero its last one (of a (2+1)-D pair, the temporal
+            # conv only; zeroing the spatial conv and the norm between too would leave the branch no gradient at all)
+            convs = [m for m in last.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+            for p in convs[-1].parameters():
                 nn.init.zeros_(p)
 
 
@@ -125,8 +127,13 @@ class Bottleneck(_Block):
 class PreActBasicBlock(_Block):
     """BN-ReLU-3x3, BN-ReLU-3x3, then the add with nothing after it (He et al. 2016; WRN).
 
-    A projection shortcut takes the pre-activated input, as in the authors' code.
+    A projection shortcut takes the pre-activated input, as in the authors' code. The network's first block
+    (``preactivated_shortcut``) passes it down the identity path too: He et al. 2016 (appendix) "adopt the first
+    activation right after conv1 and before splitting into two paths", so the stem's raw output never reaches the
+    sum.
     """
+
+    preactivated_shortcut = False
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
                  first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
@@ -146,7 +153,7 @@ class PreActBasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
+        shortcut = (pre if self.preactivated_shortcut else x) if self.downsample is None else self.downsample(pre)
         out = self.conv1(pre)
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         if self.add is not None:
@@ -155,9 +162,13 @@ class PreActBasicBlock(_Block):
 
 
 class PreActBottleneck(_Block):
-    """BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, then the add (He et al. 2016), laid out like timm's ResNetV2."""
+    """BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, then the add (He et al. 2016), laid out like timm's ResNetV2.
+
+    The network's first block pre-activates its identity path too (``PreActBasicBlock``); the registered bottleneck
+    nets project there, where the projection already takes the pre-activated input."""
 
     expansion = 4
+    preactivated_shortcut = False
 
     def __init__(self, spec: ResNetSpec, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
                  first_dilation: int = 1, drop_path: float = 0.0, width: int | None = None) -> None:
@@ -180,7 +191,7 @@ class PreActBottleneck(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
+        shortcut = (pre if self.preactivated_shortcut else x) if self.downsample is None else self.downsample(pre)
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.dropout(self.relu(self.bn3(out))))

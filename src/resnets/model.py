@@ -111,6 +111,8 @@ def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, 
             blocks.append(block(spec, in_planes, planes, stride if i == 0 else 1, dilation=dilation,
                                 first_dilation=first_dilation if i == 0 else dilation, drop_path=rate,
                                 width=width))
+            if block_index == 0 and spec.is_preact:  # He et al. 2016: activate before the first split
+                blocks[-1].preactivated_shortcut = True
             in_planes = planes * block.expansion
             block_index += 1
         stages.append(nn.Sequential(*blocks))

@@ -94,10 +94,11 @@ _PREACT_CIFAR = _CIFAR.replace(block="preact_basic", shortcut="B")
 register("preact_resnet20", _PREACT_CIFAR, CIFAR_INPUT, HE2016)
 register("preact_resnet56", _PREACT_CIFAR.replace(layers=(9, 9, 9)), CIFAR_INPUT, HE2016)
 register("preact_resnet110", _PREACT_CIFAR.replace(layers=(18, 18, 18)), CIFAR_INPUT, HE2016)
-register("preact_resnet164", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(18, 18, 18)),
+# the authors' code (KaimingHe/resnet-1k-layers) strides the first 1x1 of a bottleneck, not the 3x3
+register("preact_resnet164", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(18, 18, 18), stride_on="1x1"),
          CIFAR_INPUT, HE2016)
-register("preact_resnet1001", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(111, 111, 111)),
-         CIFAR_INPUT, HE2016)
+register("preact_resnet1001", _PREACT_CIFAR.replace(block="preact_bottleneck", layers=(111, 111, 111),
+                                                    stride_on="1x1"), CIFAR_INPUT, HE2016)
 
 for _depth, _k in ((16, 4), (16, 8), (28, 10), (40, 4), (22, 8)):
     _n = (_depth - 4) // 6

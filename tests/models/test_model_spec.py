@@ -102,6 +102,29 @@ def test_zero_init_last_makes_every_block_start_as_identity():
     torch.testing.assert_close(blk(x), x)
 
 
+def test_a_preactivation_net_activates_before_its_first_split():
+    # He et al. 2016 (appendix): the first activation comes right after conv1, before the two paths split; the
+    # identity path of preact_resnet20/56/110's first block carried the stem's raw, signed output instead
+    model = resnets.create_model("preact_resnet110", zero_init_last=True).eval()
+    stem = model.conv1(torch.randn(2, 3, 32, 32))
+    first = model.layer1[0]
+    with torch.no_grad():
+        torch.testing.assert_close(first(stem), first.relu(first.bn1(stem)))  # the branch is zero at init
+        later = model.layer1[1]
+        x = torch.randn(2, 16, 8, 8)
+        torch.testing.assert_close(later(x), x)  # later identity shortcuts stay raw
+
+
+def test_zero_init_of_a_preactivation_2plus1d_block_leaves_its_branch_trainable():
+    # zeroing both convs of the (2+1)-D pair and the norm between gave every branch parameter a zero gradient
+    model = resnets.create_model("r2plus1d_18", block="preact_basic", zero_init_last=True, num_classes=5,
+                                 layers=(1, 1, 1, 1))
+    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    spatial, norm, _, temporal = model.layer1[0].conv2
+    assert torch.count_nonzero(temporal.weight) == 0 and temporal.weight.grad.abs().sum() > 0
+    assert torch.count_nonzero(spatial.weight) > 0 and norm.weight.abs().sum() > 0
+
+
 def test_stochastic_depth_rates_rise_linearly_and_drop_in_training():
     model = resnets.create_model("resnet20", drop_path_rate=0.5)
     rates = [blk.drop_path.drop_prob if hasattr(blk.drop_path, "drop_prob") else 0.0 for blk in model.blocks()]
