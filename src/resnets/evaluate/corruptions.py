@@ -206,11 +206,22 @@ def contrast(x: torch.Tensor, severity: int, generator: torch.Generator) -> torc
 
 
 def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """Box-downsample by ``c`` then nearest-upsample back (PIL ``BOX`` as CIFAR-10-C)."""
+    """Down to ``c`` of the side and back up with PIL's ``BOX`` filter both ways, as CIFAR-10-C does.
+
+    PIL's box averages the input pixels whose centres fall in an output pixel's span (``mode="area"`` averages
+    overlapping spans instead, about 4-6x stronger at severity 1); upsampling, that is the nearest pixel by centre
+    (``nearest-exact``, not the legacy ``nearest``). Matches PIL to 1/255."""
     c = _PARAMS["pixelate"][severity - 1]
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, int(h * c)), max(1, int(w * c))), mode="area")
-    return F.interpolate(small, size=(h, w), mode="nearest")
+
+    def box(n_in: int, n_out: int) -> torch.Tensor:
+        centres = torch.arange(n_in, device=x.device, dtype=x.dtype) + 0.5
+        low = torch.arange(n_out, device=x.device, dtype=x.dtype)[:, None] * (n_in / n_out)
+        weight = ((centres >= low) & (centres < low + n_in / n_out)).to(x.dtype)
+        return weight / weight.sum(1, keepdim=True)
+
+    small = torch.einsum("oh,nchw,pw->ncop", box(h, max(1, int(h * c))), x, box(w, max(1, int(w * c))))
+    return F.interpolate(small, size=(h, w), mode="nearest-exact")
 
 
 def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
