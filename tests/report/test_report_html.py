@@ -117,3 +117,23 @@ def test_a_result_file_of_an_unexpected_layout_is_listed_not_fatal(tmp_path):
     assert "Training curves" in page and "Files that could not be read" in page
     assert "calib.json (skipped: not the layout resnets writes; KeyError" in page
     assert "corr.json (skipped: not the layout resnets writes;" in page
+
+
+def test_an_undefined_mce_and_a_diverged_gradient_flow_still_render(tmp_path):
+    # a model compared with itself had mCE inf (stored null), which dropped the corruptions section; a gradflow
+    # line with a diverged run's null values stopped the whole report with a traceback
+    run = _make_run(tmp_path / "run")
+    clean = CorruptionResult(1.0, {"fog": [1.0] * 5, "contrast": [0.9] * 5}, 100, 0)
+    data = clean.to_dict(clean)
+    assert data["corruption_errors"] == {"fog": 1.0, "contrast": 1.0} and data["mce"] == 1.0
+    worse = CorruptionResult(1.0, {"fog": [0.9] * 5, "contrast": [0.8] * 5}, 100, 0)
+    undefined = worse.to_dict(clean)
+    assert undefined["mce_undefined_for"] == ["fog"] and undefined["corruption_errors"]["fog"] is None
+    assert undefined["mce"] == pytest.approx(2.0)  # contrast only: 1.0 / 0.5
+    (run / "corruptions.json").write_text(json.dumps(undefined))
+    record = {"step": 0, "loss": None, "blocks": ["layer1.0", "layer1.1"], "param_grad": [None, 0.1],
+              "output_grad": [0.2, None], "branch_norm": [1.0, None], "shortcut_norm": [1.0, 1.0],
+              "branch_ratio": [1.0, None], "branch_grad": [0.1, 0.1], "shortcut_grad": [0.1, 0.1]}
+    (run / "gradflow.jsonl").write_text(json.dumps(record) + "\n")
+    page = render_report(run).read_text()
+    assert "Corruptions: corruptions.json" in page and "mCE 200.0" in page and "Gradient flow" in page

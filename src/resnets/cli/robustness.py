@@ -219,8 +219,14 @@ def run_robustness(args: argparse.Namespace) -> int:
         print(f"  {'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in range(1, 6)))
         for name in names:
             print(f"  {name:<18}" + "".join(f"{a * 100:7.2f}%" for a in result.accuracy[name]))
-        print(f"  mean corruption error (unnormalised): {result.mean_error() * 100:.2f}%"
-              + (f"; mCE vs baseline {data['mce'] * 100:.1f}" if baseline else ""))
+        summary = f"  mean corruption error (unnormalised): {result.mean_error() * 100:.2f}%"
+        if baseline:
+            summary += (f"; mCE vs baseline {data['mce'] * 100:.1f}" if data["mce"] is not None
+                        else "; mCE vs baseline undefined")
+            if data["mce_undefined_for"]:
+                summary += (f" (left out: {', '.join(data['mce_undefined_for'])}, where the baseline made no error "
+                            "or lost no accuracy, so the ratio has no value; more --samples help)")
+        print(summary)
     return 0
 
 

@@ -309,6 +309,18 @@ def parse_corruptions(text: str | None) -> list[str]:
 
 
 # -------------------------------------------------------------- evaluation
+def _ratio(own: float, base: float) -> float | None:
+    """own / base; 1.0 when both are zero (as robust as the baseline); None when only the baseline's is zero."""
+    if base == 0:
+        return 1.0 if own == 0 else None
+    return own / base
+
+
+def _mean_defined(ratios: dict[str, float | None]) -> float | None:
+    defined = [r for r in ratios.values() if r is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
 @dataclass
 class CorruptionResult:
     """Accuracy per corruption and severity, and the corruption errors derived from it."""
@@ -337,25 +349,31 @@ class CorruptionResult:
             raise ValueError(f"the baseline was evaluated on {baseline.samples} images with corruption seed "
                              f"{baseline.seed}, this model on {self.samples} with seed {self.seed}: an mCE compares "
                              "the same corrupted images, so evaluate both with the same --samples and --seed")
-        out = {}
-        for name in self.accuracy:
-            base = sum(baseline.error(name))
-            out[name] = sum(self.error(name)) / base if base > 0 else float("inf")
-        return out
+        return {name: _ratio(sum(self.error(name)), sum(baseline.error(name))) for name in self.accuracy}
 
-    def mce(self, baseline: "CorruptionResult") -> float:
-        """Mean corruption error relative to ``baseline`` (1.0 = as robust as the baseline)."""
-        ces = self.corruption_errors(baseline)
-        return sum(ces.values()) / len(ces)
+    def relative_corruption_errors(self, baseline: "CorruptionResult") -> dict[str, float | None]:
+        """Relative CE_c: the accuracy lost to corruption c, summed over severities, over the baseline's loss
+        (Hendrycks & Dietterich 2019, eq. 2; signed: a baseline that gains under a corruption flips it)."""
+        self.corruption_errors(baseline)  # the same checks
+        return {name: _ratio(sum(e - (1 - self.clean_accuracy) for e in self.error(name)),
+                             sum(e - (1 - baseline.clean_accuracy) for e in baseline.error(name)))
+                for name in self.accuracy}
 
-    def relative_mce(self, baseline: "CorruptionResult") -> float:
+    def mce(self, baseline: "CorruptionResult") -> float | None:
+        """Mean corruption error relative to ``baseline`` (1.0 = as robust as the baseline), over the corruptions
+        where it is defined (``undefined_corruptions``); None when it is defined for none."""
+        return _mean_defined(self.corruption_errors(baseline))
+
+    def relative_mce(self, baseline: "CorruptionResult") -> float | None:
         """Relative mCE: how much accuracy is lost to corruption, relative to the baseline's loss."""
-        total = 0.0
-        for name in self.accuracy:
-            own = sum(e - (1 - self.clean_accuracy) for e in self.error(name))
-            base = sum(e - (1 - baseline.clean_accuracy) for e in baseline.error(name))
-            total += own / base if base > 0 else float("inf")
-        return total / len(self.accuracy)
+        return _mean_defined(self.relative_corruption_errors(baseline))
+
+    def undefined_corruptions(self, baseline: "CorruptionResult") -> list[str]:
+        """The corruptions an mCE leaves out: the baseline made no error (or lost nothing, for the relative mCE)
+        where this model did, so the ratio has no value. Small ``--samples`` runs meet this on mild corruptions."""
+        ratios = {**self.corruption_errors(baseline)}
+        relative = self.relative_corruption_errors(baseline)
+        return sorted(name for name in self.accuracy if ratios[name] is None or relative[name] is None)
 
     def to_dict(self, baseline: "CorruptionResult | None" = None) -> dict[str, Any]:
         out: dict[str, Any] = {"clean_accuracy": self.clean_accuracy, "accuracy": self.accuracy,
@@ -365,6 +383,7 @@ class CorruptionResult:
             out["corruption_errors"] = self.corruption_errors(baseline)
             out["mce"] = self.mce(baseline)
             out["relative_mce"] = self.relative_mce(baseline)
+            out["mce_undefined_for"] = self.undefined_corruptions(baseline)
         return out
 
     @classmethod

@@ -18,6 +18,7 @@ the trainer's callback divides every gradient norm by the scale in use, so they 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,8 +263,11 @@ def plot_gradient_flow(runs: dict[str, Sequence[GradientFlow | dict[str, Any]]],
             depth = list(range(1, len(d["blocks"]) + 1))
             style = dict(color=colours[ci % len(colours)], ls=styles[ri % len(styles)], lw=1.4)
             name = f"{label} step {d['step']}"
-            axes[0].semilogy(depth, [max(v, 1e-12) for v in d["param_grad"]], label=name, **style)
-            axes[1].semilogy(depth, [max(v, 1e-12) for v in d["output_grad"]], label=name, **style)
+            # a diverged run's NaN/inf are stored as null: a gap in the line, not a crash
+            axes[0].semilogy(depth, [math.nan if v is None else max(v, 1e-12) for v in d["param_grad"]],
+                             label=name, **style)
+            axes[1].semilogy(depth, [math.nan if v is None else max(v, 1e-12) for v in d["output_grad"]],
+                             label=name, **style)
             ratio = d.get("branch_ratio") or []
             points = [(i, r) for i, r in zip(depth, ratio) if r is not None]
             if points:

@@ -326,7 +326,7 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
         def corruptions(name: str = name, data: dict = data) -> Section:
             rows = [[c] + [_pct(a) for a in accs] + [_pct(sum(accs) / len(accs))]
                     for c, accs in data["accuracy"].items()]
-            extra = f", mCE {data['mce'] * 100:.1f}" if "mce" in data else ""
+            extra = f", mCE {data['mce'] * 100:.1f}" if data.get("mce") is not None else ""
             body = (f"<p>clean accuracy {_pct(data['clean_accuracy'])}, mean corruption error "
                     f"{_pct(data['mean_error'])}{extra} ({data.get('samples')} images)</p>")
             return Section(f"Corruptions: {name}", body + _table(["corruption", "s1", "s2", "s3", "s4", "s5", "mean"],
@@ -342,13 +342,16 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
 
         _add_section(sections, found, name, groups)
     if found.gradflow:
-        from ..explain.gradflow import plot_gradient_flow
+        def gradient_flow() -> Section:
+            from ..explain.gradflow import plot_gradient_flow
 
-        picks = found.gradflow if len(found.gradflow) <= 4 else [found.gradflow[i] for i in
-                                                                 (0, len(found.gradflow) // 3,
-                                                                  2 * len(found.gradflow) // 3, -1)]
-        png = _png_via_file(lambda p: plot_gradient_flow({"run": picks}, p))
-        sections.append(Section("Gradient flow", _img(png, "gradient flow")))
+            picks = found.gradflow if len(found.gradflow) <= 4 else [found.gradflow[i] for i in
+                                                                     (0, len(found.gradflow) // 3,
+                                                                      2 * len(found.gradflow) // 3, -1)]
+            png = _png_via_file(lambda p: plot_gradient_flow({"run": picks}, p))
+            return Section("Gradient flow", _img(png, "gradient flow"))
+
+        _add_section(sections, found, "gradflow.jsonl", gradient_flow)
     if found.degradation:
         def degradation() -> Section:
             from ..explain.degradation import plot_degradation
