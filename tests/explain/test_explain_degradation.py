@@ -72,3 +72,26 @@ def test_budget_values_are_checked_per_key(text, message):
 def test_budget_booleans_read_both_ways():
     assert Budget.parse("channels_last=off,bf16=yes").channels_last is False
     assert Budget.parse("channels_last=on,bf16=no").bf16 is False
+
+
+def test_the_final_training_error_never_rests_on_the_few_leftover_batches():
+    # 15 steps logged every 7: the last row covered one batch (8 images) and read "0.00% training error"
+    from resnets import create_model
+    from resnets.explain.degradation import DegradationResult, train_classifier
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(120, 3, 8, 8), torch.randint(0, 3, (120,))
+
+    class Batches(list):
+        def set_epoch(self, epoch):  # what train_classifier calls on a resnets loader
+            pass
+
+    batches = Batches((images[i:i + 8], labels[i:i + 8]) for i in range(0, 120, 8))
+    model = create_model("resnet20", num_classes=3, layers=(1, 1, 1))
+    history = train_classifier(model, batches, None, Budget(epochs=1, batch_size=8, log_points=2, bf16=False))
+    assert [row["step"] for row in history] == [7, 15] and [row["images"] for row in history] == [56, 64]
+    # a history logged the old way (a 1-batch last window) is merged by steps when summarised
+    old = [{"step": 7, "train_error": 0.5, "val_error": None, "seconds": 1.0},
+           {"step": 14, "train_error": 0.4, "val_error": None, "seconds": 2.0},
+           {"step": 15, "train_error": 0.0, "val_error": 0.3, "seconds": 2.1}]
+    assert DegradationResult({}, {"net": old}).final()["net"]["train_error"] == pytest.approx(0.4 * 7 / 8)

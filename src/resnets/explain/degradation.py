@@ -195,7 +195,9 @@ def train_classifier(model: nn.Module, train_loader: Any, val_loader: Any | None
     """Train ``model`` (taking pixels in [0, 1]) with ``budget``; return the logged history.
 
     Each history row: ``step``, ``epoch``, ``lr``, ``train_loss`` and ``train_error`` (running, over
-    the augmented batches since the previous row, as He et al. plot), ``val_error``, ``seconds``.
+    the augmented batches since the previous row, as He et al. plot; the last row also takes the steps left
+    over after the last full window, so it never rests on a few batches), ``images`` (the row's window),
+    ``val_error``, ``seconds``.
     """
     budget = budget.resolved(next(model.parameters()).device)
     steps_per_epoch = len(train_loader)
@@ -244,9 +246,10 @@ def train_classifier(model: nn.Module, train_loader: Any, val_loader: Any | None
             window_wrong += (logits.argmax(1) != y).sum().item()
             window_seen += y.numel()
             step += 1
-            if step % log_every == 0 or step == total:
+            if step == total or (step % log_every == 0 and total - step >= log_every):
                 row = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
                        "train_loss": window_loss / window_seen, "train_error": window_wrong / window_seen,
+                       "images": window_seen,
                        "val_error": (error_rate(model, val_loader, budget.bf16, budget.channels_last)
                                      if val_loader is not None else None),
                        "seconds": time.perf_counter() - start}
@@ -268,10 +271,17 @@ class DegradationResult:
     data: dict[str, Any] = field(default_factory=dict)
 
     def final(self) -> dict[str, dict[str, float]]:
+        """Each run's last row. A history logged before the last row took the leftover steps (its last window
+        shorter than the one before) has the two windows merged, weighted by their steps."""
         out = {}
         for name, rows in self.runs.items():
             tail = rows[-1]
-            out[name] = {"train_error": tail["train_error"], "val_error": tail["val_error"],
+            train_error = tail["train_error"]
+            if "images" not in tail and len(rows) >= 3:
+                gaps = [rows[-1]["step"] - rows[-2]["step"], rows[-2]["step"] - rows[-3]["step"]]
+                if gaps[0] < gaps[1]:
+                    train_error = (tail["train_error"] * gaps[0] + rows[-2]["train_error"] * gaps[1]) / sum(gaps)
+            out[name] = {"train_error": train_error, "val_error": tail["val_error"],
                          "seconds": tail["seconds"], "params": self.params.get(name)}
         return out
 
