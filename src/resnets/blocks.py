@@ -15,7 +15,10 @@ from .spec import ResNetSpec
 
 
 def _mid_planes_2plus1d(in_planes: int, planes: int) -> int:
-    """torchvision's middle width for (2+1)-D convs: keeps the parameter count of a 3x3x3 conv."""
+    """torchvision's middle width for (2+1)-D convs, from the block's (in_planes, planes) and used for both of its
+    convs: Tran et al. 2018's formula (M = t d^2 N_in N_out / (d^2 N_in + t N_out)) per conv keeps each one's
+    parameter count equal to a 3x3x3 conv's (33.4M for R(2+1)D-18); torchvision's rule, kept here so its
+    weights load, does so only where in_planes == planes (31.5M)."""
     return (in_planes * planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * planes)
 
 

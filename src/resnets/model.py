@@ -39,9 +39,9 @@ def _stem(spec: ResNetSpec) -> dict[str, nn.Module]:
     elif spec.stem == "deep":
         half = width // 2
         parts["conv1"] = nn.Sequential(
-            nn.Conv2d(spec.in_chans, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(spec.in_chans, half, 3, stride=2, padding=1, bias=False), norm(spec, half),
             nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride=1, padding=1, bias=False), norm(spec, half), nn.ReLU(inplace=True),
             nn.Conv2d(half, width, 3, stride=1, padding=1, bias=False),
         )
     elif spec.conv_type == "3d":
@@ -49,7 +49,7 @@ def _stem(spec: ResNetSpec) -> dict[str, nn.Module]:
     else:  # (2+1)-D stem of torchvision's r2plus1d_18: 45 spatial filters, then a temporal conv
         parts["conv1"] = nn.Sequential(
             nn.Conv3d(spec.in_chans, 45, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
-            nn.BatchNorm3d(45), nn.ReLU(inplace=True),
+            norm(spec, 45), nn.ReLU(inplace=True),
             nn.Conv3d(45, width, (3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False),
         )
     parts["bn1"] = norm(spec, width) if with_norm else nn.Identity()

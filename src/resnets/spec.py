@@ -83,7 +83,8 @@ class ResNetSpec:
     se_ratio: float = 0.0
     """Squeeze-excitation reduction (1/16 in SENet); 0 disables it."""
     zero_init_last: bool = False
-    """Start each residual branch at zero by zeroing its last norm's scale (Goyal et al.)."""
+    """Start each residual branch at zero (Goyal et al.): post-activation blocks zero their last norm's scale,
+    pre-activation blocks (which end on a convolution) that convolution's weights, as timm's ResNetV2."""
     residual: bool = True
     """False gives the 'plain' twin: the same layers with no shortcuts."""
     conv_type: ConvType = "2d"

@@ -17,7 +17,7 @@ GOYAL = "Goyal et al. 2017 / torchvision v1.5 (stride on the 3x3)"
 BAG_OF_TRICKS = "He et al. 2019, Bag of Tricks (arXiv:1812.01187)"
 RESNEXT = "Xie et al. 2017, Aggregated Residual Transformations (arXiv:1611.05431)"
 WRN = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv:1605.07146)"
-SENET = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)"
+SENET = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507), on the v1.5 layout as timm"
 TRAN = "Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions (arXiv:1711.11248)"
 
 
