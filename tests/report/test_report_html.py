@@ -137,3 +137,14 @@ def test_an_undefined_mce_and_a_diverged_gradient_flow_still_render(tmp_path):
     (run / "gradflow.jsonl").write_text(json.dumps(record) + "\n")
     page = render_report(run).read_text()
     assert "Corruptions: corruptions.json" in page and "mCE 200.0" in page and "Gradient flow" in page
+
+
+def test_the_calibration_section_says_where_the_temperature_was_fitted_and_measured(tmp_path):
+    # fitted and measured on the same images, the scaled figures are optimistic: the JSON said so, the report not
+    run = _make_run(tmp_path / "run")
+    data = json.loads((run / "calibration.json").read_text())
+    data.update(fit_on="validation split (40 images)", evaluated_on="the same images (the scaled figures are "
+                "optimistic)")
+    (run / "calibration.json").write_text(json.dumps(data))
+    page = render_report(run).read_text()
+    assert "fitted on validation split (40 images)" in page and "the scaled figures are optimistic" in page

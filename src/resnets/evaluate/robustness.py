@@ -91,8 +91,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm:
     """Projected gradient descent (Madry et al. 2018): maximise the loss inside the epsilon ball.
 
     ``alpha`` defaults to ``2.5 * eps / steps`` (Madry's rule, so the walk can reach the ball's
-    surface from any start). With several ``restarts``, each sample keeps the first restart that
-    fools the model, else the one with the highest loss. Returns adversarial images in
+    surface from any start). With several ``restarts``, each sample keeps a restart that fools the
+    model (of those, the highest-loss one), else the one with the highest loss. Returns adversarial images in
     [lower, upper] with ``||x_adv - x|| <= eps``. The model's train/eval mode is left as it is.
     """
     _check_norm(norm)

@@ -307,7 +307,12 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
                                               [f"temperature {data['temperature']:.3f}", f"{data['ece_scaled']:.4f}",
                                                f"{data['nll_scaled']:.4f}"]])
             png = _png_via_file(lambda p: reliability_diagram(data, p))
-            return Section(f"Calibration: {name}", body + _img(png, "reliability diagram"))
+            # where the temperature was fitted and measured: the same images make the scaled figures optimistic
+            notes = [f"{label} {html.escape(str(data[key]))}" for key, label in
+                     (("samples", "images:"), ("fit_on", "fitted on"), ("evaluated_on", "measured on"))
+                     if data.get(key) is not None]
+            caveat = f"<p>{'; '.join(notes)}</p>" if notes else ""
+            return Section(f"Calibration: {name}", caveat + body + _img(png, "reliability diagram"))
 
         _add_section(sections, found, name, calibration)
     if found.robustness:
