@@ -106,3 +106,36 @@ def test_pngs_written(tmp_path, patch_model):
     grid = save_gallery(tmp_path / "grid.png", x, cams, [str(c) for c in cls.tolist()], columns=2)
     for p in (one, grid):
         assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 3000
+
+
+def test_a_layer_followed_by_an_in_place_activation_is_explained_as_itself():
+    # layer3.2.bn1 is followed by ReLU(inplace=True): the captured map became relu(bn1)
+    import torch.nn.functional as F
+
+    from resnets import create_model
+    from resnets.explain.gradcam import grad_cam
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=3).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()  # a bn1 output with negative values, which relu would clip
+    x = torch.rand(2, 3, 32, 32)
+    cams, classes = grad_cam(model, x, layer="layer3.2.bn1")
+    # the reference: the same map computed on a copy whose ReLUs are not in place
+    import copy
+
+    reference = copy.deepcopy(model)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    captured = {}
+    reference.layer3[2].bn1.register_forward_hook(lambda mod, i, o: captured.setdefault("act", o))
+    x_ref = x.clone().requires_grad_(True)
+    score = reference(x_ref).gather(1, classes[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, captured["act"])
+    cam = F.relu((grad.mean((2, 3), keepdim=True) * captured["act"].detach()).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.flatten(1)
+    low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    torch.testing.assert_close(cams, (cam - low) / (high - low).clamp_min(1e-12), atol=1e-5, rtol=0)

@@ -85,8 +85,11 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | to
     module = resolve_layer(model, layer)
     captured: dict[str, torch.Tensor] = {}
 
-    def keep(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+    def keep(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         captured["act"] = output
+        # the rest of the forward gets a copy: an in-place successor (bn1 -> ReLU(inplace=True)) would otherwise
+        # turn the captured map into relu(bn1) and explain that layer instead
+        return output.clone() if isinstance(output, torch.Tensor) else None
 
     handle = module.register_forward_hook(keep)
     try:
