@@ -148,3 +148,15 @@ def test_the_calibration_section_says_where_the_temperature_was_fitted_and_measu
     (run / "calibration.json").write_text(json.dumps(data))
     page = render_report(run).read_text()
     assert "fitted on validation split (40 images)" in page and "the scaled figures are optimistic" in page
+
+
+def test_the_gradient_flow_json_of_explain_gradflow_gets_its_section(tmp_path):
+    # only a trainer's gradflow.jsonl was read; `resnets explain gradflow` writes {network: [records]}
+    from resnets.cli import main
+
+    out = tmp_path / "gf"
+    assert main(["explain", "gradflow", "--model", "plain20,resnet20", "--steps", "0", "--batch-size", "4",
+                 "--image-size", "16", "--out", str(out)]) == 0
+    found = scan_run(out)
+    assert sorted(found.gradflow) == ["plain20", "resnet20"]
+    assert "<h2>Gradient flow</h2>" in render_report(out).read_text()

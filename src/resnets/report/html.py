@@ -51,7 +51,9 @@ class RunContents:
     robustness: dict[str, dict[str, Any]] = field(default_factory=dict)
     corruptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
-    gradflow: list[dict[str, Any]] = field(default_factory=list)
+    gradflow: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Gradient-flow records by run: a trainer's ``gradflow.jsonl`` ("run"), and ``resnets explain gradflow``'s
+    ``gradflow.json`` (one list per network)."""
     degradation: dict[str, Any] | None = None
     gradcam_images: list[Path] = field(default_factory=list)
     other_images: list[Path] = field(default_factory=list)
@@ -100,6 +102,9 @@ def _classify_json(name: str, data: Any, found: RunContents) -> None:
         found.degradation = data
     elif name == "summary.json":
         found.summary = data
+    elif all(isinstance(v, list) and v and all(isinstance(r, dict) and "param_grad" in r for r in v)
+             for v in data.values()) and data:  # `resnets explain gradflow`: {network: [records]}
+        found.gradflow.update(data)
     else:  # a file holding several results keyed by model or attack (e.g. robustness.json)
         for key, value in data.items():
             if isinstance(value, dict):
@@ -123,7 +128,7 @@ def scan_run(run_dir: str | os.PathLike) -> RunContents:
             elif path.name == "metrics.jsonl":
                 found.metrics = _read_jsonl(path, rel, found)
             elif path.name.startswith("gradflow") and path.suffix == ".jsonl":
-                found.gradflow = _read_jsonl(path, rel, found)
+                found.gradflow[path.stem] = _read_jsonl(path, rel, found)
             elif path.suffix == ".json":
                 _classify_json(str(rel), json.loads(path.read_text(encoding="utf-8")), found)
             elif path.suffix.lower() == ".png" and path.name != SCREENSHOT_NAME:
@@ -350,13 +355,14 @@ def _sections(found: RunContents, run_dir: Path) -> list[Section]:
         def gradient_flow() -> Section:
             from ..explain.gradflow import plot_gradient_flow
 
-            picks = found.gradflow if len(found.gradflow) <= 4 else [found.gradflow[i] for i in
-                                                                     (0, len(found.gradflow) // 3,
-                                                                      2 * len(found.gradflow) // 3, -1)]
-            png = _png_via_file(lambda p: plot_gradient_flow({"run": picks}, p))
+            # up to four records of each run: its first, last and two between
+            picks = {label: records if len(records) <= 4 else
+                     [records[i] for i in (0, len(records) // 3, 2 * len(records) // 3, -1)]
+                     for label, records in found.gradflow.items()}
+            png = _png_via_file(lambda p: plot_gradient_flow(picks, p))
             return Section("Gradient flow", _img(png, "gradient flow"))
 
-        _add_section(sections, found, "gradflow.jsonl", gradient_flow)
+        _add_section(sections, found, ", ".join(found.gradflow), gradient_flow)
     if found.degradation:
         def degradation() -> Section:
             from ..explain.degradation import plot_degradation
