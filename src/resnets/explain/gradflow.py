@@ -57,6 +57,8 @@ class GradientFlow:
     shortcut_norm: list[float | None]
     branch_grad: list[float | None]
     shortcut_grad: list[float | None]
+    """At the shortcut's tensor: for an identity shortcut that is the block's input, so both paths' gradient (the
+    previous block's ``output_grad``); for a projection or padded shortcut, the add's gradient (``branch_grad``)."""
     loss: float
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
