@@ -176,7 +176,8 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class SqueezeExcite(nn.Module):
-    """Channel attention of SENet (Hu et al. 2018), laid out like timm's so its weights load."""
+    """Channel attention of SENet (Hu et al. 2018), laid out like timm's so its weights load; as timm, the hidden
+    width C/r is rounded up to a multiple of 8 (a 64-channel stage at r=16 gets 8, not 4)."""
 
     def __init__(self, channels: int, ratio: float) -> None:
         super().__init__()

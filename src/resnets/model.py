@@ -177,6 +177,9 @@ class ResNet(nn.Module):
         for block in self.blocks():
             if hasattr(block, "reset_parameters"):  # blocks with an init of their own (conv_pool)
                 block.reset_parameters()
+        if self.spec.conv_type != "2d" and isinstance(self.fc, nn.Linear):  # torchvision's VideoResNet head
+            nn.init.normal_(self.fc.weight, 0, 0.01)
+            nn.init.zeros_(self.fc.bias)
         if self.spec.zero_init_last and self.spec.residual:
             for block in self.blocks():
                 block.zero_init_last()

@@ -310,7 +310,9 @@ class ResNetSpec:
 
     @property
     def depth(self) -> int:
-        """Weighted layers as the papers count them (convolutions on the main path + classifier)."""
+        """Weighted layers on the main path (stem convolutions, block convolutions, classifier): He et al.'s count
+        for their nets (ResNet-50, ResNet-110); the WRN paper counts WRN-28-10 as 28 (6N+4, here 26) and ResNet-D
+        keeps its base net's name (resnet50d: 52 here)."""
         per_block = 3 if self.is_bottleneck else 2
         stem = 3 if self.stem == "deep" else 1
         return stem + per_block * sum(self.layers) + 1

@@ -106,3 +106,9 @@ def test_cifar_preactivation_bottlenecks_stride_the_first_1x1_as_the_authors_cod
     # KaimingHe/resnet-1k-layers (resnet-pre-act.lua) strides the bottleneck's first 1x1
     block = resnets.create_model("preact_resnet164").layer2[0]
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+
+
+def test_video_heads_start_as_torchvisions():
+    # VideoResNet draws its classifier from N(0, 0.01) with a zero bias; ours kept nn.Linear's default
+    head = resnets.create_model("r3d_18", num_classes=400).fc
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.05) and torch.count_nonzero(head.bias) == 0
