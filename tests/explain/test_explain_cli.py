@@ -396,3 +396,28 @@ def test_robustness_refuses_the_training_folder_and_takes_the_held_out_images(se
     assert json.loads((tmp / "b" / "robustness_pgd_linf.json").read_text())["samples"] == 9  # half of 18 held out
     assert main([*base, "--include-training-images", "--out", str(tmp / "c")]) == 0
     assert json.loads((tmp / "c" / "robustness_pgd_linf.json").read_text())["samples"] == 18
+
+
+def test_gradflow_reads_data_as_each_checkpoint_was_trained_and_says_as_loaded(tmp_path, monkeypatch, capsys):
+    # --data batches were normalised with the folder's own statistics whatever the checkpoint recorded, and a
+    # trained checkpoint's first measurement was printed as "at init"
+    import resnets.explain.gradflow as gradflow_module
+    from resnets import create_model, save_weights
+    from resnets.cli import main
+    from resnets.data import make_image_folder
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=16)
+    model = create_model("resnet20", num_classes=2, layers=(1, 1, 1))
+    paths = []
+    for offset in (0.0, 0.5):
+        paths.append(save_weights(model, tmp_path / f"m{offset}.safetensors",
+                                  {"classes": ["class_0", "class_1"], "mean": [offset] * 3, "std": [1.0] * 3}))
+    seen = []
+    measure = gradflow_module.measure_gradient_flow
+    monkeypatch.setattr(gradflow_module, "measure_gradient_flow",
+                        lambda m, x, y, step: seen.append(x.clone()) or measure(m, x, y, step=step))
+    assert main(["explain", "gradflow", "--model", ",".join(map(str, paths)), "--data", str(data), "--steps", "0",
+                 "--batch-size", "4", "--out", str(tmp_path / "gf")]) == 0
+    assert "as loaded" in capsys.readouterr().out
+    torch.testing.assert_close((seen[0] - seen[1]).mean().item(), 0.5, atol=1e-5, rtol=0)

@@ -207,18 +207,27 @@ def run_gradflow(args: argparse.Namespace) -> int:
                 _check_checkpoint_classes(name, classes)
         loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0)
 
-    def data_batches():
+    def data_batches(source):
         epoch = 0
         while True:
-            loader.set_epoch(epoch)
-            yield from loader
+            source.set_epoch(epoch)
+            yield from source
             epoch += 1
     runs: dict[str, list] = {}
     for name in names:
         torch.manual_seed(args.seed)
         try:
+            model_loader = loader
             if _is_checkpoint(name):
-                model, _ = model_from_checkpoint(name)
+                model, checkpoint = model_from_checkpoint(name)
+                saved = checkpoint.metadata
+                if loader is not None and isinstance(saved.get("mean"), list) and isinstance(saved.get("std"), list):
+                    # the images as this checkpoint was trained on them, not with --data's own statistics
+                    from ..data import make_loader
+
+                    mean, std = saved["mean"] * (3 // len(saved["mean"])), saved["std"] * (3 // len(saved["std"]))
+                    model_loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0,
+                                               mean=mean, std=std)
             else:
                 model = create_model(name, num_classes=num_classes)
         except UnknownModelError as exc:
@@ -231,7 +240,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
 
             model = GrayscaleInput(model)  # --data gives RGB: read it as grey, as evaluation does
         model.train()
-        stream = data_batches() if loader is not None else None
+        stream = data_batches(model_loader) if model_loader is not None else None
         gen = torch.Generator().manual_seed(args.seed)
 
         def next_batch():
@@ -254,7 +263,8 @@ def run_gradflow(args: argparse.Namespace) -> int:
             records.append(measure_gradient_flow(model, *probe, step=args.steps))
         runs[labels[name]] = records
         first, last = records[0], records[-1]
-        print(f"{name}: {len(first.blocks)} blocks; |dL/d out| first/last block at init "
+        start = "as loaded" if _is_checkpoint(name) else "at init"
+        print(f"{name}: {len(first.blocks)} blocks; |dL/d out| first/last block {start} "
               f"{first.output_grad[0] / max(first.output_grad[-1], 1e-30):.3g}"
               + (f", after {args.steps} steps {last.output_grad[0] / max(last.output_grad[-1], 1e-30):.3g}"
                  if args.steps else ""))
