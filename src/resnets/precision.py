@@ -34,27 +34,26 @@ BF16_MIN_SPEEDUP = 1.25
 (measured: 2.2x on an AMD EPYC with AVX-512 BF16, 0.54x on an Intel Xeon with AVX-512 BF16 but no AMX)."""
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), recorded beside benchmark figures: CPUs of one
-    architecture differ several-fold in bf16 speed."""
+def _cpuinfo(field: str) -> str | None:
+    """A field of /proc/cpuinfo's first processor (Linux); None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), recorded beside benchmark figures: CPUs of one
+    architecture differ several-fold in bf16 speed."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_vendor() -> str:
     """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``; from /proc/cpuinfo on Linux), or "" unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo("vendor_id") or ""
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
