@@ -18,6 +18,7 @@ BAG_OF_TRICKS = "He et al. 2019, Bag of Tricks (arXiv:1812.01187)"
 RESNEXT = "Xie et al. 2017, Aggregated Residual Transformations (arXiv:1611.05431)"
 WRN = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv:1605.07146)"
 SENET = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507), on the v1.5 layout as timm"
+SENET_PAPER = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)"
 TRAN = "Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions (arXiv:1711.11248)"
 
 
@@ -80,6 +81,9 @@ register("wide_resnet101_2", _R101.replace(width_per_group=128), IMAGENET_INPUT,
          torchvision="wide_resnet101_2", timm="wide_resnet101_2")
 register("se_resnet50", _R50.replace(se_ratio=1 / 16), IMAGENET_INPUT, SENET, timm="seresnet50")
 register("se_resnet101", _R101.replace(se_ratio=1 / 16), IMAGENET_INPUT, SENET, timm="seresnet101")
+# the SENet paper's own nets (its Caffe models): the stride on the first 1x1, 3.86 GMACs for SE-ResNet-50
+register("se_resnet50_v1", _R50.replace(se_ratio=1 / 16, stride_on="1x1"), IMAGENET_INPUT, SENET_PAPER)
+register("se_resnet101_v1", _R101.replace(se_ratio=1 / 16, stride_on="1x1"), IMAGENET_INPUT, SENET_PAPER)
 
 # -------------------------------------------------------------------- CIFAR
 _CIFAR = ResNetSpec(block="basic", layers=(3, 3, 3), widths=(16, 32, 64), stem="cifar", stem_width=16,

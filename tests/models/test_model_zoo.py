@@ -61,6 +61,9 @@ def test_published_macs():
     # the paper's 3.8 GFLOPs (multiply-adds) for ResNet-50 with the stride on the first 1x1
     v1 = resnets.profile(resnets.create_model("resnet50_v1"), (3, 224, 224))
     assert abs(v1.gmacs - 3.86) < 0.02
+    # SENet (Hu et al. 2018, Table 2): SE-ResNet-50 ~3.87 GFLOPs with its Caffe models' stride on the first 1x1
+    se = resnets.profile(resnets.create_model("se_resnet50_v1"), (3, 224, 224))
+    assert abs(se.gmacs - 3.87) < 0.02 and abs(se.params / 1e6 - 28.1) < 0.05
 
 
 @pytest.mark.parametrize("name", ["resnet_airbench_narrow", "resnet20", "resnet18", "wrn_16_4"])
