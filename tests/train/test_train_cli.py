@@ -31,6 +31,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     (["--recipe", "cifar-fast", "--epochs", "2", "--set", "steps=50"], "--epochs 2 and steps=50 both set the run"),
     (["--recipe", "he2015-cifar", "--epochs", "2", "--steps", "50"], "--epochs 2 and steps=50 both set the run"),
     (["--recipe", "cifar-fast", "--set", "epochs=.inf"], "epochs=inf must be a finite number"),
+    (["--recipe", "cifar-fast", "--set", "augment.flip=1"], "augment.flip must be true, false or 'alternate', not 1"),
     (["--recipe", "cifar-fast", "--set", "lr=.nan"], "lr=nan must be a finite number"),
     (["--recipe", "he2015-cifar", "--set", "milestones=[1, .inf]"], "must be a finite number"),
 ])

@@ -48,8 +48,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"augment.{name} must be a non-negative integer, not {value!r}")
-        if self.flip not in (True, False, "alternate"):
+        if not (isinstance(self.flip, bool) or self.flip == "alternate"):  # 1 == True would pass a membership test
             raise ValueError(f"augment.flip must be true, false or 'alternate', not {self.flip!r}")
+        if not isinstance(self.random_resized_crop, bool):
+            raise ValueError(f"augment.random_resized_crop must be true or false, not {self.random_resized_crop!r}")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"augment.pad_mode must be one of {PAD_MODES}, not {self.pad_mode!r}")
         if self.crop_padding and self.translate:
