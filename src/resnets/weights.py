@@ -7,12 +7,14 @@ safetensors is data only.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
 import re
 import stat
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,22 @@ def _umasked_file_mode() -> int:
     return 0o666 & ~mask
 
 
+STALE_TEMPORARY_SECONDS = 3600
+"""A temporary file of ``atomic_write`` left this long is a killed writer's: no write takes an hour here."""
+
+
+def _remove_stale_temporaries(path: Path, keep: str) -> None:
+    """Delete what a writer killed mid-write (SIGKILL, power loss) left beside ``path``: its temporary files
+    older than ``STALE_TEMPORARY_SECONDS`` (a younger one may be another process's write in progress)."""
+    now = time.time()
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+        try:
+            if str(leftover) != keep and now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                leftover.unlink()
+        except OSError:
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Write a file so that a crash leaves either the old file or the new one, never a torn one.
 
@@ -56,6 +74,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except OSError as exc:  # name the file asked for, not the temporary one beside it
         raise OSError(exc.errno, f"cannot write {path} ({exc.strerror}); choose a writable folder") from None
     os.close(fd)
+    _remove_stale_temporaries(path, keep=tmp)
     try:
         write(tmp)
         os.chmod(tmp, mode)

@@ -339,3 +339,20 @@ def test_missing_files_and_unknown_weight_tags_are_told_apart(tmp_path):
                                 tmp_path / "m.safetensors", {"classes": "cat,dog"})
     with pytest.raises(CheckpointError, match="stores 'classes' as 'cat,dog', not a list of class names"):
         load_for_inference(path)
+
+
+def test_atomic_write_clears_what_a_killed_writer_left_but_not_a_write_in_progress(tmp_path):
+    # a SIGKILL mid-save (a checkpoint, the image cache) left its temporary file for good
+    import time
+
+    old = tmp_path / ".last.pt.abc123.tmp.pt"
+    young = tmp_path / ".last.pt.def456.tmp.pt"
+    other = tmp_path / ".best.safetensors.ghi789.tmp.safetensors"
+    for leftover in (old, young, other):
+        leftover.write_bytes(b"torn")
+    two_hours_ago = time.time() - 7200
+    for leftover in (old, other):
+        os.utime(leftover, (two_hours_ago, two_hours_ago))
+    atomic_write(tmp_path / "last.pt", lambda tmp: open(tmp, "wb").write(b"new"))
+    assert (tmp_path / "last.pt").read_bytes() == b"new"
+    assert not old.exists() and young.exists() and other.exists()  # only this target's, and only stale ones
