@@ -194,6 +194,20 @@ def test_cache_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(calls) == 2 and int(third.train.images[4].sum()) == 0
 
 
+def test_the_in_process_copies_are_bounded_least_recently_used_first(tmp_path):
+    # a session trying several image sizes kept a decoded copy of every one
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=4, size=8)
+    cache_module.clear_memory_cache()
+    keys = []
+    for size in range(8, 8 + cache_module.MEMORY_ENTRIES + 1):  # one more than it keeps
+        load_data(root, val_split=0, image_size=size, cache_dir=tmp_path / "cache")
+        keys.append(next(reversed(cache_module._MEMORY)))
+        if size == 9:
+            load_data(root, val_split=0, image_size=8, cache_dir=tmp_path / "cache")  # 8 px used again: kept
+    assert len(cache_module._MEMORY) == cache_module.MEMORY_ENTRIES
+    assert keys[0] in cache_module._MEMORY and keys[1] not in cache_module._MEMORY
+
+
 def test_clear_errors_for_wrong_paths(tmp_path):
     with pytest.raises(DataError, match="no dataset at"):
         load_data(tmp_path / "nope")

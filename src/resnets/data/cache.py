@@ -26,6 +26,9 @@ __all__ = ["cache_root", "decode_entries", "file_list_key", "load_or_decode"]
 
 CACHE_FORMAT = 2  # 2: EXIF orientation applied, 16-bit images scaled (caches of format 1 hold the old pixels)
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]] = {}
+MEMORY_ENTRIES = 4
+"""Decoded sets kept in this process, most recently used first out last: a training and a validation tree of two
+datasets. A long session that tries several image sizes would otherwise keep a copy of every one."""
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -119,6 +122,7 @@ def load_or_decode(root: str | os.PathLike, entries: Sequence[FileEntry], size: 
 
     key = file_list_key(root, entries, size)
     if key in _MEMORY:
+        _MEMORY[key] = _MEMORY.pop(key)  # most recently used
         return _MEMORY[key]
     path = cache_root(cache_dir) / "tensors" / f"{Path(root).name}-{key}.safetensors"
     result = None
@@ -147,6 +151,8 @@ def load_or_decode(root: str | os.PathLike, entries: Sequence[FileEntry], size: 
             except OSError:
                 pass  # a read-only cache folder costs speed next time, not correctness
     _MEMORY[key] = result
+    while len(_MEMORY) > MEMORY_ENTRIES:
+        _MEMORY.pop(next(iter(_MEMORY)))  # the least recently used
     return result
 
 
