@@ -111,7 +111,7 @@ def build_stages(spec: ResNetSpec) -> tuple[list[nn.Sequential], list[dict[str, 
             blocks.append(block(spec, in_planes, planes, stride if i == 0 else 1, dilation=dilation,
                                 first_dilation=first_dilation if i == 0 else dilation, drop_path=rate,
                                 width=width))
-            if block_index == 0 and spec.is_preact:  # He et al. 2016: activate before the first split
+            if block_index == 0 and spec.is_preact and spec.preact_first_activation:  # activate before the split
                 blocks[-1].preactivated_shortcut = True
             in_planes = planes * block.expansion
             block_index += 1

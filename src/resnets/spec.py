@@ -85,6 +85,10 @@ class ResNetSpec:
     zero_init_last: bool = False
     """Start each residual branch at zero (Goyal et al.): post-activation blocks zero their last norm's scale,
     pre-activation blocks (which end on a convolution) that convolution's weights, as timm's ResNetV2."""
+    preact_first_activation: bool = True
+    """Pre-activation nets: the first block's identity path takes the activated stem output, as He et al. 2016
+    (appendix) build it. A stored pre-activation spec without this field (saved before it existed) reads False:
+    those nets passed the raw stem output, and their weights keep computing what they computed."""
     residual: bool = True
     """False gives the 'plain' twin: the same layers with no shortcuts."""
     conv_type: ConvType = "2d"
@@ -335,6 +339,8 @@ class ResNetSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"unknown spec fields {unknown}; known fields are {sorted(known)}")
+        if "preact_first_activation" not in data and str(data.get("block", "")).startswith("preact"):
+            data = {**data, "preact_first_activation": False}  # saved before the field: the old first block
         return cls(**data)
 
     def to_json(self) -> str:

@@ -503,11 +503,13 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
 
 # Spec fields that change what the same tensors compute (a plain net and its option-A twin, v1 and v1.5
 # bottlenecks have identical state dicts), so only the stored spec can tell the models apart.
-_FUNCTION_FIELDS = ("residual", "stride_on", "act", "head_pool", "logit_scale", "stage_strides")
+_FUNCTION_FIELDS = ("residual", "stride_on", "act", "head_pool", "logit_scale", "stage_strides",
+                    "preact_first_activation")
 
 
 def _check_same_function(saved: ResNetSpec, model: ResNetSpec, source: str | os.PathLike) -> None:
-    fields = [f for f in _FUNCTION_FIELDS if f != "stride_on" or saved.is_bottleneck]  # basic blocks ignore it
+    fields = [f for f in _FUNCTION_FIELDS  # basic blocks ignore stride_on, post-activation nets the first activation
+              if (f != "stride_on" or saved.is_bottleneck) and (f != "preact_first_activation" or saved.is_preact)]
     diffs = [f"{name}={getattr(saved, name)!r} (model: {getattr(model, name)!r})" for name in fields
              if getattr(saved, name) != getattr(model, name)]
     if diffs:

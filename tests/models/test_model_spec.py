@@ -254,3 +254,23 @@ def test_a_backbone_stops_at_its_deepest_level_and_takes_the_whole_networks_weig
     model, _ = resnets.model_from_checkpoint(resnets.save_weights(backbone, tmp_path / "backbone.safetensors"))
     assert model.out_indices == (1, 2) and model.feature_info.channels() == [16, 32]
     assert resnets.create_model("resnet18", features_only=True, out_indices=(1, 2)).feature_info.reduction() == [4, 8]
+
+
+def test_pre_activation_specs_saved_before_the_first_activation_existed_keep_their_function(tmp_path):
+    # the first block's activated shortcut changed what a stored preact_resnet20 computes: an old file must rebuild
+    # the old net, and loading it into today's net must be refused, not silently give other outputs
+    from resnets import CheckpointError, ResNetSpec, model_from_checkpoint, save_weights
+
+    stored = {k: v for k, v in resnets.get_spec("preact_resnet20").to_dict().items() if k != "preact_first_activation"}
+    legacy = ResNetSpec.from_dict(stored)
+    assert legacy.preact_first_activation is False and resnets.get_spec("preact_resnet20").preact_first_activation
+    assert ResNetSpec.from_dict({k: v for k, v in resnets.get_spec("resnet20").to_dict().items()
+                                 if k != "preact_first_activation"}) == resnets.get_spec("resnet20")
+    old = resnets.create_model(legacy, zero_init_last=True).eval()
+    stem = old.conv1(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(old.layer1[0](stem), stem)  # the raw stem output down the identity path
+    path = save_weights(old, tmp_path / "old.safetensors")
+    rebuilt, _ = model_from_checkpoint(path)
+    assert rebuilt.spec.preact_first_activation is False
+    with pytest.raises(CheckpointError, match="preact_first_activation=False"):
+        resnets.create_model("preact_resnet20", weights=path)
