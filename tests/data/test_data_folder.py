@@ -45,6 +45,13 @@ def test_stratified_split_gives_capped_classes_share_to_the_others():
     assert len(val) == 7 and labels[val].tolist() == [4] * 7 and len(train) == 7
     with pytest.warns(UserWarning, match="holding out 10 images, not the 12 asked for"):  # 6 + 6 + 1: 5 + 5 + 0
         assert len(stratified_split(torch.tensor([0] * 6 + [1] * 6 + [2]), 12, seed=0)[1]) == 10
+    # a long tail of one-image classes: one pass over them, not one per image to hand out (7.8 s before)
+    import time
+
+    tail = torch.tensor(list(range(5000)) + [5000] * 3000 + [5001] * 3000)
+    start = time.perf_counter()
+    assert len(stratified_split(tail, 0.1, seed=0)[1]) == 1100
+    assert time.perf_counter() - start < 2.0
 
 
 def test_single_folder_is_split(tmp_path):
@@ -132,10 +139,14 @@ def test_symlinks_dangling_or_looping_neither_stop_nor_repeat_the_data(tmp_path)
     (root / "class_0" / "sub").mkdir()
     os.symlink("..", root / "class_0" / "sub" / "up")
     os.symlink(root / "class_1", root / "class_0" / "other")  # another class's folder: not class_0's images
+    (root / "class_1" / "sub").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "class_1" / "sub" / "deep.png")
+    os.symlink("../class_1/sub", root / "class_0" / "sub_of_1")  # walked before class_1: still class_1's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         splits = load_data(root, val_split=0.25, seed=0, cache_dir=tmp_path / "cache")
-    assert len(splits.train) + len(splits.val) == 8 and splits.train.labels.bincount().tolist() == [3, 3]
+    assert len(splits.train) + len(splits.val) == 9
+    assert torch.cat([splits.train.labels, splits.val.labels]).bincount().tolist() == [4, 5]
     assert any("broken.png" in str(w.message) for w in caught)
 
 

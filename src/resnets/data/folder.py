@@ -181,15 +181,20 @@ def scan_image_folder(folder: str | os.PathLike,
     entries: list[FileEntry] = []
     class_folders = {name: folder / name for name in class_to_index if (folder / name).is_dir()}
     # each folder is read once: a symlink back up the tree (or into another class) would repeat its images,
-    # and a repeated image can land in training and in the hold-out at once
+    # and a repeated image can land in training and in the hold-out at once. A linked folder inside the tree is
+    # never followed (its images belong to the class folder that holds them); links to folders outside it are.
     seen = {_folder_identity(path) for path in class_folders.values()}
+    tree = os.path.realpath(folder)
     for name, label in sorted(class_to_index.items()):
         if name not in class_folders:
             continue
         for dirpath, dirnames, filenames in os.walk(class_folders[name], followlinks=True):
             kept = []
             for sub in sorted(d for d in dirnames if not d.startswith(".")):
-                identity = _folder_identity(os.path.join(dirpath, sub))
+                path = os.path.join(dirpath, sub)
+                if os.path.islink(path) and os.path.realpath(path).startswith(tree + os.sep):
+                    continue
+                identity = _folder_identity(path)
                 if identity is not None and identity not in seen:
                     seen.add(identity)
                     kept.append(sub)
@@ -346,15 +351,20 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_split: float | in
     remainder = exact - take
     capacity = counts - 1  # keep at least one training image per class
     take = torch.minimum(take, capacity)
-    order = torch.argsort(-remainder, stable=True).tolist()
-    while int(take.sum()) < wanted and bool((take < capacity).any()):
-        # Classes capped at one training image give their share to the others, largest remainder first,
-        # as many rounds as it takes (one round can fall short when several classes are capped).
-        for position in order:
-            if int(take.sum()) >= wanted:
+    # Classes capped at one training image give their share to the others, largest remainder first, as many
+    # rounds as it takes (one round can fall short when several are capped); each round visits only the classes
+    # that can still give, so a long tail of one-image classes costs one pass, not one per missing image.
+    counts_taken, room = take.tolist(), capacity.tolist()
+    taken = sum(counts_taken)
+    givers = [p for p in torch.argsort(-remainder, stable=True).tolist() if counts_taken[p] < room[p]]
+    while taken < wanted and givers:
+        for position in givers:
+            if taken >= wanted:
                 break
-            if take[position] < capacity[position]:
-                take[position] += 1
+            counts_taken[position] += 1
+            taken += 1
+        givers = [p for p in givers if counts_taken[p] < room[p]]
+    take = torch.tensor(counts_taken, dtype=torch.int64)
     if int(take.sum()) < wanted:
         import warnings
 
