@@ -156,8 +156,9 @@ def test_blur_parameters_are_cifar_10_cs():
     torch.testing.assert_close(corrupt(x, "zoom_blur", 1, seed=0), want.clamp(0, 1))
 
 
+@pytest.mark.parametrize("side", [32, 17, 30])  # 17 and 30 put pixel centres exactly on span edges
 @pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
-def test_pixelate_matches_cifar10c_pil_box_resizes(severity):
+def test_pixelate_matches_cifar10c_pil_box_resizes(severity, side):
     # make_cifar_c.py: x.resize((int(32c),)*2, BOX).resize((32, 32), BOX); area + legacy nearest was 4-6x
     # stronger at severity 1, and the five severities about equally strong
     import numpy as np
@@ -166,12 +167,12 @@ def test_pixelate_matches_cifar10c_pil_box_resizes(severity):
     from resnets.evaluate.corruptions import _PARAMS
 
     generator = torch.Generator().manual_seed(severity)
-    x = torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8, generator=generator), size=32, mode="bilinear")
+    x = torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8, generator=generator), size=side, mode="bilinear")
     x = (x * 255).round() / 255
     ours = corrupt(x, "pixelate", severity)
-    side = int(32 * _PARAMS["pixelate"][severity - 1])
+    small = int(side * _PARAMS["pixelate"][severity - 1])
     for image, got in zip(x, ours):
         pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        pil = pil.resize((side, side), Image.BOX).resize((32, 32), Image.BOX)
+        pil = pil.resize((small, small), Image.BOX).resize((side, side), Image.BOX)
         want = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float() / 255
         assert (got - want).abs().max() <= 1.01 / 255

@@ -130,6 +130,10 @@ def test_an_undefined_mce_and_a_diverged_gradient_flow_still_render(tmp_path):
     undefined = worse.to_dict(clean)
     assert undefined["mce_undefined_for"] == ["fog"] and undefined["corruption_errors"]["fog"] is None
     assert undefined["mce"] == pytest.approx(2.0)  # contrast only: 1.0 / 0.5
+    # a baseline that gained accuracy under a corruption has no loss to compare with: left out, not sign-flipped
+    gaining = CorruptionResult(0.8, {"brightness": [0.82] * 5}, 100, 0)
+    losing = CorruptionResult(0.8, {"brightness": [0.7] * 5}, 100, 0)
+    assert losing.relative_mce(gaining) is None and losing.undefined_corruptions(gaining) == ["brightness"]
     (run / "corruptions.json").write_text(json.dumps(undefined))
     record = {"step": 0, "loss": None, "blocks": ["layer1.0", "layer1.1"], "param_grad": [None, 0.1],
               "output_grad": [0.2, None], "branch_norm": [1.0, None], "shortcut_norm": [1.0, 1.0],

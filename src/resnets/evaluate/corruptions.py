@@ -15,6 +15,7 @@ diamond-square plasma; brightness adds to the HSV value channel in closed form.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -208,20 +209,41 @@ def contrast(x: torch.Tensor, severity: int, generator: torch.Generator) -> torc
 def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Down to ``c`` of the side and back up with PIL's ``BOX`` filter both ways, as CIFAR-10-C does.
 
-    PIL's box averages the input pixels whose centres fall in an output pixel's span (``mode="area"`` averages
-    overlapping spans instead, about 4-6x stronger at severity 1); upsampling, that is the nearest pixel by centre
-    (``nearest-exact``, not the legacy ``nearest``). Matches PIL to 1/255."""
+    ``mode="area"`` averages overlapping spans instead (about 4-6x stronger at severity 1), and interpolation in
+    float32 moves pixels at exact ties; the weights here are PIL's own (``_pil_box_weights``), so the result
+    matches PIL to 1/255 at every size (PIL also rounds to 8 bits between the passes)."""
     c = _PARAMS["pixelate"][severity - 1]
     h, w = x.shape[-2:]
+    sh, sw = max(1, int(h * c)), max(1, int(w * c))
 
-    def box(n_in: int, n_out: int) -> torch.Tensor:
-        centres = torch.arange(n_in, device=x.device, dtype=x.dtype) + 0.5
-        low = torch.arange(n_out, device=x.device, dtype=x.dtype)[:, None] * (n_in / n_out)
-        weight = ((centres >= low) & (centres < low + n_in / n_out)).to(x.dtype)
-        return weight / weight.sum(1, keepdim=True)
+    def weights(n_in: int, n_out: int) -> torch.Tensor:
+        return torch.tensor(_pil_box_weights(n_in, n_out), device=x.device, dtype=x.dtype)
 
-    small = torch.einsum("oh,nchw,pw->ncop", box(h, max(1, int(h * c))), x, box(w, max(1, int(w * c))))
-    return F.interpolate(small, size=(h, w), mode="nearest-exact")
+    small = torch.einsum("oh,nchw,pw->ncop", weights(h, sh), x, weights(w, sw))
+    return torch.einsum("oh,nchw,pw->ncop", weights(sh, h), small, weights(sw, w))
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_box_weights(n_in: int, n_out: int) -> tuple[tuple[float, ...], ...]:
+    """The (n_out x n_in) weights of PIL's ``Image.resize(..., BOX)`` along one axis, computed as its
+    ``precompute_coeffs`` does (double precision, box(x) = 1 for -1/2 < x <= 1/2, each row normalised): at ties
+    PIL's float arithmetic decides, so only its own arithmetic reproduces it."""
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    inverse = 1.0 / filterscale
+    rows = []
+    for out in range(n_out):
+        centre = (out + 0.5) * scale
+        low = max(int(centre - support + 0.5), 0)
+        high = min(int(centre + support + 0.5), n_in)
+        row = [0.0] * n_in
+        for j in range(low, high):
+            arg = (j - centre + 0.5) * inverse
+            row[j] = 1.0 if -0.5 < arg <= 0.5 else 0.0
+        total = sum(row)
+        rows.append(tuple(v / total for v in row) if total else tuple(row))
+    return tuple(rows)
 
 
 def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -355,9 +377,14 @@ class CorruptionResult:
         """Relative CE_c: the accuracy lost to corruption c, summed over severities, over the baseline's loss
         (Hendrycks & Dietterich 2019, eq. 2; signed: a baseline that gains under a corruption flips it)."""
         self.corruption_errors(baseline)  # the same checks
-        return {name: _ratio(sum(e - (1 - self.clean_accuracy) for e in self.error(name)),
-                             sum(e - (1 - baseline.clean_accuracy) for e in baseline.error(name)))
-                for name in self.accuracy}
+        out = {}
+        for name in self.accuracy:
+            base = sum(e - (1 - baseline.clean_accuracy) for e in baseline.error(name))
+            own = sum(e - (1 - self.clean_accuracy) for e in self.error(name))
+            # a baseline that gained accuracy under the corruption has no loss to compare with: a negative
+            # denominator would flip the sign and read as "more robust" for a model that lost accuracy
+            out[name] = _ratio(own, base) if base >= 0 else None
+        return out
 
     def mce(self, baseline: "CorruptionResult") -> float | None:
         """Mean corruption error relative to ``baseline`` (1.0 = as robust as the baseline), over the corruptions
