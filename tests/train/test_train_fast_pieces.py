@@ -193,6 +193,10 @@ def test_muon_orthogonalizes_in_the_runs_recorded_precision_not_a_timing(monkeyp
         assert optimizer.ns_dtype == dtype
         model(torch.randn(2, 3, 16, 16)).sum().backward()
         optimizer.step()
+    # a GPU keeps Muon's bf16 where it is native, whatever the run's precision (a property of the device, no timing)
+    monkeypatch.setattr(resnets.train.optim, "resolve_precision", lambda precision, device: precision)
+    on_gpu = build_optimizer(groups, fast_config(optimizer="muon", precision="fp32").replace(device="cuda"))
+    assert on_gpu.ns_dtype is None
 
 
 def test_a_muon_run_trains_and_unknown_optimizers_are_refused():

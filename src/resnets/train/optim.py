@@ -91,10 +91,12 @@ def build_optimizer(groups: Sequence[dict] | Iterable[nn.Parameter], config: Tra
     if config.optimizer == "muon":
         # the run's own precision decides the orthogonalization's, so it is recorded (config.yaml) and a resumed run
         # computes what the uninterrupted one did; a timing per process could decide otherwise after a restart
+        # (on a CPU; a GPU's choice, bf16 where native as Muon does, is a fixed property of the device)
         precision = resolve_precision(config.precision, config.device)
+        ns_dtype = None if torch.device(config.device).type == "cuda" else (
+            torch.bfloat16 if precision == "bf16" else torch.float32)
         return MuonSGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
-                       weight_decay=config.weight_decay, ns_steps=config.muon_ns_steps,
-                       ns_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+                       weight_decay=config.weight_decay, ns_steps=config.muon_ns_steps, ns_dtype=ns_dtype)
     return torch.optim.SGD(prepared, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov,
                            weight_decay=config.weight_decay)
 
