@@ -34,8 +34,10 @@ BF16_MIN_SPEEDUP = 1.25
 (measured: 2.2x on an AMD EPYC with AVX-512 BF16, 0.54x on an Intel Xeon with AVX-512 BF16 but no AMX)."""
 
 
+@functools.lru_cache(maxsize=None)
 def _cpuinfo(field: str) -> str | None:
-    """A field of /proc/cpuinfo's first processor (Linux); None where there is none."""
+    """A field of /proc/cpuinfo's first processor (Linux); None where there is none. Read once per process:
+    ``autocast_context`` may resolve ``auto`` (and so ask for the vendor) for every batch."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(field):

@@ -83,9 +83,10 @@ class _Scored(NamedTuple):
     held_out_split: Any  # (val_split, seed) of the run's hold-out under --held-out, else None
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
+def _check_inputs(args: argparse.Namespace) -> Any:
     """Refuse, before the first model is scored, a groups file that cannot be read and a --compare checkpoint
-    whose training images --data holds (both surfaced only after a whole evaluation)."""
+    whose training images --data holds (both surfaced only after a whole evaluation). Returns the --compare
+    checkpoint as read (None without --compare), so it is not read again to be scored."""
     from ..cli import UserError
     from ..data import DataError
     from ..evaluate.groups import GroupsFileError, read_groups
@@ -95,16 +96,18 @@ def _check_inputs(args: argparse.Namespace) -> None:
     try:
         if args.groups:
             read_groups(args.groups)
-        if args.compare and not args.held_out and not args.include_training_images:
-            refuse_training_images(args.data, read_checkpoint(args.compare), args.compare)
+        compare = read_checkpoint(args.compare) if args.compare else None
+        if compare is not None and not args.held_out and not args.include_training_images:
+            refuse_training_images(args.data, compare, args.compare)
+        return compare
     except (GroupsFileError, DataError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
 
 
 def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: list | None = None,
-           training_images_checked: bool = False) -> _Scored:
-    """One checkpoint scored on --data (``training_images_checked``: ``_check_inputs`` already refused its training
-    images, so the tree is not fingerprinted twice)."""
+           checked: Any = None) -> _Scored:
+    """One checkpoint scored on --data (``checked``: the checkpoint as ``_check_inputs`` read it and refused its
+    training images, so neither the file nor the tree is read twice)."""
     import torch
 
     from ..cli import UserError
@@ -114,13 +117,14 @@ def _score(args: argparse.Namespace, checkpoint_path: str, device: Any, hits: li
     from ..evaluate.tta import TTA_WITH_PLAIN_VIEW
     from ..train.config import held_out_split
 
-    model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema)
+    model, classes, mean, std, image_size, crop_fraction, checkpoint = load_for_inference(checkpoint_path, args.ema,
+                                                                                          read=checked)
     # channels-last: 1.7-1.8x faster evaluation of a CIFAR net on the 2-core CPU (docs/benchmarks.md), same results
     channels_last = model.spec.conv_type == "2d"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        if not (args.held_out or args.include_training_images or training_images_checked):
+        if not (args.held_out or args.include_training_images or checked is not None):
             refuse_training_images(args.data, checkpoint, checkpoint_path)
         dataset = (held_out_images(args.data, checkpoint, checkpoint_path, classes, image_size, (mean, std))
                    if args.held_out else
@@ -163,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import save_confusion_png
 
     png = _check_outputs(args)
-    _check_inputs(args)
+    compare = _check_inputs(args)
     device = torch.device(args.device)
     hits: list | None = [] if args.compare else None
     scored = _score(args, args.checkpoint, device, hits)
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluate.compare import compare_hits
 
         other_hits: list = []
-        other = _score(args, args.compare, device, other_hits, training_images_checked=True)
+        other = _score(args, args.compare, device, other_hits, checked=compare)
         if not _same_images(scored, other):
             raise UserError(f"{args.checkpoint} and {args.compare} were scored on different images ("
                             f"{len(scored.labels)} and {len(other.labels)}, or other classes); a paired comparison "

@@ -224,8 +224,9 @@ def run_gradflow(args: argparse.Namespace) -> int:
                 if loader is not None and isinstance(saved.get("mean"), list) and isinstance(saved.get("std"), list):
                     # the images as this checkpoint was trained on them, not with --data's own statistics
                     from ..data import make_loader
+                    from ..evaluate.loading import rgb_normalization
 
-                    mean, std = saved["mean"] * (3 // len(saved["mean"])), saved["std"] * (3 // len(saved["std"]))
+                    mean, std = rgb_normalization(saved, model.spec.in_chans, name)
                     model_loader = make_loader(splits.train, args.batch_size, train=True, seed=args.seed, workers=0,
                                                mean=mean, std=std)
             else:

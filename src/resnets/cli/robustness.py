@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..jsonfile import write_json
 from .args import check_output, device, positive_int
 
 MIN_STORE_IMAGES = 50
@@ -140,12 +141,6 @@ def _eval_set(args: argparse.Namespace, ckpt: Any):
     return dataset
 
 
-def _write_json(path: Path, data: Any) -> Path:
-    from ..jsonfile import write_json
-
-    return write_json(path, data)
-
-
 def _read_baseline(path: str) -> Any:
     """The baseline's ``CorruptionResult``, read before any work; any other file is an error saying which file
     is expected."""
@@ -201,7 +196,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         result = robust_accuracy(model, _pixel_batches(dataset, args, ckpt), eps, args.attack, args.norm,
                                  steps=args.steps, restarts=args.restarts, seed=args.seed, device=args.device)
         data = {**result.to_dict(), "checkpoint": str(path), "data": str(args.data)}
-        target = _write_json(out / f"robustness_{args.attack}_{args.norm}.json", data)
+        target = write_json(out / f"robustness_{args.attack}_{args.norm}.json", data)
         print(f"{args.attack.upper()} ({args.norm}, {result.steps} steps, {result.restarts} restarts) on "
               f"{result.samples} images -> {target}")
         for e, a in zip(result.epsilons, result.accuracy):
@@ -214,7 +209,7 @@ def run_robustness(args: argparse.Namespace) -> int:
             data = {**result.to_dict(baseline), "checkpoint": str(path), "data": str(args.data)}
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        target = _write_json(out / "corruptions.json", data)
+        target = write_json(out / "corruptions.json", data)
         print(f"corruptions on {result.samples} images (clean {result.clean_accuracy * 100:.2f}%) -> {target}")
         print(f"  {'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in range(1, 6)))
         for name in names:
@@ -268,7 +263,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     report.update(checkpoint=str(path), data=str(args.data), fit_on=f"validation split ({len(val_labels)} images)",
                   evaluated_on="test set" if splits.test is not None else
                   "validation split, the images the temperature was fitted on (the scaled figures are optimistic)")
-    target = _write_json(out / "calibration.json", report)
+    target = write_json(out / "calibration.json", report)
     figure = reliability_diagram(report, out / "reliability.png", title=path.name)
     print(f"temperature {temperature:.4f} (fitted on {len(val_labels)} validation images)")
     print(f"ECE {report['ece'] * 100:.2f}% -> {report['ece_scaled'] * 100:.2f}%, NLL {report['nll']:.4f} -> "

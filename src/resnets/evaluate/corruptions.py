@@ -364,6 +364,11 @@ class CorruptionResult:
 
     def corruption_errors(self, baseline: "CorruptionResult") -> dict[str, float]:
         """CE_c = sum_s E_{s,c} / sum_s E^baseline_{s,c} (Hendrycks & Dietterich 2019, eq. 1)."""
+        self._check_baseline(baseline)
+        return {name: _ratio(sum(self.error(name)), sum(baseline.error(name))) for name in self.accuracy}
+
+    def _check_baseline(self, baseline: "CorruptionResult") -> None:
+        """A baseline is comparable only on the same corruptions of the same images."""
         missing = sorted(set(self.accuracy) - set(baseline.accuracy))
         if missing:
             raise ValueError(f"the baseline has no results for {', '.join(missing)}; evaluate it on the same corruptions")
@@ -371,12 +376,11 @@ class CorruptionResult:
             raise ValueError(f"the baseline was evaluated on {baseline.samples} images with corruption seed "
                              f"{baseline.seed}, this model on {self.samples} with seed {self.seed}: an mCE compares "
                              "the same corrupted images, so evaluate both with the same --samples and --seed")
-        return {name: _ratio(sum(self.error(name)), sum(baseline.error(name))) for name in self.accuracy}
 
     def relative_corruption_errors(self, baseline: "CorruptionResult") -> dict[str, float | None]:
         """Relative CE_c: the accuracy lost to corruption c, summed over severities, over the baseline's loss
         (Hendrycks & Dietterich 2019, eq. 2; signed: a baseline that gains under a corruption flips it)."""
-        self.corruption_errors(baseline)  # the same checks
+        self._check_baseline(baseline)
         out = {}
         for name in self.accuracy:
             base = sum(e - (1 - baseline.clean_accuracy) for e in baseline.error(name))
@@ -398,8 +402,7 @@ class CorruptionResult:
     def undefined_corruptions(self, baseline: "CorruptionResult") -> list[str]:
         """The corruptions an mCE leaves out: the baseline made no error (or lost nothing, for the relative mCE)
         where this model did, so the ratio has no value. Small ``--samples`` runs meet this on mild corruptions."""
-        ratios = {**self.corruption_errors(baseline)}
-        relative = self.relative_corruption_errors(baseline)
+        ratios, relative = self.corruption_errors(baseline), self.relative_corruption_errors(baseline)
         return sorted(name for name in self.accuracy if ratios[name] is None or relative[name] is None)
 
     def to_dict(self, baseline: "CorruptionResult | None" = None) -> dict[str, Any]:

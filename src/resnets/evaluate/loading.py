@@ -77,18 +77,18 @@ def rgb_normalization(metadata: dict[str, Any], in_chans: int,
 
 
 def load_for_inference(checkpoint: str | os.PathLike, use_ema: bool = False,
-                       need_classes: bool = True) -> LoadedModel:
+                       need_classes: bool = True, read: Checkpoint | None = None) -> LoadedModel:
     """Load a resnets checkpoint (best.safetensors, last.pt, a run folder) for evaluation, prediction or
     explanation: the one reader behind ``resnets eval``, ``predict``, ``explain gradcam`` and ``robustness``, so
     each prepares images alike. Errors name what does not fit. ``crop_fraction`` is the checkpoint's (published
     weights saved with ``pretrained_cfg``) or the ImageNet convention's 0.875. A 1-channel model is wrapped
     (``GrayscaleInput``) to take RGB. Without ``need_classes`` a checkpoint with no class names gives
-    ``classes=None``."""
+    ``classes=None``. ``read``: the file's ``read_checkpoint`` result where the caller has it already."""
     from ..data.loader import EVAL_CROP_FRACTION
     from ..model import ResNet
     from ..weights import load_state_dict, read_checkpoint
 
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = read if read is not None else read_checkpoint(checkpoint)
     if ckpt.spec is None:
         raise CheckpointError(f"{checkpoint} holds no model spec; use a checkpoint written by resnets (`resnets "
                               "train`, `finetune`, `save_weights`: best.safetensors or last.pt)")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..jsonfile import finite_or_none
+from ..jsonfile import finite_or_none, to_json
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -201,7 +201,7 @@ class GradientFlowCallback:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record.to_dict()) + "\n")
+                fh.write(to_json(record.to_dict(), indent=None) + "\n")
         return record
 
 
